@@ -1,0 +1,1 @@
+"""Compile pipeline: trace, run passes, export ONNX, prepare for a runtime, verify."""

@@ -1,0 +1,181 @@
+"""``tpc compile``: load -> trace -> passes -> export -> prepare -> verify -> manifest.
+
+The artifact is built in a temporary sibling directory and renamed into place only
+when every step succeeded, so a failure never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from tpc.compiler import graphs as G
+from tpc.compiler.onnx_export import graph_signature
+from tpc.compiler.trace import trace_vision
+from tpc.errors import UsageError
+from tpc.manifest import package_versions, write_manifest
+from tpc.methods import METHODS, keep_count
+from tpc.passes import DEFAULT_PASSES, PassContext, run_passes
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("onnx", "ort")
+# Session settings recorded in the manifest and used by `tpc run`. For "ort" the graph
+# optimisations ran offline at compile time, so loading applies only the
+# hardware-specific ones that cannot be saved portably.
+SESSION_SETTINGS = {
+    "onnx": {"optimization": "all", "intra_op_num_threads": 0, "inter_op_num_threads": 0},
+    "ort": {"optimization": "all", "offline_optimization": "extended", "intra_op_num_threads": 0,
+            "inter_op_num_threads": 0},
+}
+
+
+@dataclass
+class CompileSettings:
+    model: str
+    output: Path
+    method: str = "fastervlm"
+    ratio: float | None = None
+    keep: int | None = None
+    target: str = "ort"
+    verify: bool = True
+    force: bool = False
+    dump_graphs: Path | None = None
+    method_args: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[[str], None]
+
+
+def compile_model(settings: CompileSettings, progress: Progress | None = None) -> Path:
+    progress = progress or (lambda stage: log.info("compile: %s", stage))
+    if settings.target not in TARGETS:
+        raise UsageError(f"unknown target {settings.target!r}; choose one of: {', '.join(TARGETS)}")
+    method = METHODS.get(settings.method)
+    if settings.keep is None:
+        keep_count(1 << 20, settings.ratio)  # range-check the ratio before loading anything
+    output = Path(settings.output)
+    if output.exists() and not settings.force:
+        raise UsageError(f"{output} already exists; pass --force to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        manifest = _build(settings, method, staging, progress)
+        progress("manifest")
+        write_manifest(staging, manifest)
+        _replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _build(settings: CompileSettings, method, out: Path, progress: Progress) -> dict[str, Any]:
+    from tpc.models import load_model
+    from tpc.models.llava import LlavaAdapter
+
+    started = time.perf_counter()
+    progress("load model")
+    loaded = load_model(settings.model)
+    adapter = LlavaAdapter(loaded.model, loaded.processor)
+    keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
+
+    progress("trace vision")
+    gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
+    progress("graph passes")
+    ctx = PassContext(layout=adapter.vision, method=method, keep=keep)
+    gm, pass_log = run_passes(gm, ctx, DEFAULT_PASSES, dump_dir=settings.dump_graphs)
+
+    progress("export vision")
+    paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
+    progress("export embedding")
+    paths[G.EMBED] = G.export_embedding(adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out)
+    progress("export decoder")
+    paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
+    signatures = {name: graph_signature(path) for name, path in paths.items()}
+
+    if settings.target == "ort":
+        progress("optimize for onnxruntime")
+        paths = _optimize_for_ort(paths, out)
+    loaded.processor.save_pretrained(str(out / "processor"))
+
+    session = SESSION_SETTINGS[settings.target]
+    runtime = _runtime_section(adapter, keep)
+    verification: dict[str, Any] = {"skipped": True}
+    if settings.verify:
+        progress("verify against PyTorch")
+        from tpc.compiler.verify import verify_graphs
+        from tpc.runtimes.ort import OrtGraphs
+
+        graphs = OrtGraphs(paths, session, adapter.text.num_layers)
+        verification = verify_graphs(graphs, adapter, method, keep)
+        del graphs
+
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "model": dict(loaded.source, family=adapter.family, architecture=type(loaded.model).__name__),
+        "method": {"name": method.name, "parameters": dict(settings.method_args), "prunes_at": method.prunes_at},
+        "ratio": settings.ratio if settings.keep is None else None,
+        "keep": keep,
+        "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},
+        "target": settings.target,
+        "passes": pass_log,
+        "graphs": {name: dict(signatures[name], file=paths[name].name) for name in G.GRAPH_NAMES},
+        "session": session,
+        "runtime": runtime,
+        "verification": verification,
+        "compile_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _optimize_for_ort(paths: dict[str, Path], out: Path) -> dict[str, Path]:
+    from tpc.runtimes.ort import optimize_offline
+
+    optimized = {}
+    for name, path in paths.items():
+        target = out / f"{name}.ort.onnx"
+        optimize_offline(path, target, level=SESSION_SETTINGS["ort"]["offline_optimization"])
+        path.unlink()
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            data.unlink()
+        optimized[name] = target
+    return optimized
+
+
+def _runtime_section(adapter, keep: int) -> dict[str, Any]:
+    text, vision = adapter.text, adapter.vision
+    return {
+        "image_token_id": text.image_token_id,
+        "image_size": vision.image_size,
+        "num_patches": vision.num_patches,
+        "keep": keep,
+        "feature_dim": vision.feature_dim,
+        "num_layers": text.num_layers,
+        "num_kv_heads": text.num_kv_heads,
+        "head_dim": text.head_dim,
+        "hidden_size": text.hidden_size,
+        "vocab_size": text.vocab_size,
+        "max_context": text.max_context,
+        "eos_token_ids": list(text.eos_token_ids),
+        "pad_token_id": text.pad_token_id,
+        "dtype": "float32",
+    }
+
+
+def _replace(staging: Path, output: Path) -> None:
+    """Move the finished artifact into place; an old one is removed only afterwards."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{int(time.time() * 1e3)}")
+        output.rename(old)
+    staging.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

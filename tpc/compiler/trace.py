@@ -1,0 +1,36 @@
+"""Trace model parts with torch.export into FX graphs the passes can edit."""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule
+
+from tpc.errors import ExportError
+
+MAX_BATCH = 64
+
+
+def batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+
+def trace_vision(boundary: torch.nn.Module, image_size: int) -> GraphModule:
+    """torch.export the vision boundary with a dynamic batch; return an editable module.
+
+    The sample batch is 2: a sample of 1 would specialise the batch dimension. The
+    returned module has plain positional inputs and a tuple output, so passes can add
+    outputs by editing the output node.
+    """
+    sample = torch.zeros(2, 3, image_size, image_size)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(boundary, (sample,), dynamic_shapes={"pixel_values": {0: batch_dim()}})
+    except Exception as exc:
+        raise ExportError(f"torch.export of the vision tower failed: {type(exc).__name__}: {exc}") from exc
+    gm = program.module()
+    gm.graph._codegen = torch.fx.graph.CodeGen()
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    values = out.args[0]
+    out.args = (tuple(values) if isinstance(values, (list, tuple)) else (values,),)
+    gm.recompile()
+    return gm

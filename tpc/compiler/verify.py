@@ -1,0 +1,122 @@
+"""Parity of the exported graphs with eager PyTorch, run inside ``tpc compile``.
+
+* vision: kept indices equal the method's eager reference (identical, or different only
+  between exactly tied scores) and the features match within tolerance, batch 1 and 2;
+* embedding: placeholder rows carry the image features, other rows the token embeddings;
+* decoder: prefill and decode logits match Hugging Face's own language model with its
+  own 2-D mask and cache, on a left-padded batch of 2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tpc.errors import ParityError
+from tpc.methods.selection import gather_tokens
+
+RTOL = 1e-3
+ATOL = 1e-4
+TIE_RTOL = 1e-6  # scores this close to the k-th score count as tied
+
+
+def close(actual: np.ndarray, expected: np.ndarray) -> tuple[bool, float]:
+    diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+    return diff <= ATOL + RTOL * float(np.max(np.abs(expected), initial=0.0)), diff
+
+
+def compare_indices(actual: np.ndarray, expected: np.ndarray, scores: np.ndarray) -> str:
+    """'exact', 'tie-equivalent' (differs only among scores tied at the k-th), or 'mismatch'."""
+    if np.array_equal(actual, expected):
+        return "exact"
+    for got, want, row in zip(actual, expected, scores):
+        if np.array_equal(got, want):
+            continue
+        kth = np.sort(row)[::-1][len(want) - 1]
+        differing = np.setxor1d(got, want)
+        if len(set(got.tolist())) != len(got) or np.any(np.abs(row[differing] - kth) > TIE_RTOL * abs(kth)):
+            return "mismatch"
+    return "tie-equivalent"
+
+
+@torch.no_grad()
+def verify_vision(graphs, adapter, method, keep: int, seed: int = 0) -> list[dict]:
+    layout = adapter.vision
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for batch in (1, 2):
+        pixels = torch.randn(batch, 3, layout.image_size, layout.image_size, generator=generator)
+        features, kept = graphs.vision(pixels.numpy())
+        ref_indices, ref_features, scores = method.reference(adapter, pixels, keep)
+        verdict = compare_indices(kept, ref_indices.numpy(), scores.numpy())
+        if verdict == "tie-equivalent":  # compare features against the reference at the graph's own picks
+            ref_features = adapter.project(gather_tokens(adapter.reference_vision(pixels)["patches"],
+                                                         torch.from_numpy(kept)))
+        ok, diff = close(features, ref_features.numpy())
+        results.append({"batch": batch, "indices": verdict, "features_max_abs_diff": diff,
+                        "passed": ok and verdict != "mismatch"})
+    return results
+
+
+@torch.no_grad()
+def verify_embedding(graphs, adapter, keep: int, seed: int = 1) -> dict:
+    text = adapter.text
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, min(text.vocab_size, 256), size=(2, keep + 6)).astype(np.int64)
+    ids[ids == text.image_token_id] = 0
+    ids[:, 3:3 + keep] = text.image_token_id
+    features = rng.standard_normal((2, keep, adapter.vision.feature_dim)).astype(np.float32)
+    actual = graphs.embed(ids, features)
+    expected = adapter.embedding_step()(torch.from_numpy(ids), torch.from_numpy(features)).numpy()
+    ok, diff = close(actual, expected)
+    return {"max_abs_diff": diff, "passed": ok}
+
+
+@torch.no_grad()
+def verify_decoder(graphs, adapter, seed: int = 2, prompt_len: int = 6, steps: int = 2) -> dict:
+    from transformers import DynamicCache
+
+    text = adapter.text
+    model = adapter.model
+    generator = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(2, prompt_len, text.hidden_size, generator=generator) * 0.5
+    mask = torch.ones(2, prompt_len, dtype=torch.int64)
+    mask[1, :2] = 0  # left padding on the second sample
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config.text_config)
+    past = [np.zeros((2, text.num_kv_heads, 0, text.head_dim), np.float32) for _ in range(2 * text.num_layers)]
+    worst, greedy_equal, passed = 0.0, True, True
+    for step in range(steps + 1):
+        out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                         past_key_values=cache, use_cache=True)
+        expected = model.lm_head(out.last_hidden_state[:, -1]).numpy()
+        logits, past = graphs.decoder(embeds.numpy(), mask.numpy(), positions.numpy(), past)
+        ok, diff = close(logits, expected)
+        worst, passed = max(worst, diff), passed and ok
+        greedy_equal &= bool(np.array_equal(logits.argmax(-1), expected.argmax(-1)))
+        embeds = torch.randn(2, 1, text.hidden_size, generator=generator) * 0.5
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.int64)], dim=1)
+        positions = positions[:, -1:] + 1
+    return {"steps": steps + 1, "logits_max_abs_diff": worst, "greedy_equal": greedy_equal, "passed": passed}
+
+
+def verify_graphs(graphs, adapter, method, keep: int) -> dict:
+    report = {
+        "vision": verify_vision(graphs, adapter, method, keep),
+        "embed": verify_embedding(graphs, adapter, keep),
+        "decoder": verify_decoder(graphs, adapter),
+        "tolerance": {"rtol": RTOL, "atol": ATOL},
+    }
+    report["passed"] = all(r["passed"] for r in report["vision"]) and report["embed"]["passed"] \
+        and report["decoder"]["passed"]
+    if not report["passed"]:
+        raise ParityError("compiled graphs disagree with the PyTorch reference: " + summarize(report))
+    return report
+
+
+def summarize(report: dict) -> str:
+    parts = [f"vision b{r['batch']}: indices {r['indices']}, features diff {r['features_max_abs_diff']:.2e}"
+             for r in report["vision"]]
+    parts.append(f"embed diff {report['embed']['max_abs_diff']:.2e}")
+    parts.append(f"decoder logits diff {report['decoder']['logits_max_abs_diff']:.2e}")
+    return "; ".join(parts)

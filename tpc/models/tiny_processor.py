@@ -1,0 +1,77 @@
+"""A LLaVA processor (tokenizer + CLIP image processor + chat template) built in code.
+
+The presets have no files to download, so their tokenizer is made here: a byte-level
+BPE with the 256 byte symbols as its base vocabulary (it can encode any text), no
+merges, and the special tokens LLaVA-1.5 uses. The result is a real
+``LlavaProcessor`` that ``save_pretrained`` writes and ``AutoProcessor`` reloads.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+# The chat template of llava-hf/llava-1.5-*-hf: "USER: <image>\n... ASSISTANT:".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}"
+    "{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% if message['role'] != 'assistant' %}{{ content['text'] + ' '}}{% else %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endif %}"
+    "{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+IMAGE_TOKEN_ID = SPECIAL_TOKENS.index("<image>")
+
+
+def build_byte_tokenizer():
+    """A fast tokenizer: ids 0-4 are SPECIAL_TOKENS, then the 256 byte symbols."""
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for symbol in sorted(alphabet):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        add_bos_token=True,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+def build_llava_processor(image_size: int = 336, patch_size: int = 14):
+    """A ``LlavaProcessor`` with CLIP preprocessing at ``image_size`` and the LLaVA template."""
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        do_resize=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_byte_tokenizer(),
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )

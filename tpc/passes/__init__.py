@@ -1,0 +1,17 @@
+"""Graph passes: the only code that edits a traced graph.
+
+``DEFAULT_PASSES`` is the one ordered list the compiler runs on the vision graph.
+"""
+
+from tpc.passes.expose_cls_attention import expose_cls_attention
+from tpc.passes.infra import PassContext, PassResult, run_passes
+from tpc.passes.insert_token_selection import insert_token_selection
+from tpc.passes.remove_dead_vision_layers import remove_dead_vision_layers
+
+DEFAULT_PASSES = (
+    remove_dead_vision_layers,
+    expose_cls_attention,
+    insert_token_selection,
+)
+
+__all__ = ["DEFAULT_PASSES", "PassContext", "PassResult", "run_passes"]

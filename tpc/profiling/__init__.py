@@ -1,0 +1,1 @@
+"""The single timing path shared by every runtime."""

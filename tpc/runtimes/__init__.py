@@ -1,0 +1,1 @@
+"""Runtimes that execute compiled artifacts (ONNX Runtime; TensorRT later)."""

@@ -1,0 +1,58 @@
+"""A loaded artifact: prompt encoding plus the runtime that executes its graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tpc.errors import UsageError
+from tpc.manifest import Artifact, load_artifact
+from tpc.profiling.timer import StageTimer
+from tpc.runtimes.generate import Generation, generate
+from tpc.runtimes.prompting import PromptEncoder
+from tpc.runtimes.sampling import Sampler
+
+PROCESSOR_DIR = "processor"
+
+
+class CompiledModel:
+    """``CompiledModel.load(path).generate(prompts, images)``: the Python API of ``tpc run``."""
+
+    def __init__(self, artifact: Artifact, graphs, encoder: PromptEncoder):
+        self.artifact = artifact
+        self.graphs = graphs
+        self.encoder = encoder
+
+    @classmethod
+    def load(cls, path: str | Path, provider: str = "cpu", threads: int | None = None,
+             check_hashes: bool = True) -> "CompiledModel":
+        artifact = load_artifact(path, check_hashes=check_hashes)
+        if artifact.target not in ("onnx", "ort"):
+            raise UsageError(f"{path}: target {artifact.target!r} has no runtime on this install")
+        from tpc.runtimes.ort import OrtGraphs
+
+        graphs = OrtGraphs.from_artifact(artifact, provider=provider, threads=threads)
+        encoder = PromptEncoder.from_dir(artifact.root / PROCESSOR_DIR, artifact.runtime)
+        return cls(artifact, graphs, encoder)
+
+    @property
+    def runtime(self) -> dict:
+        return self.artifact.runtime
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        images: Sequence[object] | None = None,
+        max_new_tokens: int = 32,
+        sampler: Sampler | None = None,
+        timer: StageTimer | None = None,
+    ) -> Generation:
+        if max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        timer = timer or StageTimer()
+        with timer.stage("preprocess_ms"):
+            batch = self.encoder(list(prompts), images, max_new_tokens=max_new_tokens)
+        return generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.encoder.tokenizer.decode(list(token_ids), skip_special_tokens=True)

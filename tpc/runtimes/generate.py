@@ -1,0 +1,86 @@
+"""The generate loop every runtime shares: vision, embedding, prefill, then decode steps.
+
+A runtime supplies ``vision``, ``embed`` and ``decoder`` callables on numpy arrays
+(see ``OrtGraphs``); timing goes through one ``StageTimer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from tpc.profiling.timer import StageTimer
+from tpc.runtimes.prompting import PromptBatch
+from tpc.runtimes.sampling import Sampler
+
+
+class GraphRunner(Protocol):
+    def vision(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def embed(self, input_ids: np.ndarray, image_features: np.ndarray) -> np.ndarray: ...
+    def decoder(self, embeds, attention_mask, position_ids, past: list[np.ndarray]): ...
+
+
+@dataclass
+class Generation:
+    token_ids: list[list[int]]          # generated ids only, per sample (EOS included if reached)
+    kept_indices: np.ndarray | None     # [B, K] visual tokens the vision graph kept
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    decode_steps: int = 0               # decoder calls after prefill
+    decode_tokens_per_s: float = 0.0
+    kv_cache_bytes: int = 0
+
+
+def generate(
+    graphs: GraphRunner,
+    batch: PromptBatch,
+    runtime: dict,
+    max_new_tokens: int,
+    sampler: Sampler | None = None,
+    timer: StageTimer | None = None,
+) -> Generation:
+    sampler = sampler or Sampler()
+    timer = timer or StageTimer()
+    b = batch.batch_size
+    eos = set(runtime["eos_token_ids"])
+    placeholder = np.zeros((b, 1, runtime["feature_dim"]), dtype=np.float32)
+    kept = None
+    if batch.pixel_values is not None:
+        with timer.stage("vision_ms"):
+            features, kept = graphs.vision(batch.pixel_values)
+    else:
+        features = placeholder
+    with timer.stage("embed_ms"):
+        embeds = graphs.embed(batch.input_ids, features)
+    mask = batch.attention_mask
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+    past = [np.zeros((b, runtime["num_kv_heads"], 0, runtime["head_dim"]), dtype=np.float32)
+            for _ in range(2 * runtime["num_layers"])]
+    with timer.stage("prefill_ms"):
+        logits, past = graphs.decoder(embeds, mask, positions, past)
+        next_ids = sampler(logits)
+    ttft = sum(timer.ms.get(k, 0.0) for k in ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms"))
+    timer.add("ttft_ms", ttft)
+    tokens = [[int(t)] for t in next_ids] if max_new_tokens > 0 else [[] for _ in range(b)]
+    done = np.array([t[0] in eos if t else True for t in tokens])
+    last_pos = positions[:, -1:]
+    steps = 0
+    with timer.stage("decode_ms"):
+        while steps + 1 < max_new_tokens and not done.all():
+            step_ids = np.where(done, runtime["pad_token_id"], next_ids).astype(np.int64)[:, None]
+            embeds = graphs.embed(step_ids, placeholder)
+            mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
+            last_pos = last_pos + 1
+            logits, past = graphs.decoder(embeds, mask, last_pos, past)
+            next_ids = sampler(logits)
+            steps += 1
+            for row in np.flatnonzero(~done):
+                tokens[row].append(int(next_ids[row]))
+                done[row] = next_ids[row] in eos
+    decode_ms = timer.ms.setdefault("decode_ms", 0.0)
+    timer.ms["decode_ms_per_token"] = decode_ms / steps if steps else 0.0
+    timer.ms["total_ms"] = ttft + decode_ms
+    tokens_per_s = 1e3 * steps / decode_ms if steps and decode_ms > 0 else 0.0
+    kv_bytes = int(sum(p.nbytes for p in past))
+    return Generation(tokens, kept, dict(timer.ms), steps, tokens_per_s, kv_bytes)

@@ -1,0 +1,102 @@
+"""ONNX Runtime execution of a compiled artifact's three graphs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tpc.compiler.graphs import DECODER, EMBED, VISION, kv_names
+from tpc.errors import UsageError
+from tpc.manifest import Artifact
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def session_options(settings: dict[str, Any]):
+    """``onnxruntime.SessionOptions`` from the settings recorded in the manifest."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[settings.get("optimization", "all")])
+    options.intra_op_num_threads = int(settings.get("intra_op_num_threads", 0))
+    options.inter_op_num_threads = int(settings.get("inter_op_num_threads", 0))
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
+class OrtGraphs:
+    """The vision, embedding and decoder sessions of one artifact."""
+
+    def __init__(self, paths: dict[str, Path], settings: dict[str, Any], num_layers: int,
+                 provider: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        if provider not in PROVIDERS:
+            raise UsageError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
+        settings = dict(settings)
+        if threads is not None:
+            settings["intra_op_num_threads"] = threads
+        self.requested_provider = PROVIDERS[provider][0]
+        available = ort.get_available_providers()
+        providers = [p for p in PROVIDERS[provider] if p in available] or ["CPUExecutionProvider"]
+        self.sessions = {
+            name: ort.InferenceSession(str(paths[name]), session_options(settings), providers=providers)
+            for name in (VISION, EMBED, DECODER)
+        }
+        self.provider = self.sessions[DECODER].get_providers()[0]
+        self.fell_back = self.provider != self.requested_provider
+        if self.fell_back:
+            log.warning("requested %s but ONNX Runtime runs on %s", self.requested_provider, self.provider)
+        self._past_names = kv_names(num_layers, "past")
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> "OrtGraphs":
+        paths = {name: artifact.graph_path(name) for name in (VISION, EMBED, DECODER)}
+        return cls(paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads)
+
+    def vision(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, kept = self.sessions[VISION].run(None, {"pixel_values": pixel_values.astype(np.float32)})
+        return features, kept
+
+    def embed(self, input_ids: np.ndarray, image_features: np.ndarray) -> np.ndarray:
+        (embeds,) = self.sessions[EMBED].run(None, {"input_ids": input_ids, "image_features": image_features})
+        return embeds
+
+    def decoder(self, embeds, attention_mask, position_ids, past: list[np.ndarray]):
+        feed = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
+        feed.update(zip(self._past_names, past))
+        logits, *present = self.sessions[DECODER].run(None, feed)
+        return logits, present
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "onnxruntime", "provider": self.provider, "requested_provider": self.requested_provider,
+                "fell_back": self.fell_back}
+
+
+def optimize_offline(source: Path, target: Path, level: str = "extended") -> Path:
+    """Run ONNX Runtime's graph optimisations once and save the optimised graph."""
+    import onnxruntime as ort
+
+    options = session_options({"optimization": level})
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return target
