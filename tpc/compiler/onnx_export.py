@@ -7,8 +7,11 @@ TensorRT profiles and users read the same names. Weights go to ``<graph>.onnx.da
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from tpc.errors import ExportError
 log = logging.getLogger(__name__)
 
 _SYMBOL = re.compile(r"\bs\d+\b")
+# The exporter warns once per export that torchvision ops are not registered.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def export_onnx(
@@ -32,14 +37,18 @@ def export_onnx(
     axis_names: dict[str, dict[int, str]],
 ) -> Path:
     """Export ``module`` to ``path`` and rename its symbolic dims by ``axis_names``."""
+    chatter = io.StringIO()  # the exporter prints its stages; keep them for -vv
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, args, str(path), dynamo=True, input_names=input_names, output_names=output_names,
                 dynamic_shapes=dynamic_shapes, optimize=True, external_data=True, verbose=False,
             )
     except Exception as exc:
         raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {_first(exc)}") from exc
+    finally:
+        log.debug("torch.onnx.export %s:\n%s", path.name, chatter.getvalue())
     rename_dims(path, axis_names)
     return path
 

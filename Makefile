@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Each creates the
+# virtualenv and installs everything it needs. torch is installed first, pinned
+# (TORCH_SPEC), so the project's own `torch>=` requirement never pulls a CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.tpc-installed
+DEMO_DIR ?= build/llava-tiny
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tpc compile llava-tiny --ratio 0.89 --target ort -o $(DEMO_DIR) --force
+	$(VENV)/bin/tpc run $(DEMO_DIR) --image examples/assets/demo.png --prompt "What is in the picture?" --max-new-tokens 16
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build .pytest_cache

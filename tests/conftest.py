@@ -1,0 +1,66 @@
+"""Shared fixtures: the tiny preset and compiled tiny artifacts (built once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from tpc.compiler.pipeline import CompileSettings, compile_model  # noqa: E402
+from tpc.models.llava import LlavaAdapter  # noqa: E402
+from tpc.models.presets import PRESETS, build_preset  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "examples" / "assets"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, processor) of llava-tiny."""
+    return build_preset(PRESETS["llava-tiny"])
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny):
+    return LlavaAdapter(*tiny)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """Compile llava-tiny lazily, once per (ratio, target) per session."""
+    root = tmp_path_factory.mktemp("artifacts")
+    built: dict[tuple, Path] = {}
+
+    def get(ratio: float = 0.89, target: str = "ort", keep: int | None = None) -> Path:
+        key = (ratio, target, keep)
+        if key not in built:
+            out = root / f"tiny-{ratio}-{target}-{keep}"
+            built[key] = compile_model(CompileSettings(model="llava-tiny", output=out, ratio=ratio, keep=keep,
+                                                       target=target))
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def demo_image():
+    from PIL import Image
+
+    path = ASSETS / "demo.png"
+    return Image.open(path).convert("RGB")
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``tpc`` in-process; returns (exit code, stdout, stderr)."""
+    from tpc.cli import main
+
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
