@@ -25,6 +25,9 @@ def cli(verbose: int) -> None:
     """tpc: compile vision-language models with token pruning inside the graph."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # their retries and fallbacks end in one tpc error line
+        for noisy in ("huggingface_hub", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 @cli.command("compile")

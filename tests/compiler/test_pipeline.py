@@ -1,0 +1,85 @@
+import json
+
+import onnx
+import pytest
+
+from tpc.compiler import graphs as G
+from tpc.compiler.pipeline import CompileSettings, compile_model
+from tpc.errors import ExportError, UsageError
+from tpc.manifest import SCHEMA_VERSION, sha256_file
+
+
+def test_manifest_records_everything(artifacts):
+    root = artifacts(0.89, "ort")
+    m = json.loads((root / "manifest.json").read_text())
+    assert m["schema_version"] == SCHEMA_VERSION
+    for pkg in ("tpc", "torch", "transformers", "onnx", "onnxruntime"):
+        assert m["versions"][pkg]
+    assert m["model"]["id"] == "llava-tiny" and m["model"]["revision"]
+    assert m["method"]["name"] == "fastervlm" and m["ratio"] == 0.89 and m["keep"] == 64
+    assert m["visual_tokens"] == {"before": 576, "after": 64}
+    assert [p["name"] for p in m["passes"]] == ["remove_dead_vision_layers", "expose_cls_attention",
+                                                "insert_token_selection"]
+    assert all(p["modified"] for p in m["passes"])
+    assert m["verification"]["passed"] is True
+    assert m["session"]["offline_optimization"] == "extended"
+    for rel, digest in m["files"].items():
+        assert sha256_file(root / rel) == digest
+    vision = m["graphs"]["vision"]
+    assert [i["name"] for i in vision["inputs"]] == ["pixel_values"]
+    assert vision["inputs"][0]["shape"] == ["batch", 3, 336, 336]
+    assert {o["name"]: o["shape"] for o in vision["outputs"]} == {
+        "image_features": ["batch", 64, 64], "kept_indices": ["batch", 64]}
+    assert {o["name"]: o["dtype"] for o in vision["outputs"]} == {"image_features": "float32", "kept_indices": "int64"}
+
+
+def test_onnx_target_is_portable_and_tensorrt_friendly(artifacts):
+    root = artifacts(0.89, "onnx")
+    m = json.loads((root / "manifest.json").read_text())
+    assert set(m["graphs"]) == set(G.GRAPH_NAMES)
+    vision = onnx.load(str(root / m["graphs"]["vision"]["file"]), load_external_data=False)
+    ops = [n.op_type for n in vision.graph.node]
+    assert "NonZero" not in ops and ops.count("TopK") == 2
+    domains = {n.domain for n in vision.graph.node}
+    assert domains <= {"", "ai.onnx"}, domains  # no ORT contrib ops in the portable target
+    constant_names = {i.name for i in vision.graph.initializer}
+    constant_names |= {o for n in vision.graph.node if n.op_type == "Constant" for o in n.output}
+    topk_k = [n.input[1] for n in vision.graph.node if n.op_type == "TopK"]
+    assert all(k in constant_names for k in topk_k), "TopK K must be a constant"
+    decoder = m["graphs"]["decoder"]
+    names = [i["name"] for i in decoder["inputs"]]
+    assert names[:3] == ["inputs_embeds", "attention_mask", "position_ids"] and names[3] == "past_key_0"
+    assert decoder["inputs"][3]["shape"] == ["batch", 2, "past_seq", 16]
+    assert decoder["outputs"][0] == {"name": "logits", "shape": ["batch", 320], "dtype": "float32"}
+
+
+def test_one_decoder_graph_and_no_duplicated_weights(artifacts):
+    root = artifacts(0.89, "ort")
+    data = sorted(p.name for p in root.glob("*.data"))
+    assert data == ["decoder.ort.onnx.data", "embed.ort.onnx.data", "vision.ort.onnx.data"]
+
+
+def test_existing_output_needs_force(artifacts, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    with pytest.raises(UsageError, match="--force"):
+        compile_model(CompileSettings(model="llava-tiny", output=out, ratio=0.5))
+
+
+def test_failure_leaves_no_partial_directory(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ExportError("planted failure")
+
+    monkeypatch.setattr(G, "export_decoder", fail)
+    out = tmp_path / "never"
+    with pytest.raises(ExportError, match="planted"):
+        compile_model(CompileSettings(model="llava-tiny", output=out, ratio=0.89, verify=False))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_atomically(artifacts, tmp_path):
+    out = tmp_path / "again"
+    compile_model(CompileSettings(model="llava-tiny", output=out, keep=10, target="onnx", verify=False))
+    compile_model(CompileSettings(model="llava-tiny", output=out, keep=20, target="onnx", verify=False, force=True))
+    assert json.loads((out / "manifest.json").read_text())["keep"] == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]

@@ -1,0 +1,135 @@
+"""The command line: outputs, and every user mistake as one line with its exit code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ASSETS, run_cli
+
+DEMO = str(ASSETS / "demo.png")
+
+
+def _one_error_line(err: str, fragment: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_run_json(artifacts, capsys):
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--image", DEMO, "--prompt", "What is it?",
+                              "--max-new-tokens", "5", "--json"], capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert set(payload) >= {"text", "token_ids", "timings_ms", "provider"}
+    assert 1 <= len(payload["token_ids"]) <= 5
+    assert payload["provider"] == "CPUExecutionProvider"
+    assert payload["visual_tokens"] == {"before": 576, "after": 64}
+    for stage in ("preprocess_ms", "vision_ms", "prefill_ms", "ttft_ms"):
+        assert payload["timings_ms"][stage] > 0
+
+
+def test_run_text(artifacts, capsys):
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "Hi", "--max-new-tokens", "3"], capsys)
+    assert code == 0 and "ttft" in err
+
+
+def test_requested_gpu_provider_fallback_is_reported(artifacts, capsys):
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "Hi", "--max-new-tokens", "2",
+                              "--provider", "cuda", "--json"], capsys)
+    assert code == 0
+    assert "warning: requested CUDAExecutionProvider" in err
+    assert json.loads(out)["provider"] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("args,code,fragment", [
+    (["compile", "no-such-model"], 2, "unknown model 'no-such-model'"),
+    (["compile", "llava-tiny", "--method", "nope"], 2, "unknown method 'nope'; choose one of: fastervlm"),
+    (["compile", "llava-tiny", "--ratio", "1.0"], 2, "--ratio 1.0 is outside [0, 1)"),
+    (["compile", "llava-tiny", "--ratio", "-0.2"], 2, "outside [0, 1)"),
+    (["compile", "llava-tiny", "--keep", "577"], 2, "--keep 577 is outside [1, 576]"),
+    (["compile", "llava-tiny", "--keep", "0"], 2, "--keep 0 is outside"),
+])
+def test_compile_usage_errors(args, code, fragment, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    got, out, err = run_cli(args + ["-o", str(out_dir)], capsys)
+    assert got == code
+    _one_error_line(err, fragment)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_checkpoint_that_is_not_llava(tmp_path, capsys):
+    ckpt = tmp_path / "bert"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    code, out, err = run_cli(["compile", str(ckpt), "-o", str(tmp_path / "out")], capsys)
+    assert code == 3
+    _one_error_line(err, "model type 'bert' is not supported")
+    assert not (tmp_path / "out").exists()
+
+
+def test_directory_without_config(tmp_path, capsys):
+    code, out, err = run_cli(["compile", str(tmp_path), "-o", str(tmp_path / "out")], capsys)
+    assert code == 3
+    _one_error_line(err, "not a checkpoint directory")
+
+
+def test_hub_id_offline_names_the_alternatives(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(["compile", "someone/some-llava", "-o", str(tmp_path / "o")], capsys)
+    assert code == 3
+    _one_error_line(err, "local directory written by save_pretrained")
+    assert "llava-tiny" in err
+
+
+def test_unreadable_image(artifacts, tmp_path, capsys):
+    bad = tmp_path / "x.png"
+    bad.write_text("hello")
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--image", str(bad), "--prompt", "q"], capsys)
+    assert code == 2
+    _one_error_line(err, "cannot read it as an image")
+
+
+def test_prompt_longer_than_context(artifacts, capsys):
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "word " * 500,
+                              "--image", DEMO], capsys)
+    assert code == 2
+    _one_error_line(err, "longer than the model's context of 2048")
+
+
+def test_missing_and_corrupt_artifacts(tmp_path, capsys):
+    code, out, err = run_cli(["run", str(tmp_path / "none"), "--prompt", "q"], capsys)
+    assert code == 4
+    _one_error_line(err, "no such artifact directory")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("[]")
+    code, out, err = run_cli(["run", str(tmp_path / "broken"), "--prompt", "q"], capsys)
+    assert code == 4
+    _one_error_line(err, "schema")
+
+
+def test_bad_generation_settings(artifacts, capsys):
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "q", "--max-new-tokens", "0"], capsys)
+    assert code == 2
+    _one_error_line(err, "--max-new-tokens must be at least 1")
+
+
+def test_compile_cli_success_and_presets(tmp_path, capsys):
+    out_dir = tmp_path / "art"
+    code, out, err = run_cli(["compile", "llava-tiny", "--keep", "32", "--target", "onnx", "-o", str(out_dir),
+                              "--no-verify"], capsys)
+    assert code == 0, err
+    assert "576 -> 32 visual tokens" in out and "verification skipped" in out
+    code, out, _ = run_cli(["presets"], capsys)
+    assert code == 0 and "llava-1.5-7b-hf" in out and "llava-bench" in out
+
+
+def test_grayscale_odd_sized_image_runs(artifacts, tmp_path, capsys):
+    path = tmp_path / "odd.png"
+    Image.new("L", (517, 283), 128).save(path)
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--image", str(path), "--prompt", "q",
+                              "--max-new-tokens", "2", "--json"], capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["kept_indices"]) == 64
