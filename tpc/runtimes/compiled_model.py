@@ -46,13 +46,14 @@ class CompiledModel:
         max_new_tokens: int = 32,
         sampler: Sampler | None = None,
         timer: StageTimer | None = None,
+        stop_at_eos: bool = True,
     ) -> Generation:
         if max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         timer = timer or StageTimer()
         with timer.stage("preprocess_ms"):
             batch = self.encoder(list(prompts), images, max_new_tokens=max_new_tokens)
-        return generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer)
+        return generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.encoder.tokenizer.decode(list(token_ids), skip_special_tokens=True)

@@ -39,11 +39,13 @@ def generate(
     max_new_tokens: int,
     sampler: Sampler | None = None,
     timer: StageTimer | None = None,
+    stop_at_eos: bool = True,
 ) -> Generation:
+    """Generate up to ``max_new_tokens``; ``stop_at_eos=False`` always runs them all (profiling)."""
     sampler = sampler or Sampler()
     timer = timer or StageTimer()
     b = batch.batch_size
-    eos = set(runtime["eos_token_ids"])
+    eos = set(runtime["eos_token_ids"]) if stop_at_eos else set()
     placeholder = np.zeros((b, 1, runtime["feature_dim"]), dtype=np.float32)
     kept = None
     if batch.pixel_values is not None:

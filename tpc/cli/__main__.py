@@ -1,0 +1,3 @@
+from tpc.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""`tpc compile`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
+
+
+@click.command("compile")
+@click.argument("model")
+@click.option("--method", default="fastervlm", show_default=True, help="Token-selection method.")
+@click.option("--ratio", type=float, default=None, help="Fraction of visual tokens removed, in [0, 1).")
+@click.option("--keep", type=int, default=None, help="Visual tokens kept (overrides --ratio).")
+@click.option("--target", type=click.Choice(["onnx", "ort"]), default="ort", show_default=True,
+              help="onnx: portable graphs; ort: graphs optimised offline for ONNX Runtime.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Artifact directory (default: build/<model>-<method>-<budget>).")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--dump-graphs", type=click.Path(path_type=Path), default=None,
+              help="Write the graph before/after each pass here (also $TPC_DUMP_GRAPHS).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, dump_graphs, quiet):
+    """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
+    from tpc.compiler.pipeline import CompileSettings, compile_model
+    from tpc.progress import StageProgress
+
+    if output is None:
+        budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
+        output = Path("build") / f"{Path(model).name}-{method}-{budget}"
+    settings = CompileSettings(model=model, output=output, method=method, ratio=ratio, keep=keep, target=target,
+                               verify=not no_verify, force=force, dump_graphs=dump_graphs)
+    with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:
+        path = compile_model(settings, progress)
+    manifest = json.loads((path / "manifest.json").read_text())
+    tokens = manifest["visual_tokens"]
+    check = "skipped" if manifest["verification"].get("skipped") else "passed"
+    if not quiet:
+        click.echo(f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
+                   f"{tokens['after']} visual tokens, target {target}, verification {check}, "
+                   f"{manifest['compile_seconds']:.1f} s)")

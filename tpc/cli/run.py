@@ -1,0 +1,54 @@
+"""`tpc run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("run")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--image", type=click.Path(path_type=Path), default=None, help="Image file (omit for text only).")
+@click.option("--prompt", required=True, help="The user's question or instruction.")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, as_json):
+    """Generate a reply with a compiled ARTIFACT."""
+    from tpc.runtimes.compiled_model import CompiledModel
+    from tpc.runtimes.prompting import load_image
+    from tpc.runtimes.sampling import Sampler
+
+    sampler = Sampler(temperature=temperature, top_p=top_p, seed=seed)
+    images = [load_image(image)] if image is not None else None
+    model = CompiledModel.load(artifact, provider=provider, threads=threads)
+    info = model.graphs.describe()
+    if info["fell_back"]:
+        click.echo(f"warning: requested {info['requested_provider']} but ONNX Runtime runs on {info['provider']}",
+                   err=True)
+    result = model.generate([prompt], images, max_new_tokens=max_new_tokens, sampler=sampler)
+    text = model.decode(result.token_ids[0])
+    if as_json:
+        payload = {
+            "text": text,
+            "token_ids": result.token_ids[0],
+            "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
+            "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
+            "visual_tokens": model.artifact.manifest["visual_tokens"],
+            "kept_indices": result.kept_indices[0].tolist() if result.kept_indices is not None else None,
+            "provider": info["provider"],
+            "requested_provider": info["requested_provider"],
+        }
+        click.echo(json.dumps(payload))
+        return
+    click.echo(text)
+    t = result.timings_ms
+    click.echo(f"[{info['provider']}] ttft {t['ttft_ms']:.1f} ms (vision {t.get('vision_ms', 0):.1f}, "
+               f"prefill {t['prefill_ms']:.1f}), decode {result.decode_tokens_per_s:.1f} tok/s, "
+               f"{len(result.token_ids[0])} tokens", err=True)

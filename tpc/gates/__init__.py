@@ -1,0 +1,1 @@
+"""Latency gates: budgets on profiled metrics that CI can enforce."""

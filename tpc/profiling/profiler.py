@@ -1,0 +1,147 @@
+"""``tpc profile``: repeat generation with warm-up and report every stage as percentiles.
+
+Profile JSON (schema ``tpc.profile`` version 1, ``tpc/profiling/profile.schema.json``):
+``metrics`` maps ``<stage>_ms`` (and ``decode_tokens_per_s``) to
+``{p50, p90, p99, min, max, mean, n, samples}``; scalars ``peak_memory_mb`` and
+``kv_cache_bytes``; ``visual_tokens`` before/after; ``device``; the ``config`` used.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tpc.errors import UsageError
+from tpc.profiling.device import describe_device
+from tpc.profiling.stats import summarize
+from tpc.profiling.timer import StageTimer
+
+PROFILE_SCHEMA = "tpc.profile"
+PROFILE_SCHEMA_VERSION = 1
+STAGE_METRICS = ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "ttft_ms", "decode_ms",
+                 "decode_ms_per_token", "e2e_ms")
+RATE_METRICS = ("decode_tokens_per_s",)
+# Stages that partition the end-to-end time (ttft_ms is their prefix sum, not a part).
+E2E_PARTS = ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "decode_ms")
+
+
+@dataclass
+class ProfileConfig:
+    runs: int = 20
+    warmup: int = 3
+    batch: int = 1
+    new_tokens: int = 32
+    prompt: str | None = None      # None: a synthetic prompt of prompt_tokens tokens
+    prompt_tokens: int = 64
+    image: str | None = None       # None: a synthetic image; "none": text only
+    provider: str = "cpu"
+    threads: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("runs", "batch", "new_tokens", "prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
+
+
+def synthetic_prompt(tokenizer, tokens: int) -> str:
+    """Text of about ``tokens`` tokens under ``tokenizer`` (deterministic)."""
+    words = ("describe the objects colours and layout of this picture in careful detail and explain "
+             "what each part could mean ").split()
+    text, ids = "", []
+    while len(ids) < tokens:
+        text = " ".join(words * (1 + tokens // len(words)))
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        words = words * 2
+    return tokenizer.decode(ids[:tokens])
+
+
+def synthetic_image(size: int, seed: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8))
+
+
+def peak_memory_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
+def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] | None = None,
+                  artifact_path: str | None = None) -> dict:
+    """Profile a loaded ``CompiledModel``; returns the profile document."""
+    from tpc.runtimes.prompting import load_image
+
+    config.validate()
+    progress = progress or (lambda _: None)
+    runtime = model.runtime
+    prompt = config.prompt or synthetic_prompt(model.encoder.tokenizer, config.prompt_tokens)
+    if config.image == "none":
+        images = None
+    elif config.image:
+        images = [load_image(config.image)] * config.batch
+    else:
+        images = [synthetic_image(runtime["image_size"], config.seed)] * config.batch
+    prompts = [prompt] * config.batch
+    sync = getattr(model.graphs, "synchronize", None)
+    samples: dict[str, list[float]] = {m: [] for m in STAGE_METRICS + RATE_METRICS}
+    kv_bytes, kept = 0, None
+    for index in range(config.warmup + config.runs):
+        timer = StageTimer(sync)
+        start = time.perf_counter()
+        result = model.generate(prompts, images, max_new_tokens=config.new_tokens, timer=timer, stop_at_eos=False)
+        e2e = (time.perf_counter() - start) * 1e3
+        progress("warm-up" if index < config.warmup else "run")
+        if index < config.warmup:
+            continue
+        for name in STAGE_METRICS:
+            if name == "e2e_ms":
+                samples[name].append(e2e)
+            elif name in result.timings_ms:
+                samples[name].append(result.timings_ms[name])
+        samples["decode_tokens_per_s"].append(result.decode_tokens_per_s * config.batch)
+        kv_bytes, kept = result.kv_cache_bytes, result.kept_indices
+    metrics = {name: summarize(values) for name, values in samples.items() if values}
+    prompt_length = int(model.encoder(prompts[:1], images[:1] if images else None).input_ids.shape[1])
+    manifest = model.artifact.manifest
+    return {
+        "schema": PROFILE_SCHEMA,
+        "schema_version": PROFILE_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tpc_version": manifest["versions"]["tpc"],
+        "artifact": {
+            "path": artifact_path or str(model.artifact.root),
+            "model": manifest["model"]["id"],
+            "method": manifest["method"]["name"],
+            "ratio": manifest.get("ratio"),
+            "keep": manifest["keep"],
+            "target": manifest["target"],
+        },
+        "config": dict(asdict(config), prompt=None if config.prompt is None else config.prompt),
+        "device": describe_device(model.graphs.describe(), config.threads),
+        "visual_tokens": {"before": manifest["visual_tokens"]["before"],
+                          "after": manifest["visual_tokens"]["after"] if images else 0},
+        "prompt_length": prompt_length,
+        "decode_steps": config.new_tokens - 1,
+        "metrics": metrics,
+        "peak_memory_mb": peak_memory_mb(),
+        "kv_cache_bytes": int(kv_bytes),
+        "kept_indices_sample": kept[0].tolist() if kept is not None else None,
+    }
+
+
+def write_json(document: dict, path: str | Path) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(document, indent=2) + "\n")
