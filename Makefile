@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.tpc-installed
 DEMO_DIR ?= build/llava-tiny
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean bench
 
 setup: $(STAMP)
 
@@ -27,3 +27,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) benchmarks/run_bench.py --model llava-bench
