@@ -15,16 +15,25 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--method", default="fastervlm", show_default=True, help="Token-selection method.")
 @click.option("--ratio", type=float, default=None, help="Fraction of visual tokens removed, in [0, 1).")
 @click.option("--keep", type=int, default=None, help="Visual tokens kept (overrides --ratio).")
-@click.option("--target", type=click.Choice(["onnx", "ort"]), default="ort", show_default=True,
-              help="onnx: portable graphs; ort: graphs optimised offline for ONNX Runtime.")
+@click.option("--target", type=click.Choice(["onnx", "ort", "trt"]), default="ort", show_default=True,
+              help="onnx: portable graphs; ort: optimised offline for ONNX Runtime; trt: TensorRT plan + engines.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Artifact directory (default: build/<model>-<method>-<budget>).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--dump-graphs", type=click.Path(path_type=Path), default=None,
               help="Write the graph before/after each pass here (also $TPC_DUMP_GRAPHS).")
+@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,
+              help="TensorRT engine precision (--target trt).")
+@click.option("--max-batch", type=int, default=1, show_default=True, help="TensorRT profiles: largest batch.")
+@click.option("--max-prompt-tokens", type=int, default=512, show_default=True,
+              help="TensorRT profiles: longest text prompt (image tokens come on top).")
+@click.option("--max-context", type=int, default=None, help="TensorRT profiles: longest context (default: model's).")
+@click.option("--workspace-mb", type=int, default=4096, show_default=True, help="TensorRT builder workspace.")
+@click.option("--no-build", is_flag=True, help="--target trt: write the plan only, build engines on the target.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, dump_graphs, quiet):
+def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, dump_graphs, precision, max_batch,
+                max_prompt_tokens, max_context, workspace_mb, no_build, quiet):
     """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
     from tpc.compiler.pipeline import CompileSettings, compile_model
     from tpc.progress import StageProgress
@@ -32,8 +41,13 @@ def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, du
     if output is None:
         budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
         output = Path("build") / f"{Path(model).name}-{method}-{budget}"
+    from tpc.compiler.trt_plan import PlanSettings
+
+    plan = PlanSettings(precision=precision, max_batch=max_batch, max_prompt_tokens=max_prompt_tokens,
+                        max_context=max_context, workspace_mb=workspace_mb)
     settings = CompileSettings(model=model, output=output, method=method, ratio=ratio, keep=keep, target=target,
-                               verify=not no_verify, force=force, dump_graphs=dump_graphs)
+                               verify=not no_verify, force=force, dump_graphs=dump_graphs, plan=plan,
+                               build_engines=not no_build)
     with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:
         path = compile_model(settings, progress)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -43,3 +57,10 @@ def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, du
         click.echo(f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
                    f"{tokens['after']} visual tokens, target {target}, verification {check}, "
                    f"{manifest['compile_seconds']:.1f} s)")
+    if target == "trt":
+        if manifest.get("engines"):
+            engines = manifest["engines"]
+            click.echo(f"built TensorRT {engines['tensorrt_version']} engines for {engines['gpu_name']}")
+        else:
+            why = "--no-build" if no_build else "no TensorRT/GPU here"
+            click.echo(f"engines not built ({why}): on the target run `tpc build {path}` or `{path}/build_engines.sh`")

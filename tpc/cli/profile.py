@@ -27,6 +27,7 @@ def _ratios(text: str) -> list[float]:
 @click.option("--new-tokens", type=int, default=32, show_default=True, help="Generated tokens per run.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+@click.option("--runtime", type=click.Choice(["auto", "ort", "trt"]), default="auto", show_default=True)
 @click.option("--sweep-ratios", default=None, help="Compile TARGET (a model) at each ratio and profile each.")
 @click.option("--ratio", type=float, default=None, help="When TARGET is a model: compile at this ratio.")
 @click.option("--method", default="fastervlm", show_default=True, help="Method when TARGET is a model.")
@@ -35,7 +36,7 @@ def _ratios(text: str) -> list[float]:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the profile JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG plot.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or table.")
-def profile_cmd(target, runs, warmup, image, prompt, prompt_tokens, batch, new_tokens, provider, threads,
+def profile_cmd(target, runs, warmup, image, prompt, prompt_tokens, batch, new_tokens, provider, threads, runtime,
                 sweep_ratios, ratio, method, cache_dir, json_path, plot_path, quiet):
     """Profile TARGET: an artifact directory, or a model (compiled through the cache)."""
     from tpc.cli.profile_table import print_profile, print_sweep
@@ -43,7 +44,8 @@ def profile_cmd(target, runs, warmup, image, prompt, prompt_tokens, batch, new_t
     from tpc.profiling.session import profile_artifact, profile_sweep
 
     config = ProfileConfig(runs=runs, warmup=warmup, batch=batch, new_tokens=new_tokens, prompt=prompt,
-                           prompt_tokens=prompt_tokens, image=image, provider=provider, threads=threads)
+                           prompt_tokens=prompt_tokens, image=image, provider=provider, threads=threads,
+                           runtime=runtime)
     config.validate()
     if sweep_ratios is not None:
         document = profile_sweep(target, _ratios(sweep_ratios), method, config, cache_dir, quiet)

@@ -18,8 +18,10 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--runtime", type=click.Choice(["auto", "ort", "trt"]), default="auto", show_default=True,
+              help="auto: TensorRT engines for trt artifacts, ONNX Runtime otherwise.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
-def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, as_json):
+def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, as_json):
     """Generate a reply with a compiled ARTIFACT."""
     from tpc.runtimes.compiled_model import CompiledModel
     from tpc.runtimes.prompting import load_image
@@ -27,7 +29,7 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
 
     sampler = Sampler(temperature=temperature, top_p=top_p, seed=seed)
     images = [load_image(image)] if image is not None else None
-    model = CompiledModel.load(artifact, provider=provider, threads=threads)
+    model = CompiledModel.load(artifact, provider=provider, threads=threads, runtime=runtime)
     info = model.graphs.describe()
     if info["fell_back"]:
         click.echo(f"warning: requested {info['requested_provider']} but ONNX Runtime runs on {info['provider']}",

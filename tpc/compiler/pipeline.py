@@ -18,14 +18,15 @@ from typing import Any, Callable
 from tpc.compiler import graphs as G
 from tpc.compiler.onnx_export import graph_signature
 from tpc.compiler.trace import trace_vision
-from tpc.errors import UsageError
+from tpc.compiler.trt_plan import BUILD_SCRIPT, PlanSettings, build_script, make_plan
+from tpc.errors import ExportError, UsageError
 from tpc.manifest import package_versions, write_manifest
 from tpc.methods import METHODS, keep_count
 from tpc.passes import DEFAULT_PASSES, PassContext, run_passes
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("onnx", "ort")
+TARGETS = ("onnx", "ort", "trt")
 # Session settings recorded in the manifest and used by `tpc run`. For "ort" the graph
 # optimisations ran offline at compile time, so loading applies only the
 # hardware-specific ones that cannot be saved portably.
@@ -34,6 +35,7 @@ SESSION_SETTINGS = {
     "ort": {"optimization": "all", "offline_optimization": "extended", "intra_op_num_threads": 0,
             "inter_op_num_threads": 0},
 }
+SESSION_SETTINGS["trt"] = SESSION_SETTINGS["onnx"]  # ONNX Runtime on the portable graphs, when asked
 
 
 @dataclass
@@ -48,6 +50,8 @@ class CompileSettings:
     force: bool = False
     dump_graphs: Path | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
+    plan: PlanSettings = field(default_factory=PlanSettings)   # --target trt
+    build_engines: bool = True   # --target trt: build here when TensorRT and a GPU are present
 
 
 Progress = Callable[[str], None]
@@ -60,6 +64,8 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
     method = METHODS.get(settings.method)
     if settings.keep is None:
         keep_count(1 << 20, settings.ratio)  # range-check the ratio before loading anything
+    if settings.target == "trt":
+        settings.plan.validate(model_context=1 << 30)
     output = Path(settings.output)
     if output.exists() and not settings.force:
         raise UsageError(f"{output} already exists; pass --force to replace it")
@@ -100,13 +106,17 @@ def _build(settings: CompileSettings, method, out: Path, progress: Progress) -> 
     paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
+    runtime = _runtime_section(adapter, keep)
+    extra: dict[str, Any] = {}
     if settings.target == "ort":
         progress("optimize for onnxruntime")
         paths = _optimize_for_ort(paths, out)
+    elif settings.target == "trt":
+        progress("TensorRT plan and check")
+        extra = _prepare_trt(settings, runtime, paths, signatures, out)
     loaded.processor.save_pretrained(str(out / "processor"))
 
     session = SESSION_SETTINGS[settings.target]
-    runtime = _runtime_section(adapter, keep)
     verification: dict[str, Any] = {"skipped": True}
     if settings.verify:
         progress("verify against PyTorch")
@@ -131,8 +141,33 @@ def _build(settings: CompileSettings, method, out: Path, progress: Progress) -> 
         "session": session,
         "runtime": runtime,
         "verification": verification,
+        **extra,
         "compile_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _prepare_trt(settings: CompileSettings, runtime: dict, paths: dict[str, Path], signatures: dict,
+                 out: Path) -> dict[str, Any]:
+    """Plan, build script, static check (blockers fail compile), and engines where possible."""
+    import onnx
+
+    from tpc.compiler.trt_build import build_engines, tensorrt_usable
+    from tpc.compiler.trt_check import check_graph
+
+    plan = make_plan(runtime, {name: path.name for name, path in paths.items()}, settings.plan)
+    script = out / BUILD_SCRIPT
+    script.write_text(build_script(plan))
+    script.chmod(0o755)
+    reports = [check_graph(onnx.load(str(paths[name]), load_external_data=False), name,
+                           plan["engines"][name]["profiles"]) for name in G.GRAPH_NAMES]
+    blockers = [f"{r.graph}: {b}" for r in reports for b in r.blockers]
+    if blockers:
+        raise ExportError(f"TensorRT check failed ({len(blockers)} blocker(s)): " + "; ".join(blockers[:3]))
+    extra: dict[str, Any] = {"trt_plan": plan, "trt_check": [r.as_dict() for r in reports]}
+    if settings.build_engines and tensorrt_usable():
+        manifest_view = {"trt_plan": plan}
+        extra["engines"] = build_engines(out, manifest_view)
+    return extra
 
 
 def _optimize_for_ort(paths: dict[str, Path], out: Path) -> dict[str, Path]:

@@ -44,6 +44,7 @@ class ProfileConfig:
     provider: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    runtime: str = "auto"           # auto | ort | trt
 
     def validate(self) -> None:
         for name in ("runs", "batch", "new_tokens", "prompt_tokens"):

@@ -43,7 +43,8 @@ def profile_artifact(target: str, config: ProfileConfig, ratio: float | None = N
     from tpc.runtimes.compiled_model import CompiledModel
 
     artifact = resolve_artifact(target, ratio, method, config, cache_dir, quiet)
-    model = CompiledModel.load(artifact, provider=config.provider, threads=config.threads)
+    model = CompiledModel.load(artifact, provider=config.provider, threads=config.threads,
+                                  runtime=config.runtime)
     bar, step = _progress_bar(config.warmup + config.runs, f"profile {artifact.name}", quiet)
     with bar:
         return profile_model(model, config, step, artifact_path=str(artifact))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from tpc.errors import UsageError
+from tpc.errors import ArtifactError, UsageError
 from tpc.manifest import Artifact, load_artifact
 from tpc.profiling.timer import StageTimer
 from tpc.runtimes.generate import Generation, generate
@@ -25,13 +25,26 @@ class CompiledModel:
 
     @classmethod
     def load(cls, path: str | Path, provider: str = "cpu", threads: int | None = None,
-             check_hashes: bool = True) -> "CompiledModel":
+             check_hashes: bool = True, runtime: str = "auto") -> "CompiledModel":
+        """``runtime``: ``auto`` (TensorRT engines when the artifact has them, else ONNX
+        Runtime), ``ort``, or ``trt``."""
         artifact = load_artifact(path, check_hashes=check_hashes)
-        if artifact.target not in ("onnx", "ort"):
-            raise UsageError(f"{path}: target {artifact.target!r} has no runtime on this install")
-        from tpc.runtimes.ort import OrtGraphs
+        if runtime not in ("auto", "ort", "trt"):
+            raise UsageError(f"unknown runtime {runtime!r}; choose auto, ort or trt")
+        use_trt = runtime == "trt" or (runtime == "auto" and artifact.target == "trt")
+        if use_trt:
+            if artifact.target != "trt":
+                raise UsageError(f"{path}: compiled for {artifact.target!r}; TensorRT needs --target trt")
+            if not artifact.manifest.get("engines"):
+                raise ArtifactError(f"{path}: TensorRT engines are not built; run `tpc build {path}` on the target "
+                                    "GPU, or pass --runtime ort to run the ONNX graphs with ONNX Runtime")
+            from tpc.runtimes.trt import TrtGraphs
 
-        graphs = OrtGraphs.from_artifact(artifact, provider=provider, threads=threads)
+            graphs = TrtGraphs(artifact)
+        else:
+            from tpc.runtimes.ort import OrtGraphs
+
+            graphs = OrtGraphs.from_artifact(artifact, provider=provider, threads=threads)
         encoder = PromptEncoder.from_dir(artifact.root / PROCESSOR_DIR, artifact.runtime)
         return cls(artifact, graphs, encoder)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,40 @@ def session_options(settings: dict[str, Any]):
     return options
 
 
+def shape_list(profiles: list[dict], bound: str) -> str:
+    """ORT TensorRT-EP profile string: ``name:1x3x336x336,...``; a name repeats once per profile."""
+    return ",".join(f"{name}:{'x'.join(str(v) for v in r[bound])}"
+                    for profile in profiles for name, r in profile["shapes"].items())
+
+
+def provider_options(provider: str, plan: dict | None, graph: str, cache_dir: Path | None) -> list:
+    """Providers with their options for one graph's session, most preferred first."""
+    chain: list = []
+    for name in PROVIDERS[provider]:
+        if name == "TensorrtExecutionProvider":
+            options: dict[str, Any] = {"trt_engine_cache_enable": True, "trt_timing_cache_enable": True,
+                                       "trt_fp16_enable": bool(plan and plan["precision"] == "fp16"),
+                                       "trt_bf16_enable": bool(plan and plan["precision"] == "bf16")}
+            if cache_dir is not None:
+                options["trt_engine_cache_path"] = str(cache_dir)
+                options["trt_timing_cache_path"] = str(cache_dir)
+            if plan is not None:
+                profiles = plan["engines"][graph]["profiles"]
+                options.update({f"trt_profile_{b}_shapes": shape_list(profiles, b) for b in ("min", "opt", "max")})
+            chain.append((name, options))
+        elif name == "CUDAExecutionProvider":
+            chain.append((name, {"device_id": 0}))
+        else:
+            chain.append(name)
+    return chain
+
+
 class OrtGraphs:
     """The vision, embedding and decoder sessions of one artifact."""
 
     def __init__(self, paths: dict[str, Path], settings: dict[str, Any], num_layers: int,
-                 provider: str = "cpu", threads: int | None = None):
+                 provider: str = "cpu", threads: int | None = None, plan: dict | None = None,
+                 cache_dir: Path | None = None):
         import onnxruntime as ort
 
         if provider not in PROVIDERS:
@@ -54,12 +84,12 @@ class OrtGraphs:
         if threads is not None:
             settings["intra_op_num_threads"] = threads
         self.requested_provider = PROVIDERS[provider][0]
-        available = ort.get_available_providers()
-        providers = [p for p in PROVIDERS[provider] if p in available] or ["CPUExecutionProvider"]
-        self.sessions = {
-            name: ort.InferenceSession(str(paths[name]), session_options(settings), providers=providers)
-            for name in (VISION, EMBED, DECODER)
-        }
+        available = set(ort.get_available_providers())
+        self.sessions = {}
+        for name in (VISION, EMBED, DECODER):
+            chain = [p for p in provider_options(provider, plan, name, cache_dir)
+                     if (p[0] if isinstance(p, tuple) else p) in available] or ["CPUExecutionProvider"]
+            self.sessions[name] = ort.InferenceSession(str(paths[name]), session_options(settings), providers=chain)
         self.provider = self.sessions[DECODER].get_providers()[0]
         self.fell_back = self.provider != self.requested_provider
         if self.fell_back:
@@ -69,7 +99,20 @@ class OrtGraphs:
     @classmethod
     def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> "OrtGraphs":
         paths = {name: artifact.graph_path(name) for name in (VISION, EMBED, DECODER)}
-        return cls(paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads)
+        plan = artifact.manifest.get("trt_plan")
+        if plan is None and provider == "tensorrt":  # profiles matching what tpc would plan for this artifact
+            from tpc.compiler.trt_plan import PlanSettings, make_plan
+
+            plan = make_plan(artifact.runtime, {n: p.name for n, p in paths.items()}, PlanSettings())
+        cache = None
+        if provider == "tensorrt":  # engine cache per artifact, outside the (hashed) artifact directory
+            import hashlib
+
+            digest = hashlib.sha256(json.dumps(artifact.manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+            cache = Path.home() / ".cache" / "tpc" / "ort-trt" / digest
+            cache.mkdir(parents=True, exist_ok=True)
+        return cls(paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads,
+                   plan, cache)
 
     def vision(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features, kept = self.sessions[VISION].run(None, {"pixel_values": pixel_values.astype(np.float32)})

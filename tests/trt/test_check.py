@@ -1,0 +1,106 @@
+"""The static TensorRT checker: planted violations are flagged, compiled graphs pass."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import run_cli
+from tpc.compiler.trt_check import check_graph
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=18):
+    graph = helper.make_graph(nodes, "planted", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 576])
+VALUES = helper.make_tensor_value_info("values", TensorProto.FLOAT, None)
+INDICES = helper.make_tensor_value_info("indices", TensorProto.INT64, None)
+
+
+def test_topk_with_a_computed_k_is_a_blocker():
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+             helper.make_node("Cast", ["m"], ["k0"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["k0", "one"], ["k"]),
+             helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="select")]
+    report = check_graph(_model(nodes, [X], [VALUES, INDICES], [numpy_helper.from_array(np.array([1]), "one")]), "g")
+    assert not report.ok
+    assert any("'select'" in b and "computed at run time" in b for b in report.blockers)
+
+
+def test_nonzero_is_a_blocker():
+    nodes = [helper.make_node("NonZero", ["x"], ["indices"], name="nz")]
+    report = check_graph(_model(nodes, [X], [INDICES]), "g")
+    assert report.blockers == ["NonZero node 'nz': data-dependent output shape (needs an output allocator)"]
+
+
+def test_topk_k_above_3840_is_a_blocker():
+    k = numpy_helper.from_array(np.array([5000], dtype=np.int64), "k")
+    nodes = [helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="big")]
+    report = check_graph(_model(nodes, [X], [VALUES, INDICES], [k]), "g")
+    assert report.blockers == ["TopK node 'big': K = 5000 exceeds TensorRT's limit of 3840"]
+
+
+def test_constant_k_topk_passes_and_int64_is_listed():
+    k = numpy_helper.from_array(np.array([64], dtype=np.int64), "k")
+    nodes = [helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="ok")]
+    report = check_graph(_model(nodes, [X], [VALUES, INDICES], [k]), "g")
+    assert report.ok and "indices" in report.int64
+
+
+def test_data_dependent_reshape_custom_domain_and_opset():
+    nodes = [helper.make_node("Cast", ["x"], ["s"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["x", "s"], ["values"], name="reshape_by_value"),
+             helper.make_node("FusedMatMul", ["x", "x"], ["y"], domain="com.microsoft", name="fused")]
+    model = _model(nodes, [X], [VALUES], opset=23)
+    report = check_graph(model, "g")
+    assert any("'reshape_by_value': data-dependent output shape" in b for b in report.blockers)
+    assert any("'fused': custom domain 'com.microsoft'" in b for b in report.blockers)
+    assert any("opset 23" in b for b in report.blockers)
+
+
+def test_shape_derived_reshape_passes():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Reshape", ["x", "s"], ["values"], name="fine")]
+    assert check_graph(_model(nodes, [X], [VALUES]), "g").ok
+
+
+@pytest.mark.parametrize("target", ["onnx", "trt"])
+def test_every_compiled_graph_passes(artifacts, target, capsys):
+    root = artifacts(0.89, target)
+    code, out, err = run_cli(["check", str(root), "--json"], capsys)
+    assert code == 0, out
+    reports = json.loads(out)
+    assert [r["graph"] for r in reports] == ["vision", "embed", "decoder"]
+    assert all(r["ok"] for r in reports)
+    assert reports[0]["ops"]["TopK"] == 2
+
+
+def test_ort_target_graphs_are_reported_not_trt_ready(artifacts, capsys):
+    code, out, _ = run_cli(["check", str(artifacts(0.89, "ort"))], capsys)
+    assert code == 1 and "BLOCKER" in out and "com.microsoft" in out
+
+
+def test_trt_artifact_contents(artifacts):
+    root = artifacts(0.89, "trt")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["target"] == "trt" and manifest["trt_plan"]["precision"] == "fp16"
+    assert all(r["ok"] for r in manifest["trt_check"])
+    script = (root / "build_engines.sh").read_text()
+    assert "--profile=1" in script and (root / "build_engines.sh").stat().st_mode & 0o111
+    assert manifest["verification"]["passed"]
+    assert not manifest.get("engines")  # no TensorRT here
+
+
+def test_trt_artifact_without_engines(artifacts, capsys, tmp_path):
+    root = artifacts(0.89, "trt")
+    code, _, err = run_cli(["run", str(root), "--prompt", "hi", "--max-new-tokens", "2"], capsys)
+    assert code == 4 and "engines are not built" in err and "--runtime ort" in err
+    code, out, err = run_cli(["run", str(root), "--prompt", "hi", "--max-new-tokens", "2", "--runtime", "ort",
+                              "--json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["build", str(root)], capsys)
+    assert code == 4 and "TensorRT is not installed" in err

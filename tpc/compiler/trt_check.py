@@ -1,0 +1,175 @@
+"""Static TensorRT compatibility report for ONNX graphs (``tpc check --target trt``).
+
+Checked against the TensorRT 10.x ONNX parser's documented constraints: operators and
+opset it supports, TopK with a constant K of at most 3840, no NonZero / Unique /
+Compress, no data-dependent output shapes, Loop without dynamic scan outputs, every
+dynamic input axis covered by an optimization profile of the build plan. int64
+tensors are listed (TensorRT casts many of them to int32). A blocker names its node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import numpy_helper
+
+MIN_OPSET, MAX_OPSET = 9, 22
+TOPK_MAX_K = 3840
+FORBIDDEN = {"NonZero": "data-dependent output shape (needs an output allocator)", "Unique": "unsupported by TensorRT",
+             "Compress": "unsupported by TensorRT"}
+# Operators the TensorRT 10 ONNX parser imports (onnx-tensorrt operators list).
+SUPPORTED_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Bernoulli
+BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu Clip Concat
+ConcatFromSequence Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DFT DepthToSpace
+DequantizeLinear Div Dropout DynamicQuantizeLinear Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor
+GRU Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
+GreaterOrEqual GridSample GroupNormalization HammingWindow HannWindow HardSigmoid HardSwish Hardmax
+Identity If ImageScaler InstanceNormalization IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu Less
+LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul MatMulInteger Max MaxPool MaxRoiPool
+MaxUnpool Mean MeanVarianceNormalization Min Mish Mod Mul Multinomial Neg NonMaxSuppression Not
+OneHot Or PRelu Pad ParametricSoftplus Pow QLinearConv QLinearMatMul QuantizeLinear RNN RandomNormal
+RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
+ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RoiAlign Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu SequenceAt
+SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink Sigmoid Sign
+Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt Squeeze Sub Sum
+Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+# Inputs (by position) whose *values* set an output shape; they must come from shapes/constants.
+SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+                "Slice": (1, 2, 3, 4), "TopK": (1,), "Resize": (3,), "Pad": (1,), "OneHot": (1,),
+                "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,)}
+# Ops through which "derived from shapes or constants" propagates.
+SHAPE_ARITHMETIC = {"Shape", "Size", "Constant", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
+                    "Mul", "Div", "Slice", "Reshape", "Min", "Max", "Equal", "Where", "Identity", "Mod", "Neg",
+                    "ConstantOfShape", "Range", "Expand", "ReduceProd", "Abs", "Less", "Greater", "Not", "And",
+                    "Or", "CumSum", "Floor", "Ceil", "Sqrt", "Clip", "LessOrEqual", "GreaterOrEqual", "Tile"}
+
+
+@dataclass
+class GraphReport:
+    graph: str
+    blockers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    int64: list[str] = field(default_factory=list)
+    ops: dict[str, int] = field(default_factory=dict)
+    opset: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"graph": self.graph, "ok": self.ok, "opset": self.opset, "blockers": self.blockers,
+                "warnings": self.warnings, "int64_tensors": self.int64, "ops": self.ops}
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, Any]:
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer
+              if init.data_location != onnx.TensorProto.EXTERNAL}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+                elif attr.name in ("value_int", "value_ints"):
+                    values[node.output[0]] = onnx.helper.get_attribute_value(attr)
+    return values
+
+
+def _static_names(graph: onnx.GraphProto) -> set[str]:
+    """Tensors computed only from shapes and constants (not from input data)."""
+    static = {init.name for init in graph.initializer}
+    for node in graph.node:  # nodes are topologically sorted in a valid ONNX graph
+        if node.op_type in ("Shape", "Size", "Constant") or (
+                node.op_type in SHAPE_ARITHMETIC and all(i in static or i == "" for i in node.input)):
+            static.update(node.output)
+    return static
+
+
+def check_graph(model: onnx.ModelProto, name: str, profiles: list[dict] | None = None) -> GraphReport:
+    graph = model.graph
+    report = GraphReport(name)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    report.opset = opsets.get("ai.onnx")
+    if report.opset is not None and not MIN_OPSET <= report.opset <= MAX_OPSET:
+        report.blockers.append(f"opset {report.opset} outside TensorRT's supported {MIN_OPSET}-{MAX_OPSET}")
+    constants = _constant_values(graph)
+    static = _static_names(graph)
+    for node in graph.node:
+        label = f"{node.op_type} node {node.name or node.output[0]!r}"
+        report.ops[node.op_type] = report.ops.get(node.op_type, 0) + 1
+        if node.domain not in ("", "ai.onnx"):
+            report.blockers.append(f"{label}: custom domain {node.domain!r} has no TensorRT importer")
+            continue
+        if node.op_type in FORBIDDEN:
+            report.blockers.append(f"{label}: {FORBIDDEN[node.op_type]}")
+            continue
+        if node.op_type not in SUPPORTED_OPS:
+            report.blockers.append(f"{label}: operator not supported by the TensorRT ONNX parser")
+        if node.op_type == "TopK":
+            k = constants.get(node.input[1]) if len(node.input) > 1 else None
+            if k is None:
+                report.blockers.append(f"{label}: K is computed at run time (needs a constant K)")
+            elif int(getattr(k, "max", lambda: k)()) > TOPK_MAX_K:
+                report.blockers.append(f"{label}: K = {int(k.max())} exceeds TensorRT's limit of {TOPK_MAX_K}")
+            continue
+        for position in SHAPE_INPUTS.get(node.op_type, ()):
+            if position < len(node.input) and node.input[position] and node.input[position] not in static:
+                report.blockers.append(f"{label}: data-dependent output shape (input {position} "
+                                       f"{node.input[position]!r} comes from tensor values)")
+        if node.op_type == "Loop":
+            body = next((a.g for a in node.attribute if a.name == "body"), None)
+            scans = len(body.output) - 1 - (len(node.input) - 2) if body is not None else 0
+            if scans > 0:
+                report.blockers.append(f"{label}: {scans} scan output(s) with a dynamic length")
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            report.int64.append(value.name)
+    report.int64 += [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT64][:20]
+    if profiles is not None:
+        _check_profiles(graph, profiles, report)
+    return report
+
+
+def _check_profiles(graph: onnx.GraphProto, profiles: list[dict], report: GraphReport) -> None:
+    initializers = {i.name for i in graph.initializer}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        dynamic = [axis for axis, d in enumerate(dims) if d.dim_param or not d.HasField("dim_value")]
+        for profile in profiles:
+            shape = profile["shapes"].get(value.name)
+            if shape is None:
+                report.blockers.append(f"input {value.name!r} has no shape in profile {profile['name']!r}")
+                continue
+            for axis, d in enumerate(dims):
+                lo, hi = shape["min"][axis], shape["max"][axis]
+                if axis in dynamic:
+                    if not lo <= shape["opt"][axis] <= hi:
+                        report.blockers.append(f"input {value.name!r} axis {axis}: profile {profile['name']!r} "
+                                               f"has min/opt/max out of order")
+                elif not lo == hi == d.dim_value:
+                    report.blockers.append(f"input {value.name!r} axis {axis} is fixed at {d.dim_value} but profile "
+                                           f"{profile['name']!r} asks for {lo}..{hi}")
+            if len(shape["min"]) != len(dims):
+                report.blockers.append(f"input {value.name!r}: profile {profile['name']!r} has rank "
+                                       f"{len(shape['min'])}, the graph {len(dims)}")
+
+
+def check_artifact(root: Path, manifest: dict) -> list[GraphReport]:
+    plan = manifest.get("trt_plan")
+    reports = []
+    for name, info in manifest["graphs"].items():
+        model = onnx.load(str(root / info["file"]), load_external_data=False)
+        profiles = plan["engines"][name]["profiles"] if plan else None
+        report = check_graph(model, name, profiles)
+        if plan is None:
+            report.warnings.append("no TensorRT build plan in this artifact (compile with --target trt)")
+        reports.append(report)
+    return reports

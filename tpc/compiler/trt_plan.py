@@ -1,0 +1,126 @@
+"""The TensorRT build plan: engines, optimization profiles, precision, and trtexec commands.
+
+The plan is data (kept in the manifest) so that engines can be built later, on the
+target (a Jetson builds its own engines from ONNX exported on an x86 host): by
+``tpc build`` with the TensorRT Python API, or by the generated ``build_engines.sh``.
+
+Profiles cover every shape the runtime asks for:
+
+* ``vision``: batch 1..max_batch;
+* ``embed``: prompt rows 1..max_prefill, and image rows 1 (decode placeholder) .. K;
+* ``decoder`` profile 0 ``prefill``: seq 1..max_prefill with an empty past (past_seq 0);
+  profile 1 ``decode``: one token with past_seq 1..max_context-1.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from tpc.errors import UsageError
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+ENGINE_DIR = "engines"
+TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
+BUILD_SCRIPT = "build_engines.sh"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    precision: str = "fp16"
+    max_batch: int = 1
+    max_prompt_tokens: int = 512   # text tokens; prefill adds the K image tokens
+    max_context: int | None = None  # default: the model's context
+    workspace_mb: int = 4096
+
+    def validate(self, model_context: int) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        for name in ("max_batch", "max_prompt_tokens", "workspace_mb"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_context is not None and not 2 <= self.max_context <= model_context:
+            raise UsageError(f"--max-context {self.max_context} is outside [2, {model_context}]")
+
+
+def _range(lo, opt, hi) -> dict[str, list[int]]:
+    return {"min": list(lo), "opt": list(opt), "max": list(hi)}
+
+
+def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: PlanSettings) -> dict[str, Any]:
+    settings.validate(runtime["max_context"])
+    b, k, d = settings.max_batch, runtime["keep"], runtime["feature_dim"]
+    size, hidden = runtime["image_size"], runtime["hidden_size"]
+    heads, head_dim, layers = runtime["num_kv_heads"], runtime["head_dim"], runtime["num_layers"]
+    context = settings.max_context or runtime["max_context"]
+    max_prefill = min(settings.max_prompt_tokens + k, context - 1)
+    opt_prefill = min(64 + k, max_prefill)
+    opt_past = min(opt_prefill + 32, context - 1)
+    past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+
+    vision = {"pixel_values": _range((1, 3, size, size), (1, 3, size, size), (b, 3, size, size))}
+    embed = {"input_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+             "image_features": _range((1, 1, d), (1, k, d), (b, k, d))}
+    prefill = {"inputs_embeds": _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
+               "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+               "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill))}
+    prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
+                    for n in past_names})
+    decode = {"inputs_embeds": _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
+              "attention_mask": _range((1, 2), (1, opt_past + 1), (b, context)),
+              "position_ids": _range((1, 1), (1, 1), (b, 1))}
+    decode.update({n: _range((1, heads, 1, head_dim), (1, heads, opt_past, head_dim), (b, heads, context - 1, head_dim))
+                   for n in past_names})
+    engines = {
+        "vision": [{"name": "vision", "shapes": vision}],
+        "embed": [{"name": "embed", "shapes": embed}],
+        "decoder": [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}],
+    }
+    return {
+        "precision": settings.precision,
+        "workspace_mb": settings.workspace_mb,
+        "timing_cache": TIMING_CACHE,
+        "limits": {"max_batch": b, "max_prefill_tokens": max_prefill, "max_context": context},
+        "engines": {name: {"onnx": graph_files[name], "engine": f"{ENGINE_DIR}/{name}.plan", "profiles": profiles}
+                    for name, profiles in engines.items()},
+    }
+
+
+def _dims(shape: list[int]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def trtexec_command(plan: dict[str, Any], name: str, trtexec: str = "trtexec") -> list[str]:
+    engine = plan["engines"][name]
+    cmd = [trtexec, f"--onnx={engine['onnx']}", f"--saveEngine={engine['engine']}",
+           f"--memPoolSize=workspace:{plan['workspace_mb']}M", f"--timingCacheFile={plan['timing_cache']}"]
+    if plan["precision"] != "fp32":
+        cmd.append(f"--{plan['precision']}")
+    for index, profile in enumerate(engine["profiles"]):
+        if len(engine["profiles"]) > 1:
+            cmd.append(f"--profile={index}")
+        for key, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
+            shapes = ",".join(f"{tensor}:{_dims(r[key])}" for tensor, r in profile["shapes"].items())
+            cmd.append(f"{flag}={shapes}")
+    return cmd
+
+
+def build_script(plan: dict[str, Any]) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Generated by tpc: builds the TensorRT engines of this artifact on the target GPU.",
+        "# Run it from the artifact directory on the device that will run the engines",
+        "# (engines are specific to the GPU and the TensorRT version). `tpc build .` does the",
+        "# same with the TensorRT Python API and records the GPU in manifest.json.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-trtexec}"',
+        f"mkdir -p {ENGINE_DIR}",
+    ]
+    for name in plan["engines"]:
+        cmd = trtexec_command(plan, name, trtexec="TRTEXEC_PLACEHOLDER")
+        quoted = " \\\n    ".join(shlex.quote(part) for part in cmd)
+        lines.append(quoted.replace("TRTEXEC_PLACEHOLDER", '"$TRTEXEC"'))
+    lines.append('echo "engines written to $(pwd)/' + ENGINE_DIR + ' (tpc build . --use-trtexec also records the GPU)"')
+    return "\n".join(lines) + "\n"

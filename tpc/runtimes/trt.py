@@ -1,0 +1,114 @@
+"""TensorRT execution of an artifact's engines (imports tensorrt and torch.cuda lazily).
+
+Same interface as ``OrtGraphs`` (vision / embed / decoder on numpy arrays), so the
+generate loop, ``tpc run`` and ``tpc profile`` are unchanged. Device buffers are torch
+CUDA tensors; the decoder's engine has two optimization profiles (prefill, decode),
+each with its own execution context, picked per call by the input shapes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tpc.compiler.graphs import DECODER, EMBED, VISION, kv_names
+from tpc.errors import ArtifactError
+from tpc.manifest import Artifact
+from tpc.runtimes.trt_shapes import check_engine_compat, select_profile
+
+
+def current_device() -> dict[str, Any]:
+    """TensorRT version and GPU of this machine (raises ArtifactError if unusable)."""
+    try:
+        import tensorrt as trt
+        import torch
+    except ImportError as exc:
+        raise ArtifactError(f"TensorRT is not installed ({exc.name}); install tpc[trt] on the GPU machine") from None
+    if not torch.cuda.is_available():
+        raise ArtifactError("no CUDA device: TensorRT engines need a GPU")
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(0),
+            "compute_capability": f"{major}.{minor}"}
+
+
+class _Engine:
+    def __init__(self, runtime, path: Path, profiles: list[dict]):
+        import tensorrt as trt
+
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"{path}: TensorRT could not deserialize the engine")
+        self.profiles = profiles
+        # one execution context per optimization profile, bound to it on first use
+        self.contexts = [self.engine.create_execution_context() for _ in range(self.engine.num_optimization_profiles)]
+        self.inputs = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
+                       if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT]
+        self.outputs = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
+                        if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT]
+        self._activated: set[int] = set()
+
+    def run(self, feeds: dict[str, np.ndarray], stream) -> list[np.ndarray]:
+        import tensorrt as trt
+        import torch
+
+        index = select_profile(self.profiles, {n: a.shape for n, a in feeds.items()})
+        context = self.contexts[index]
+        if index not in self._activated:
+            context.set_optimization_profile_async(index, stream.cuda_stream)
+            self._activated.add(index)
+        keep_alive = []
+        for name in self.inputs:
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda(non_blocking=True)
+            keep_alive.append(tensor)
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr() if tensor.numel() else 0)
+        outputs = []
+        for name in self.outputs:
+            shape = tuple(context.get_tensor_shape(name))
+            dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            out = torch.empty(shape, dtype=dtype, device="cuda")
+            outputs.append(out)
+            context.set_tensor_address(name, out.data_ptr() if out.numel() else 0)
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise ArtifactError("TensorRT execution failed")
+        stream.synchronize()
+        return [o.float().cpu().numpy() if o.dtype in (torch.float16, torch.bfloat16) else o.cpu().numpy()
+                for o in outputs]
+
+
+class TrtGraphs:
+    def __init__(self, artifact: Artifact):
+        import tensorrt as trt
+        import torch
+
+        check_engine_compat(artifact.manifest.get("engines"), current_device())
+        plan = artifact.manifest["trt_plan"]
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines = {name: _Engine(self._runtime, artifact.root / plan["engines"][name]["engine"],
+                                      plan["engines"][name]["profiles"]) for name in (VISION, EMBED, DECODER)}
+        self.stream = torch.cuda.Stream()
+        self._past = kv_names(artifact.runtime["num_layers"], "past")
+        self.device = artifact.manifest["engines"]
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def vision(self, pixel_values):
+        features, kept = self.engines[VISION].run({"pixel_values": pixel_values.astype(np.float32)}, self.stream)
+        return features, kept.astype(np.int64)
+
+    def embed(self, input_ids, image_features):
+        (embeds,) = self.engines[EMBED].run({"input_ids": input_ids, "image_features": image_features}, self.stream)
+        return embeds
+
+    def decoder(self, embeds, attention_mask, position_ids, past):
+        feeds = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
+        feeds.update(zip(self._past, past))
+        logits, *present = self.engines[DECODER].run(feeds, self.stream)
+        return logits, present
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "tensorrt", "provider": f"TensorRT {self.device.get('tensorrt_version')}",
+                "requested_provider": "tensorrt", "fell_back": False, "gpu": self.device.get("gpu_name")}
