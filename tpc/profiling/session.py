@@ -42,7 +42,10 @@ def profile_artifact(target: str, config: ProfileConfig, ratio: float | None = N
                      cache_dir: Path | None = None, quiet: bool = False) -> dict:
     from tpc.runtimes.compiled_model import CompiledModel
 
+    from tpc.profiling.profiler import reset_peak_memory
+
     artifact = resolve_artifact(target, ratio, method, config, cache_dir, quiet)
+    reset_peak_memory()  # the peak reported is loading + running, not a compile that preceded it
     model = CompiledModel.load(artifact, provider=config.provider, threads=config.threads,
                                   runtime=config.runtime)
     bar, step = _progress_bar(config.warmup + config.runs, f"profile {artifact.name}", quiet)
