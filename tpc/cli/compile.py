@@ -7,12 +7,16 @@ from pathlib import Path
 
 import click
 
+from tpc.errors import UsageError
+
 COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 
 
 @click.command("compile")
 @click.argument("model")
-@click.option("--method", default="fastervlm", show_default=True, help="Token-selection method.")
+@click.option("--method", default="fastervlm", show_default=True,
+              help="Token-selection method (see `tpc methods`), or module:function for a user score.")
+@click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE", help="A method parameter.")
 @click.option("--ratio", type=float, default=None, help="Fraction of visual tokens removed, in [0, 1).")
 @click.option("--keep", type=int, default=None, help="Visual tokens kept (overrides --ratio).")
 @click.option("--target", type=click.Choice(["onnx", "ort", "trt"]), default="ort", show_default=True,
@@ -32,7 +36,7 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--workspace-mb", type=int, default=4096, show_default=True, help="TensorRT builder workspace.")
 @click.option("--no-build", is_flag=True, help="--target trt: write the plan only, build engines on the target.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, dump_graphs, precision, max_batch,
+def compile_cmd(model, method, method_args, ratio, keep, target, output, no_verify, force, dump_graphs, precision, max_batch,
                 max_prompt_tokens, max_context, workspace_mb, no_build, quiet):
     """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
     from tpc.compiler.pipeline import CompileSettings, compile_model
@@ -40,12 +44,19 @@ def compile_cmd(model, method, ratio, keep, target, output, no_verify, force, du
 
     if output is None:
         budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
-        output = Path("build") / f"{Path(model).name}-{method}-{budget}"
+        output = Path("build") / f"{Path(model).name}-{method.replace(':', '.')}-{budget}"
     from tpc.compiler.trt_plan import PlanSettings
 
     plan = PlanSettings(precision=precision, max_batch=max_batch, max_prompt_tokens=max_prompt_tokens,
                         max_context=max_context, workspace_mb=workspace_mb)
+    args = {}
+    for pair in method_args:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--method-arg {pair!r}: expected KEY=VALUE")
+        args[key.strip()] = value.strip()
     settings = CompileSettings(model=model, output=output, method=method, ratio=ratio, keep=keep, target=target,
+                               method_args=args,
                                verify=not no_verify, force=force, dump_graphs=dump_graphs, plan=plan,
                                build_engines=not no_build)
     with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:

@@ -21,7 +21,7 @@ from tpc.compiler.trace import trace_vision
 from tpc.compiler.trt_plan import BUILD_SCRIPT, PlanSettings, build_script, make_plan
 from tpc.errors import ExportError, UsageError
 from tpc.manifest import package_versions, write_manifest
-from tpc.methods import METHODS, keep_count
+from tpc.methods import get_method, keep_count
 from tpc.passes import DEFAULT_PASSES, PassContext, run_passes
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
     progress = progress or (lambda stage: log.info("compile: %s", stage))
     if settings.target not in TARGETS:
         raise UsageError(f"unknown target {settings.target!r}; choose one of: {', '.join(TARGETS)}")
-    method = METHODS.get(settings.method)
+    method = get_method(settings.method)
+    params = method.parse_args({k: str(v) for k, v in settings.method_args.items()})
     if settings.keep is None:
         keep_count(1 << 20, settings.ratio)  # range-check the ratio before loading anything
     if settings.target == "trt":
@@ -72,7 +73,7 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
-        manifest = _build(settings, method, staging, progress)
+        manifest = _build(settings, method, params, staging, progress)
         progress("manifest")
         write_manifest(staging, manifest)
         _replace(staging, output)
@@ -82,7 +83,7 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
     return output
 
 
-def _build(settings: CompileSettings, method, out: Path, progress: Progress) -> dict[str, Any]:
+def _build(settings: CompileSettings, method, params: dict, out: Path, progress: Progress) -> dict[str, Any]:
     from tpc.models import load_model
     from tpc.models.llava import LlavaAdapter
 
@@ -91,11 +92,13 @@ def _build(settings: CompileSettings, method, out: Path, progress: Progress) -> 
     loaded = load_model(settings.model)
     adapter = LlavaAdapter(loaded.model, loaded.processor)
     keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
+    if method.resolve_keep is not None:
+        keep = keep_count(adapter.vision.num_patches, keep=method.resolve_keep(keep, params))
 
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
     progress("graph passes")
-    ctx = PassContext(layout=adapter.vision, method=method, keep=keep)
+    ctx = PassContext(layout=adapter.vision, method=method, keep=keep, params=params)
     gm, pass_log = run_passes(gm, ctx, DEFAULT_PASSES, dump_dir=settings.dump_graphs)
 
     progress("export vision")
@@ -124,14 +127,15 @@ def _build(settings: CompileSettings, method, out: Path, progress: Progress) -> 
         from tpc.runtimes.ort import OrtGraphs
 
         graphs = OrtGraphs(paths, session, adapter.text.num_layers)
-        verification = verify_graphs(graphs, adapter, method, keep)
+        verification = verify_graphs(graphs, adapter, method, keep, params)
         del graphs
 
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "model": dict(loaded.source, family=adapter.family, architecture=type(loaded.model).__name__),
-        "method": {"name": method.name, "parameters": dict(settings.method_args), "prunes_at": method.prunes_at},
+        "method": {"name": method.name, "parameters": params, "prunes_at": method.prunes_at,
+                   "stage": method.stage},
         "ratio": settings.ratio if settings.keep is None else None,
         "keep": keep,
         "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},

@@ -25,10 +25,12 @@ def close(actual: np.ndarray, expected: np.ndarray) -> tuple[bool, float]:
     return diff <= ATOL + RTOL * float(np.max(np.abs(expected), initial=0.0)), diff
 
 
-def compare_indices(actual: np.ndarray, expected: np.ndarray, scores: np.ndarray) -> str:
+def compare_indices(actual: np.ndarray, expected: np.ndarray, scores: np.ndarray | None) -> str:
     """'exact', 'tie-equivalent' (differs only among scores tied at the k-th), or 'mismatch'."""
     if np.array_equal(actual, expected):
         return "exact"
+    if scores is None or actual.shape != expected.shape:
+        return "mismatch"
     for got, want, row in zip(actual, expected, scores):
         if np.array_equal(got, want):
             continue
@@ -40,15 +42,17 @@ def compare_indices(actual: np.ndarray, expected: np.ndarray, scores: np.ndarray
 
 
 @torch.no_grad()
-def verify_vision(graphs, adapter, method, keep: int, seed: int = 0) -> list[dict]:
+def verify_vision(graphs, adapter, method, keep: int, params: dict | None = None, seed: int = 0) -> list[dict]:
     layout = adapter.vision
     generator = torch.Generator().manual_seed(seed)
     results = []
     for batch in (1, 2):
         pixels = torch.randn(batch, 3, layout.image_size, layout.image_size, generator=generator)
         features, kept = graphs.vision(pixels.numpy())
-        ref_indices, ref_features, scores = method.reference(adapter, pixels, keep)
-        verdict = compare_indices(kept, ref_indices.numpy(), scores.numpy())
+        ref_indices, ref_features, scores = method.reference(adapter, pixels, keep, **(params or {}))
+        verdict = compare_indices(kept, ref_indices.numpy(), None if scores is None else scores.numpy())
+        if verdict == "tie-equivalent" and not method.extra.get("gathers"):
+            verdict = "mismatch"  # a tie changes merged tokens: nothing to compare against
         if verdict == "tie-equivalent":  # compare features against the reference at the graph's own picks
             ref_features = adapter.project(gather_tokens(adapter.reference_vision(pixels)["patches"],
                                                          torch.from_numpy(kept)))
@@ -100,9 +104,9 @@ def verify_decoder(graphs, adapter, seed: int = 2, prompt_len: int = 6, steps: i
     return {"steps": steps + 1, "logits_max_abs_diff": worst, "greedy_equal": greedy_equal, "passed": passed}
 
 
-def verify_graphs(graphs, adapter, method, keep: int) -> dict:
+def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None) -> dict:
     report = {
-        "vision": verify_vision(graphs, adapter, method, keep),
+        "vision": verify_vision(graphs, adapter, method, keep, params),
         "embed": verify_embedding(graphs, adapter, keep),
         "decoder": verify_decoder(graphs, adapter),
         "tolerance": {"rtol": RTOL, "atol": ATOL},

@@ -1,11 +1,32 @@
-"""Token-selection methods, by name."""
+"""Token-selection methods, by name (built-ins, ``module:function``, ``tpc.methods`` entry points)."""
 
+from tpc.errors import UsageError
 from tpc.methods.base import SelectionMethod
+from tpc.methods.baselines import POOL, RANDOM, UNIFORM
 from tpc.methods.budget import keep_count
+from tpc.methods.divprune import DIVPRUNE
 from tpc.methods.fastervlm import FASTERVLM
+from tpc.methods.visionzip import VISIONZIP
+from tpc.methods.vtc_cls import VTC_CLS
 from tpc.registry import Registry
 
 METHODS: Registry[SelectionMethod] = Registry("method")
-METHODS.register(FASTERVLM.name, FASTERVLM)
+for _method in (FASTERVLM, VTC_CLS, VISIONZIP, DIVPRUNE, UNIFORM, POOL, RANDOM):
+    METHODS.register(_method.name, _method)
 
-__all__ = ["METHODS", "SelectionMethod", "keep_count"]
+
+def get_method(name: str) -> SelectionMethod:
+    """A built-in by name, a user score function ``module:function``, or an entry point."""
+    from tpc.methods.plugin import load_entry_point, load_spec
+
+    if name in METHODS:
+        return METHODS.get(name)
+    if ":" in name:
+        return load_spec(name)
+    method = load_entry_point(name)
+    if method is None:
+        METHODS.get(name)  # raises the unknown-method error listing the valid names
+    return method
+
+
+__all__ = ["METHODS", "SelectionMethod", "UsageError", "get_method", "keep_count"]

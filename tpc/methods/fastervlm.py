@@ -10,29 +10,32 @@ from __future__ import annotations
 import torch
 
 from tpc.methods.base import SelectionMethod
-from tpc.methods.selection import gather_tokens, reference_topk_ascending
+from tpc.methods.reference import reference_cls_rows
+from tpc.methods.selection import gather_tokens, reference_topk_ascending, topk_ascending
 
 
-def fastervlm_score(cls_attention: torch.Tensor) -> torch.Tensor:
-    """The [CLS] attention row over patches is the score as it stands."""
-    return cls_attention
+def select_by_scores(scores, patches, keep: int):
+    kept = topk_ascending(scores, keep)
+    return kept, gather_tokens(patches, kept)
+
+
+def fastervlm_select(values, keep: int):
+    return select_by_scores(values["cls_attention"], values["patches"], keep)
 
 
 @torch.no_grad()
 def fastervlm_reference(adapter, pixel_values: torch.Tensor, keep: int):
-    """Eager FasterVLM on the original model; returns (kept indices [B,K], features [B,K,D])."""
     ref = adapter.reference_vision(pixel_values)
-    logits = torch.einsum("bhqd,bhkd->bhqk", ref["cls_q"], ref["keys"]) * ref["scale"]
-    scores = torch.softmax(logits, dim=-1)[:, :, 0, 1:].mean(dim=1)
+    scores = reference_cls_rows(adapter, ref, [adapter.vision.feature_layer])[0]
     indices = reference_topk_ascending(scores, keep)
-    features = adapter.project(gather_tokens(ref["patches"], indices))
-    return indices, features, scores
+    return indices, adapter.project(gather_tokens(ref["patches"], indices)), scores
 
 
 FASTERVLM = SelectionMethod(
     name="fastervlm",
     description="[CLS] attention of the feature layer (one query row), top-k in raster order",
     needs=("cls_attention",),
-    score=fastervlm_score,
+    select=fastervlm_select,
     reference=fastervlm_reference,
+    extra={"gathers": True},
 )

@@ -165,26 +165,29 @@ class LlavaAdapter:
     # -- eager reference ----------------------------------------------------
     @torch.no_grad()
     def reference_vision(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Eager tensors the method references need, computed from HF's own modules.
+        """Eager tensors the method references need, computed by HF's own modules.
 
-        ``patches``: feature-layer output without [CLS] [B,N,Dv];
-        ``cls_q``/``keys``: the feature layer's [CLS] query row [B,H,1,hd] and keys
-        [B,H,T,hd], recomputed from the layer's own layer_norm1/q_proj/k_proj.
+        ``hidden_states``: every layer's output (embeddings first); ``hidden``: the
+        feature layer's output with [CLS] [B,T,Dv]; ``patches``: without [CLS];
+        ``cls_q``/``keys``/``scale``: the feature layer's [CLS] query, keys and scale.
         """
         tower = self.model.model.vision_tower
         out = tower(pixel_values, output_hidden_states=True, return_dict=True)
-        layer = tower.encoder.layers[self.vision.feature_layer]
-        layer_input = layer.layer_norm1(out.hidden_states[self.feature_hidden_index - 1])
-        b, t, _ = layer_input.shape
+        hidden = out.hidden_states[self.feature_hidden_index]
+        q, k, scale = self.reference_qk(out.hidden_states, self.vision.feature_layer)
+        return {"hidden_states": out.hidden_states, "hidden": hidden, "patches": hidden[:, 1:],
+                "cls_q": q[:, :, :1], "keys": k, "scale": scale}
+
+    @torch.no_grad()
+    def reference_qk(self, hidden_states, layer_index: int):
+        """Query and key [B,H,T,hd] of ViT layer ``layer_index``, from its own modules."""
+        layer = self.model.model.vision_tower.encoder.layers[layer_index]
+        x = layer.layer_norm1(hidden_states[layer_index])
+        b, t, _ = x.shape
         h, hd = self.vision.num_heads, self.vision.head_dim
-        q = layer.self_attn.q_proj(layer_input[:, :1]).view(b, 1, h, hd).transpose(1, 2)
-        k = layer.self_attn.k_proj(layer_input).view(b, t, h, hd).transpose(1, 2)
-        return {
-            "patches": out.hidden_states[self.feature_hidden_index][:, 1:],
-            "cls_q": q,
-            "keys": k,
-            "scale": torch.tensor(layer.self_attn.scale),
-        }
+        q = layer.self_attn.q_proj(x).view(b, t, h, hd).transpose(1, 2)
+        k = layer.self_attn.k_proj(x).view(b, t, h, hd).transpose(1, 2)
+        return q, k, torch.tensor(layer.self_attn.scale)
 
     @torch.no_grad()
     def project(self, patches: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@
 """
 
 from tpc.passes.expose_cls_attention import expose_cls_attention
+from tpc.passes.expose_feature_values import expose_feature_values
 from tpc.passes.infra import PassContext, PassResult, run_passes
 from tpc.passes.insert_token_selection import insert_token_selection
 from tpc.passes.remove_dead_vision_layers import remove_dead_vision_layers
@@ -11,6 +12,7 @@ from tpc.passes.remove_dead_vision_layers import remove_dead_vision_layers
 DEFAULT_PASSES = (
     remove_dead_vision_layers,
     expose_cls_attention,
+    expose_feature_values,
     insert_token_selection,
 )
 

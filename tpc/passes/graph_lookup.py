@@ -83,5 +83,26 @@ def call_in_graph(gm: GraphModule, fn: Callable[..., Any], *nodes: Node, **const
     return result.node
 
 
+def record_select(gm: GraphModule, fn: Callable[..., Any], inputs: dict[str, Node], static: dict[str, Any],
+                  **constants: Any):
+    """Record a method's ``select(values, **constants)`` into the graph; returns result nodes.
+
+    ``values`` maps each input name to a proxy of its node, plus the static entries
+    (``grid``...) and ``constant``: a factory that turns a Python list into a graph
+    constant (a buffer of ``gm`` read with get_attr).
+    """
+    tracer = GraphAppendingTracer(gm.graph)
+
+    def constant(data):
+        name = f"_tpc_constant_{sum(1 for n, _ in gm.named_buffers() if n.startswith('_tpc_constant_'))}"
+        gm.register_buffer(name, torch.as_tensor(data))
+        return Proxy(gm.graph.get_attr(name), tracer)
+
+    values = {name: Proxy(node, tracer) for name, node in inputs.items()}
+    values.update(static, constant=constant)
+    result = fn(values, **constants)
+    return tuple(r.node for r in result)
+
+
 def nodes_in(gm: GraphModule, prefix: str) -> list[Node]:
     return [n for n in gm.graph.nodes if in_module(n, prefix)]

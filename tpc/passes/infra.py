@@ -34,6 +34,7 @@ class PassContext:
     layout: VisionLayout
     method: SelectionMethod
     keep: int
+    params: dict[str, Any] = field(default_factory=dict)   # the method's parsed parameters
 
 
 GraphPass = Callable[[GraphModule, PassContext], PassResult]
