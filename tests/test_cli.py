@@ -46,7 +46,7 @@ def test_requested_gpu_provider_fallback_is_reported(artifacts, capsys):
 
 @pytest.mark.parametrize("args,code,fragment", [
     (["compile", "no-such-model"], 2, "unknown model 'no-such-model'"),
-    (["compile", "llava-tiny", "--method", "nope"], 2, "unknown method 'nope'; choose one of: fastervlm"),
+    (["compile", "llava-tiny", "--method", "nope"], 2, "unknown method 'nope'; choose one of: cls-mass, divprune, fastervlm"),
     (["compile", "llava-tiny", "--ratio", "1.0"], 2, "--ratio 1.0 is outside [0, 1)"),
     (["compile", "llava-tiny", "--ratio", "-0.2"], 2, "outside [0, 1)"),
     (["compile", "llava-tiny", "--keep", "577"], 2, "--keep 577 is outside [1, 576]"),

@@ -18,9 +18,11 @@ def test_manifest_records_everything(artifacts):
     assert m["model"]["id"] == "llava-tiny" and m["model"]["revision"]
     assert m["method"]["name"] == "fastervlm" and m["ratio"] == 0.89 and m["keep"] == 64
     assert m["visual_tokens"] == {"before": 576, "after": 64}
-    assert [p["name"] for p in m["passes"]] == ["remove_dead_vision_layers", "expose_cls_attention",
-                                                "insert_token_selection"]
-    assert all(p["modified"] for p in m["passes"])
+    passes = {p["name"]: p["modified"] for p in m["passes"]}
+    assert list(passes) == ["remove_dead_vision_layers", "expose_cls_attention", "expose_feature_values",
+                            "insert_token_selection"]
+    assert passes == {"remove_dead_vision_layers": True, "expose_cls_attention": True,
+                      "expose_feature_values": False, "insert_token_selection": True}  # fastervlm needs no keys
     assert m["verification"]["passed"] is True
     assert m["session"]["offline_optimization"] == "extended"
     for rel, digest in m["files"].items():

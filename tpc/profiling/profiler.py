@@ -114,7 +114,7 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
     prompts = [prompt] * config.batch
     sync = getattr(model.graphs, "synchronize", None)
     samples: dict[str, list[float]] = {m: [] for m in STAGE_METRICS + RATE_METRICS}
-    kv_bytes, kept = 0, None
+    kv_bytes, kept, image_tokens = 0, None, []
     for index in range(config.warmup + config.runs):
         timer = StageTimer(sync)
         start = time.perf_counter()
@@ -130,8 +130,16 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
                 samples[name].append(result.timings_ms[name])
         samples["decode_tokens_per_s"].append(result.decode_tokens_per_s * config.batch)
         kv_bytes, kept = result.kv_cache_bytes, result.kept_indices
+        image_tokens += result.image_tokens or []
     metrics = {name: summarize(values) for name, values in samples.items() if values}
-    prompt_length = int(model.encoder(prompts[:1], images[:1] if images else None).input_ids.shape[1])
+    buckets = manifest_buckets = model.artifact.manifest.get("buckets")
+    if manifest_buckets:
+        from tpc.runtimes.buckets import bucket_histogram
+
+        buckets = {"sizes": manifest_buckets["sizes"], "adaptive": manifest_buckets["adaptive"],
+                   "histogram": bucket_histogram(image_tokens, manifest_buckets["sizes"])}
+    counts = [image_tokens[-1]] if images and image_tokens else None
+    prompt_length = int(model.encoder.tokens(prompts[:1], counts).input_ids.shape[1])
     manifest = model.artifact.manifest
     return {
         "schema": PROFILE_SCHEMA,
@@ -143,13 +151,14 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
             "model": manifest["model"]["id"],
             "method": manifest["method"]["name"],
             "ratio": manifest.get("ratio"),
-            "keep": manifest["keep"],
+            "keep": max(image_tokens) if image_tokens else manifest["keep"],
             "target": manifest["target"],
         },
         "config": dict(asdict(config), prompt=None if config.prompt is None else config.prompt),
         "device": describe_device(model.graphs.describe(), config.threads),
         "visual_tokens": {"before": manifest["visual_tokens"]["before"],
-                          "after": manifest["visual_tokens"]["after"] if images else 0},
+                          "after": (max(image_tokens) if image_tokens else 0) if images else 0},
+        **({"buckets": buckets} if buckets else {}),
         "prompt_length": prompt_length,
         "decode_steps": config.new_tokens - 1,
         "metrics": metrics,

@@ -25,8 +25,6 @@ def resolve_artifact(target: str, ratio: float | None, method: str, config: Prof
     """An artifact directory as is, or a model compiled (once) through the cache."""
     path = Path(target)
     if (path / MANIFEST_NAME).is_file():
-        if ratio is not None:
-            raise UsageError("--ratio applies when TARGET is a model; this artifact was compiled with its own budget")
         return path
     from tpc.compiler.cache import cached_compile
     from tpc.compiler.pipeline import CompileSettings
@@ -39,15 +37,20 @@ def resolve_artifact(target: str, ratio: float | None, method: str, config: Prof
 
 
 def profile_artifact(target: str, config: ProfileConfig, ratio: float | None = None, method: str = "fastervlm",
-                     cache_dir: Path | None = None, quiet: bool = False) -> dict:
+                     cache_dir: Path | None = None, quiet: bool = False, keep: int | None = None) -> dict:
     from tpc.runtimes.compiled_model import CompiledModel
 
     from tpc.profiling.profiler import reset_peak_memory
 
-    artifact = resolve_artifact(target, ratio, method, config, cache_dir, quiet)
+    is_artifact = (Path(target) / MANIFEST_NAME).is_file()
+    artifact = resolve_artifact(target, None if is_artifact else ratio, method, config, cache_dir, quiet)
     reset_peak_memory()  # the peak reported is loading + running, not a compile that preceded it
     model = CompiledModel.load(artifact, provider=config.provider, threads=config.threads,
                                   runtime=config.runtime)
+    if is_artifact:
+        model.set_budget(keep, ratio)
+    elif keep is not None:
+        raise UsageError("--keep applies to a bucketed artifact; to compile a model at a budget use --ratio")
     bar, step = _progress_bar(config.warmup + config.runs, f"profile {artifact.name}", quiet)
     with bar:
         return profile_model(model, config, step, artifact_path=str(artifact))

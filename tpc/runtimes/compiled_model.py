@@ -49,6 +49,25 @@ class CompiledModel:
         return cls(artifact, graphs, encoder)
 
     @property
+    def bucketed(self):
+        """The bucket dispatcher of a bucketed artifact (None for a fixed-K artifact)."""
+        info = self.artifact.manifest.get("buckets")
+        if info and getattr(self, "_bucketed", None) is None:
+            from tpc.runtimes.buckets import BucketedVision
+
+            self._bucketed = BucketedVision(self.graphs, info, self.runtime)
+        return getattr(self, "_bucketed", None)
+
+    def set_budget(self, keep: int | None = None, ratio: float | None = None) -> int:
+        """Pick the compiled bucket for ``--keep`` / ``--ratio`` (bucketed artifacts only)."""
+        if self.bucketed is None:
+            if keep is not None or ratio is not None:
+                raise UsageError(f"{self.artifact.root}: compiled for {self.runtime['keep']} visual tokens; "
+                                 "--keep/--ratio at run time need an artifact compiled with --buckets")
+            return self.runtime["keep"]
+        return self.bucketed.request(keep, ratio, self.runtime["num_patches"])
+
+    @property
     def runtime(self) -> dict:
         return self.artifact.runtime
 
@@ -64,9 +83,23 @@ class CompiledModel:
         if max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         timer = timer or StageTimer()
+        prompts = list(prompts)
         with timer.stage("preprocess_ms"):
-            batch = self.encoder(list(prompts), images, max_new_tokens=max_new_tokens)
-        return generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos)
+            pixels = self.encoder.pixels(images, len(prompts))
+        counts = vision = None
+        if pixels is not None:
+            with timer.stage("vision_ms"):
+                if self.bucketed is not None:
+                    features, kept, counts = self.bucketed(pixels)
+                else:
+                    features, kept = self.graphs.vision(pixels)
+                    counts = [int(features.shape[1])] * len(prompts)
+            vision = (features, kept)
+        with timer.stage("preprocess_ms"):
+            batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
+        result = generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision)
+        result.image_tokens = counts
+        return result
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.encoder.tokenizer.decode(list(token_ids), skip_special_tokens=True)

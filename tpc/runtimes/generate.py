@@ -30,6 +30,7 @@ class Generation:
     decode_steps: int = 0               # decoder calls after prefill
     decode_tokens_per_s: float = 0.0
     kv_cache_bytes: int = 0
+    image_tokens: list[int] | None = None  # visual tokens per sample (bucketed artifacts may differ)
 
 
 def generate(
@@ -40,15 +41,22 @@ def generate(
     sampler: Sampler | None = None,
     timer: StageTimer | None = None,
     stop_at_eos: bool = True,
+    vision: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Generation:
-    """Generate up to ``max_new_tokens``; ``stop_at_eos=False`` always runs them all (profiling)."""
+    """Generate up to ``max_new_tokens``; ``stop_at_eos=False`` always runs them all (profiling).
+
+    ``vision``: (features, kept indices) already computed by the caller (bucketed
+    artifacts run vision before tokenising); otherwise the vision graph runs here.
+    """
     sampler = sampler or Sampler()
     timer = timer or StageTimer()
     b = batch.batch_size
     eos = set(runtime["eos_token_ids"]) if stop_at_eos else set()
     placeholder = np.zeros((b, 1, runtime["feature_dim"]), dtype=np.float32)
     kept = None
-    if batch.pixel_values is not None:
+    if vision is not None:
+        features, kept = vision
+    elif batch.pixel_values is not None:
         with timer.stage("vision_ms"):
             features, kept = graphs.vision(batch.pixel_values)
     else:

@@ -86,7 +86,7 @@ class OrtGraphs:
         self.requested_provider = PROVIDERS[provider][0]
         available = set(ort.get_available_providers())
         self.sessions = {}
-        for name in (VISION, EMBED, DECODER):
+        for name in paths:
             chain = [p for p in provider_options(provider, plan, name, cache_dir)
                      if (p[0] if isinstance(p, tuple) else p) in available] or ["CPUExecutionProvider"]
             self.sessions[name] = ort.InferenceSession(str(paths[name]), session_options(settings), providers=chain)
@@ -98,7 +98,7 @@ class OrtGraphs:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> "OrtGraphs":
-        paths = {name: artifact.graph_path(name) for name in (VISION, EMBED, DECODER)}
+        paths = {name: artifact.graph_path(name) for name in artifact.manifest["graphs"]}
         plan = artifact.manifest.get("trt_plan")
         if plan is None and provider == "tensorrt":  # profiles matching what tpc would plan for this artifact
             from tpc.compiler.trt_plan import PlanSettings, make_plan
@@ -113,6 +113,9 @@ class OrtGraphs:
             cache.mkdir(parents=True, exist_ok=True)
         return cls(paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads,
                    plan, cache)
+
+    def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[name].run(None, feeds)
 
     def vision(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features, kept = self.sessions[VISION].run(None, {"pixel_values": pixel_values.astype(np.float32)})

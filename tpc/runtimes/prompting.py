@@ -68,7 +68,7 @@ class PromptEncoder:
             return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         return FALLBACK_TEMPLATE.format(image=f"{self.image_token}\n" if with_image else "", text=text)
 
-    def encode(self, prompt: str, with_image: bool) -> list[int]:
+    def encode(self, prompt: str, with_image: bool, image_tokens: int | None = None) -> list[int]:
         if self.image_token in prompt:
             raise UsageError(f"the prompt must not contain {self.image_token}; pass the image with --image")
         ids = self.tokenizer(self.template(prompt, with_image)).input_ids
@@ -77,21 +77,30 @@ class PromptEncoder:
             raise UsageError(f"the chat template produced {count} image tokens, expected {int(with_image)}")
         if with_image:
             at = ids.index(self.image_token_id)
-            ids = ids[:at] + [self.image_token_id] * self.image_tokens + ids[at + 1:]
+            ids = ids[:at] + [self.image_token_id] * (image_tokens or self.image_tokens) + ids[at + 1:]
         return ids
 
-    def __call__(self, prompts: Sequence[str], images: Sequence[object] | None = None,
-                 max_new_tokens: int = 0) -> PromptBatch:
-        if images is not None and len(images) != len(prompts):
-            raise UsageError(f"{len(prompts)} prompts but {len(images)} images")
-        if images is not None and any(i is None for i in images) and not all(i is None for i in images):
+    def pixels(self, images: Sequence[object] | None, count: int) -> np.ndarray | None:
+        """Preprocessed pixel values [B,3,H,W], or None for a text-only batch."""
+        if images is not None and len(images) != count:
+            raise UsageError(f"{count} prompts but {len(images)} images")
+        if images is None or all(i is None for i in images):
+            return None
+        if any(i is None for i in images):
             raise UsageError("a batch must have an image for every prompt, or for none")
-        with_image = images is not None and images[0] is not None
-        encoded = [self.encode(p, with_image) for p in prompts]
+        loaded = [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
+        pixel_values = self.processor.image_processor(loaded, return_tensors="np")["pixel_values"]
+        return np.asarray(pixel_values, dtype=np.float32)
+
+    def tokens(self, prompts: Sequence[str], image_counts: Sequence[int] | None,
+               max_new_tokens: int = 0) -> PromptBatch:
+        """Token ids with each sample's ``<image>`` expanded to its own count (None: text only)."""
+        with_image = image_counts is not None
+        encoded = [self.encode(p, with_image, image_counts[i] if with_image else None) for i, p in enumerate(prompts)]
         longest = max(len(ids) for ids in encoded)
         if longest + max(max_new_tokens, 0) > self.max_context:
             raise UsageError(
-                f"the prompt is {longest} tokens ({self.image_tokens if with_image else 0} of them image tokens) "
+                f"the prompt is {longest} tokens ({max(image_counts) if with_image else 0} of them image tokens) "
                 f"plus {max_new_tokens} new tokens, longer than the model's context of {self.max_context}"
             )
         input_ids = np.full((len(encoded), longest), self.pad_token_id, dtype=np.int64)
@@ -99,9 +108,12 @@ class PromptEncoder:
         for row, ids in enumerate(encoded):
             input_ids[row, longest - len(ids):] = ids
             attention_mask[row, longest - len(ids):] = 1
-        pixel_values = None
-        if with_image:
-            loaded = [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
-            pixel_values = self.processor.image_processor(loaded, return_tensors="np")["pixel_values"]
-            pixel_values = np.asarray(pixel_values, dtype=np.float32)
-        return PromptBatch(input_ids, attention_mask, pixel_values, [len(ids) for ids in encoded])
+        return PromptBatch(input_ids, attention_mask, None, [len(ids) for ids in encoded])
+
+    def __call__(self, prompts: Sequence[str], images: Sequence[object] | None = None,
+                 max_new_tokens: int = 0) -> PromptBatch:
+        pixel_values = self.pixels(images, len(prompts))
+        counts = None if pixel_values is None else [self.image_tokens] * len(prompts)
+        batch = self.tokens(prompts, counts, max_new_tokens)
+        batch.pixel_values = pixel_values
+        return batch
