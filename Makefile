@@ -31,3 +31,4 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(PY) benchmarks/run_bench.py --model llava-bench
+	$(PY) benchmarks/methods_bench.py --model llava-bench

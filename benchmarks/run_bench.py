@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.0, 0.778, 0.889, 0.944)
+METHODS_MARK = "<!-- methods -->"  # methods_bench.py owns the section after this mark
 
 
 def sh(cmd: list[str]) -> None:
@@ -135,7 +136,9 @@ def main() -> None:
     else:
         rows = collect(args)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
-    args.output.write_text(render(rows, args))
+    previous = args.output.read_text() if args.output.exists() else ""
+    methods = previous[previous.index(METHODS_MARK):] if METHODS_MARK in previous else ""
+    args.output.write_text(render(rows, args) + ("\n" + methods if methods else ""))
     print(args.output.read_text())
 
 

@@ -7,6 +7,7 @@ Their selections do not depend on the image, so the graph holds them as constant
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
@@ -53,8 +54,8 @@ def pool_windows(num_patches: int, keep: int) -> list[list[int]]:
 
 
 def random_indices(num_patches: int, keep: int, seed: int) -> list[int]:
-    generator = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(num_patches, generator=generator)[:keep].tolist())
+    """Pure Python (not torch RNG): it runs while graphs are traced, where torch ops would be recorded."""
+    return sorted(random.Random(seed).sample(range(num_patches), keep))
 
 
 def _constant_rows(values, patches, indices: list[int]):
