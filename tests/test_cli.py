@@ -133,3 +133,27 @@ def test_grayscale_odd_sized_image_runs(artifacts, tmp_path, capsys):
                               "--max-new-tokens", "2", "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(out)["kept_indices"]) == 64
+
+
+def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
+    code, out, _ = run_cli(["methods"], capsys)
+    assert code == 0
+    for name in ("fastervlm", "vtc-cls", "visionzip", "divprune", "uniform", "pool", "random", "cls-mass"):
+        assert f"\n{name} " in "\n" + out
+    assert "dominant=0, contextual=0" in out and "start_layer=16" in out and "mass=0.9" in out
+    code, _, err = run_cli(["compile", "llava-tiny", "--method", "random", "--method-arg", "nope=1",
+                            "-o", str(tmp_path / "a")], capsys)
+    assert code == 2
+    _one_error_line(err, "method random has no parameter 'nope' (parameters: seed)")
+    code, _, err = run_cli(["compile", "llava-tiny", "--method", "random", "--method-arg", "seed=x",
+                            "-o", str(tmp_path / "b")], capsys)
+    assert code == 2
+    _one_error_line(err, "--method-arg seed='x': expected int")
+    code, _, err = run_cli(["compile", "llava-tiny", "--method-arg", "novalue", "-o", str(tmp_path / "c")], capsys)
+    assert code == 2
+    _one_error_line(err, "expected KEY=VALUE")
+    code, _, err = run_cli(["compile", "llava-tiny", "--method", "pool", "--keep", "128",
+                            "-o", str(tmp_path / "d")], capsys)
+    assert code == 2
+    _one_error_line(err, "pool needs a square number of kept tokens")
+    assert list(tmp_path.iterdir()) == []

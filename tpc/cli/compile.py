@@ -67,9 +67,13 @@ def compile_cmd(model, method, method_args, ratio, keep, buckets, target, output
     manifest = json.loads((path / "manifest.json").read_text())
     tokens = manifest["visual_tokens"]
     check = "skipped" if manifest["verification"].get("skipped") else "passed"
+    after = tokens["after"]
+    if manifest.get("buckets"):
+        kind = "adaptive, " if manifest["buckets"]["adaptive"] else ""
+        after = f"{kind}buckets {','.join(map(str, manifest['buckets']['sizes']))} of"
     if not quiet:
         click.echo(f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
-                   f"{tokens['after']} visual tokens, target {target}, verification {check}, "
+                   f"{after} visual tokens, target {target}, verification {check}, "
                    f"{manifest['compile_seconds']:.1f} s)")
     if target == "trt":
         if manifest.get("engines"):

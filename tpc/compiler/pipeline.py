@@ -95,7 +95,11 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
     if method.resolve_keep is not None:
         keep = keep_count(adapter.vision.num_patches, keep=method.resolve_keep(keep, params))
+    validate = method.extra.get("validate_keep")
     buckets = sorted(set(settings.buckets or []))
+    for size in buckets or [keep]:
+        if validate is not None:
+            validate(adapter.vision.num_patches, size, params)
     if method.extra.get("needs_buckets") and not buckets:
         raise UsageError(f"method {method.name} chooses its budget per image; compile it with --buckets")
     if buckets:

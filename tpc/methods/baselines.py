@@ -125,7 +125,8 @@ UNIFORM = SelectionMethod(
     select=uniform_select, reference=_reference(lambda n, k: uniform_indices(n, k)))
 POOL = SelectionMethod(
     name="pool", description="average pooling of the patch grid to sqrt(K) x sqrt(K) (baseline; K square)",
-    needs=(), select=pool_select, reference=pool_reference)
+    needs=(), select=pool_select, reference=pool_reference,
+    extra={"validate_keep": lambda n, keep, params: pool_windows(n, keep)})
 RANDOM = SelectionMethod(
     name="random", description="seeded random subset of patches, the same for every image (baseline)", needs=(),
     select=random_select, reference=_reference(lambda n, k, seed=0: random_indices(n, k, seed)),

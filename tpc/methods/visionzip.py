@@ -124,4 +124,5 @@ VISIONZIP = SelectionMethod(
     params=(Param("dominant", int, 0, "dominant tokens incl. [CLS] (0: keep - contextual)", 0),
             Param("contextual", int, 0, "merged contextual tokens (0: 10/64 of keep)", 0)),
     resolve_keep=resolve_keep,
+    extra={"validate_keep": lambda n, keep, params: split_budget(keep, params)},
 )
