@@ -32,3 +32,4 @@ clean:
 bench: $(STAMP)
 	$(PY) benchmarks/run_bench.py --model llava-bench
 	$(PY) benchmarks/methods_bench.py --model llava-bench
+	$(PY) benchmarks/divprune_loop.py --widths 64,1536,4096 --keep 64 --output BENCHMARKS.md
