@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-MIN_OPSET, MAX_OPSET = 9, 22
+MIN_OPSET, MAX_OPSET = 9, 20  # the opsets TensorRT 10.x's ONNX parser documents
 TOPK_MAX_K = 3840
 FORBIDDEN = {"NonZero": "data-dependent output shape (needs an output allocator)", "Unique": "unsupported by TensorRT",
              "Compress": "unsupported by TensorRT"}
