@@ -50,26 +50,34 @@ def describe(model: str) -> str:
     return PRESETS[model].description if model in PRESETS else model
 
 
+LABELS = {"hf": "(a) HF transformers, PyTorch SDPA, unpruned",
+          "hf-fastervlm": "(b) HF + FasterVLM in eager PyTorch (research-style), ratio 0.889"}
+
+
+def tpc_label(ratio: float) -> str:
+    return "(c) tpc + ONNX Runtime, ratio 0" if ratio == 0 else f"(d) tpc + ONNX Runtime, ratio {ratio}"
+
+
+def load_rows(out: Path) -> dict:
+    rows = {mode: dict(json.loads((out / f"{mode}.json").read_text()), label=label) for mode, label in LABELS.items()}
+    for ratio in RATIOS:
+        doc = json.loads((out / f"tpc-r{ratio}.json").read_text())
+        rows[f"tpc-{ratio}"] = dict(doc, label=tpc_label(ratio), keep=doc["artifact"]["keep"])
+    return rows
+
+
 def collect(args) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup), "--prompt-tokens", "64", "--new-tokens",
               str(args.new_tokens)]
-    rows = {}
-    for mode, label in (("hf", "(a) HF transformers, PyTorch SDPA, unpruned"),
-                        ("hf-fastervlm", "(b) HF + FasterVLM in eager PyTorch (research-style), ratio 0.889")):
-        path = out / f"{mode}.json"
+    for mode in LABELS:
         sh([sys.executable, "benchmarks/hf_baselines.py", "--mode", mode, "--model", args.model, "--ratio", "0.889",
-            "--json", str(path)] + common)
-        rows[mode] = dict(json.loads(path.read_text()), label=label)
+            "--json", str(out / f"{mode}.json")] + common)
     for ratio in RATIOS:
-        path = out / f"tpc-r{ratio}.json"
         sh([sys.executable, "-m", "tpc.cli", "profile", args.model, "--ratio", str(ratio), "--cache-dir",
-            str(out / "artifacts"), "--json", str(path), "-q"] + common)
-        doc = json.loads(path.read_text())
-        label = "(c) tpc + ONNX Runtime, ratio 0" if ratio == 0 else f"(d) tpc + ONNX Runtime, ratio {ratio}"
-        rows[f"tpc-{ratio}"] = dict(doc, label=label, keep=doc["artifact"]["keep"])
-    return rows
+            str(out / "artifacts"), "--json", str(out / f"tpc-r{ratio}.json"), "-q"] + common)
+    return load_rows(out)
 
 
 def render(rows: dict, args) -> str:
@@ -124,20 +132,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--render-only", action="store_true", help="re-render from the JSON files in --out")
     args = parser.parse_args()
-    if args.render_only:
-        rows = {}
-        for mode, label in (("hf", "(a) HF transformers, PyTorch SDPA, unpruned"),
-                            ("hf-fastervlm", "(b) HF + FasterVLM in eager PyTorch (research-style), ratio 0.889")):
-            rows[mode] = dict(json.loads((args.out / f"{mode}.json").read_text()), label=label)
-        for ratio in RATIOS:
-            doc = json.loads((args.out / f"tpc-r{ratio}.json").read_text())
-            label = "(c) tpc + ONNX Runtime, ratio 0" if ratio == 0 else f"(d) tpc + ONNX Runtime, ratio {ratio}"
-            rows[f"tpc-{ratio}"] = dict(doc, label=label, keep=doc["artifact"]["keep"])
-    else:
-        rows = collect(args)
+    rows = load_rows(args.out) if args.render_only else collect(args)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
     previous = args.output.read_text() if args.output.exists() else ""
-    methods = previous[previous.index(METHODS_MARK):] if METHODS_MARK in previous else ""
+    methods = previous[previous.index(METHODS_MARK):] if METHODS_MARK in previous else ""  # later sections
     args.output.write_text(render(rows, args) + ("\n" + methods if methods else ""))
     print(args.output.read_text())
 

@@ -110,3 +110,18 @@ def test_plugin_score_compiles_runs_and_verifies(compiled, demo_image, monkeypat
     with pytest.raises(UsageError, match="has no attribute"):
         get_method("mypkg.scores:missing")
     sys.modules.pop("mypkg.scores", None)
+
+
+def test_entry_point_methods_are_found_by_name(monkeypatch):
+    from importlib import metadata
+
+    import tpc.methods.plugin as plugin
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    fake = metadata.EntryPoint(name="edge-energy", value="mypkg.scores:edge_energy", group=plugin.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugin, "entry_point_methods", lambda: {"edge-energy": fake})
+    method = get_method("edge-energy")
+    assert method.name == "edge-energy" and method.extra["plugin"]
+    assert method.needs == ("cls_attention",)
+    with pytest.raises(UsageError, match="unknown method 'nothing'"):
+        get_method("nothing")
