@@ -19,6 +19,8 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE", help="A method parameter.")
 @click.option("--ratio", type=float, default=None, help="Fraction of visual tokens removed, in [0, 1).")
 @click.option("--keep", type=int, default=None, help="Visual tokens kept (overrides --ratio).")
+@click.option("--select-layer", type=int, default=None,
+              help="fastervlm: select at this ViT layer; later layers run on the kept tokens only.")
 @click.option("--buckets", default=None, help="Serve several kept-token counts from one artifact, e.g. 32,64,128,192.")
 @click.option("--target", type=click.Choice(["onnx", "ort", "trt"]), default="ort", show_default=True,
               help="onnx: portable graphs; ort: optimised offline for ONNX Runtime; trt: TensorRT plan + engines.")
@@ -37,7 +39,7 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--workspace-mb", type=int, default=4096, show_default=True, help="TensorRT builder workspace.")
 @click.option("--no-build", is_flag=True, help="--target trt: write the plan only, build engines on the target.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(model, method, method_args, ratio, keep, buckets, target, output, no_verify, force, dump_graphs, precision, max_batch,
+def compile_cmd(model, method, method_args, ratio, keep, select_layer, buckets, target, output, no_verify, force, dump_graphs, precision, max_batch,
                 max_prompt_tokens, max_context, workspace_mb, no_build, quiet):
     """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
     from tpc.compiler.pipeline import CompileSettings, compile_model
@@ -59,7 +61,7 @@ def compile_cmd(model, method, method_args, ratio, keep, buckets, target, output
             raise UsageError(f"--method-arg {pair!r}: expected KEY=VALUE")
         args[key.strip()] = value.strip()
     settings = CompileSettings(model=model, output=output, method=method, ratio=ratio, keep=keep, target=target,
-                               method_args=args, buckets=_buckets(buckets),
+                               method_args=args, buckets=_buckets(buckets), select_layer=select_layer,
                                verify=not no_verify, force=force, dump_graphs=dump_graphs, plan=plan,
                                build_engines=not no_build)
     with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:

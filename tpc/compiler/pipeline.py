@@ -51,6 +51,7 @@ class CompileSettings:
     dump_graphs: Path | None = None
     method_args: dict[str, Any] = field(default_factory=dict)
     buckets: list[int] | None = None   # kept-token counts one artifact serves (--buckets)
+    select_layer: int | None = None    # select inside the ViT at this layer (--select-layer)
     plan: PlanSettings = field(default_factory=PlanSettings)   # --target trt
     build_engines: bool = True   # --target trt: build here when TensorRT and a GPU are present
 
@@ -113,7 +114,10 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
     progress("graph passes")
-    ctx = PassContext(layout=adapter.vision, method=method, keep=keep, params=params)
+    if settings.select_layer is not None and buckets:
+        raise UsageError("--select-layer and --buckets cannot be combined yet")
+    ctx = PassContext(layout=adapter.vision, method=method, keep=keep, params=params,
+                      select_layer=settings.select_layer)
     gm, pass_log = run_passes(gm, ctx, BUCKETED_PASSES if buckets else DEFAULT_PASSES, dump_dir=settings.dump_graphs)
 
     progress("export vision")
@@ -152,7 +156,16 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.runtimes.ort import OrtGraphs
 
         graphs = OrtGraphs(paths, session, adapter.text.num_layers)
-        verification = verify_graphs(graphs, adapter, method, keep, params, bucket_info or None, runtime)
+        checked = method
+        if settings.select_layer is not None and settings.select_layer != adapter.vision.feature_layer:
+            import dataclasses
+            import functools
+
+            from tpc.methods.in_vit import in_vit_reference
+
+            checked = dataclasses.replace(method, reference=functools.partial(in_vit_reference,
+                                                                              layer=settings.select_layer))
+        verification = verify_graphs(graphs, adapter, checked, keep, params, bucket_info or None, runtime)
         del graphs
 
     return {
@@ -160,7 +173,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "versions": package_versions(),
         "model": dict(loaded.source, family=adapter.family, architecture=type(loaded.model).__name__),
         "method": {"name": method.name, "parameters": params, "prunes_at": method.prunes_at,
-                   "stage": method.stage},
+                   "stage": method.stage, "select_layer": settings.select_layer},
         "ratio": settings.ratio if settings.keep is None else None,
         "keep": keep,
         "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},

@@ -9,11 +9,13 @@ from tpc.passes.expose_selection_inputs import expose_selection_inputs
 from tpc.passes.infra import PassContext, PassResult, run_passes
 from tpc.passes.insert_token_selection import insert_token_selection
 from tpc.passes.remove_dead_vision_layers import remove_dead_vision_layers
+from tpc.passes.select_in_vit import select_in_vit
 
 DEFAULT_PASSES = (
     remove_dead_vision_layers,
     expose_cls_attention,
     expose_feature_values,
+    select_in_vit,
     insert_token_selection,
 )
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from torch.fx import GraphModule
 
-from tpc.errors import ExportError, TpcError
+from tpc.errors import ExportError, TpcError, UsageError
 from tpc.methods.base import SelectionMethod
 from tpc.models.base import VisionLayout
 
@@ -35,6 +35,7 @@ class PassContext:
     method: SelectionMethod
     keep: int
     params: dict[str, Any] = field(default_factory=dict)   # the method's parsed parameters
+    select_layer: int | None = None   # select inside the ViT at this layer (None: at the feature layer)
 
 
 GraphPass = Callable[[GraphModule, PassContext], PassResult]
@@ -66,6 +67,8 @@ def run_passes(
             if result.modified:
                 result.graph_module.graph.lint()
                 result.graph_module.recompile()
+        except UsageError:
+            raise  # a user's request the pass cannot honour: the user's error, as is
         except TpcError as exc:
             raise ExportError(f"pass {name} failed (after {_ran(records)}): {exc}") from exc
         except Exception as exc:  # a bug in a pass, reported with its context
