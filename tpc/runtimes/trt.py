@@ -86,14 +86,18 @@ class TrtGraphs:
         check_engine_compat(artifact.manifest.get("engines"), current_device())
         plan = artifact.manifest["trt_plan"]
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines = {name: _Engine(self._runtime, artifact.root / plan["engines"][name]["engine"],
-                                      plan["engines"][name]["profiles"]) for name in (VISION, EMBED, DECODER)}
+        self.engines = {name: _Engine(self._runtime, artifact.root / spec["engine"], spec["profiles"])
+                        for name, spec in plan["engines"].items()}
         self.stream = torch.cuda.Stream()
         self._past = kv_names(artifact.runtime["num_layers"], "past")
         self.device = artifact.manifest["engines"]
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Any engine by graph name (bucketed artifacts: encoder, selectors, projector)."""
+        return self.engines[name].run(feeds, self.stream)
 
     def vision(self, pixel_values):
         features, kept = self.engines[VISION].run({"pixel_values": pixel_values.astype(np.float32)}, self.stream)
