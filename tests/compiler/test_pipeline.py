@@ -20,9 +20,10 @@ def test_manifest_records_everything(artifacts):
     assert m["visual_tokens"] == {"before": 576, "after": 64}
     passes = {p["name"]: p["modified"] for p in m["passes"]}
     assert list(passes) == ["remove_dead_vision_layers", "expose_cls_attention", "expose_feature_values",
-                            "insert_token_selection"]
+                            "select_in_vit", "insert_token_selection"]
+    # fastervlm needs no keys, and selects at the feature layer unless --select-layer says otherwise
     assert passes == {"remove_dead_vision_layers": True, "expose_cls_attention": True,
-                      "expose_feature_values": False, "insert_token_selection": True}  # fastervlm needs no keys
+                      "expose_feature_values": False, "select_in_vit": False, "insert_token_selection": True}
     assert m["verification"]["passed"] is True
     assert m["session"]["offline_optimization"] == "extended"
     for rel, digest in m["files"].items():
