@@ -69,6 +69,8 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
         keep_count(1 << 20, settings.ratio)  # range-check the ratio before loading anything
     if settings.target == "trt":
         settings.plan.validate(model_context=1 << 30)
+    if settings.select_layer is not None and settings.buckets:
+        raise UsageError("--select-layer and --buckets cannot be combined yet")
     output = Path(settings.output)
     if output.exists() and not settings.force:
         raise UsageError(f"{output} already exists; pass --force to replace it")
@@ -96,16 +98,16 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
     if method.resolve_keep is not None:
         keep = keep_count(adapter.vision.num_patches, keep=method.resolve_keep(keep, params))
-    validate = method.extra.get("validate_keep")
     buckets = sorted(set(settings.buckets or []))
+    if buckets and (buckets[0] < 1 or buckets[-1] > adapter.vision.num_patches):
+        raise UsageError(f"--buckets: every bucket must be in [1, {adapter.vision.num_patches}]")
+    validate = method.extra.get("validate_keep")
     for size in buckets or [keep]:
         if validate is not None:
             validate(adapter.vision.num_patches, size, params)
     if method.extra.get("needs_buckets") and not buckets:
         raise UsageError(f"method {method.name} chooses its budget per image; compile it with --buckets")
     if buckets:
-        if buckets[0] < 1 or buckets[-1] > adapter.vision.num_patches:
-            raise UsageError(f"--buckets: every bucket must be in [1, {adapter.vision.num_patches}]")
         from tpc.runtimes.buckets import bucket_for
 
         asked = settings.keep is not None or settings.ratio is not None
@@ -114,8 +116,6 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
     progress("graph passes")
-    if settings.select_layer is not None and buckets:
-        raise UsageError("--select-layer and --buckets cannot be combined yet")
     ctx = PassContext(layout=adapter.vision, method=method, keep=keep, params=params,
                       select_layer=settings.select_layer)
     gm, pass_log = run_passes(gm, ctx, BUCKETED_PASSES if buckets else DEFAULT_PASSES, dump_dir=settings.dump_graphs)
