@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from tpc.methods.base import POST_PROJECTOR, SelectionMethod
-from tpc.methods.selection import gather_tokens, reference_topk_ascending
+from tpc.methods.selection import gather_tokens
 
 _BIG = 4.0  # above any cosine distance (<= 2)
 
@@ -85,4 +85,4 @@ DIVPRUNE = SelectionMethod(
     prunes_at="after the projector (vision/LLM boundary)",
 )
 
-__all__ = ["DIVPRUNE", "naive_divprune", "reference_topk_ascending"]
+__all__ = ["DIVPRUNE", "divprune_select", "naive_divprune"]

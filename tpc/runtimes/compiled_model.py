@@ -22,6 +22,12 @@ class CompiledModel:
         self.artifact = artifact
         self.graphs = graphs
         self.encoder = encoder
+        # the bucket dispatcher of a bucketed artifact; None for a fixed-K artifact
+        self.bucketed = None
+        if artifact.manifest.get("buckets"):
+            from tpc.runtimes.buckets import BucketedVision
+
+            self.bucketed = BucketedVision(graphs, artifact.manifest["buckets"], artifact.runtime)
 
     @classmethod
     def load(cls, path: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -47,16 +53,6 @@ class CompiledModel:
             graphs = OrtGraphs.from_artifact(artifact, provider=provider, threads=threads)
         encoder = PromptEncoder.from_dir(artifact.root / PROCESSOR_DIR, artifact.runtime)
         return cls(artifact, graphs, encoder)
-
-    @property
-    def bucketed(self):
-        """The bucket dispatcher of a bucketed artifact (None for a fixed-K artifact)."""
-        info = self.artifact.manifest.get("buckets")
-        if info and getattr(self, "_bucketed", None) is None:
-            from tpc.runtimes.buckets import BucketedVision
-
-            self._bucketed = BucketedVision(self.graphs, info, self.runtime)
-        return getattr(self, "_bucketed", None)
 
     def set_budget(self, keep: int | None = None, ratio: float | None = None) -> int:
         """Pick the compiled bucket for ``--keep`` / ``--ratio`` (bucketed artifacts only)."""
