@@ -21,6 +21,11 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--keep", type=int, default=None, help="Visual tokens kept (overrides --ratio).")
 @click.option("--select-layer", type=int, default=None,
               help="fastervlm: select at this ViT layer; later layers run on the kept tokens only.")
+@click.option("--llm-method", default=None,
+              help="In-LLM pruning after the pre-LLM method: fastv or pdrop (or give it as --method alone).")
+@click.option("--llm-method-arg", "llm_method_args", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of the in-LLM method.")
+@click.option("--llm-ratio", type=float, default=None, help="Fraction of the LLM's image tokens FastV removes.")
 @click.option("--buckets", default=None, help="Serve several kept-token counts from one artifact, e.g. 32,64,128,192.")
 @click.option("--target", type=click.Choice(["onnx", "ort", "trt"]), default="ort", show_default=True,
               help="onnx: portable graphs; ort: optimised offline for ONNX Runtime; trt: TensorRT plan + engines.")
@@ -39,7 +44,7 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--workspace-mb", type=int, default=4096, show_default=True, help="TensorRT builder workspace.")
 @click.option("--no-build", is_flag=True, help="--target trt: write the plan only, build engines on the target.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(model, method, method_args, ratio, keep, select_layer, buckets, target, output, no_verify, force, dump_graphs, precision, max_batch,
+def compile_cmd(model, method, method_args, ratio, keep, select_layer, llm_method, llm_method_args, llm_ratio, buckets, target, output, no_verify, force, dump_graphs, precision, max_batch,
                 max_prompt_tokens, max_context, workspace_mb, no_build, quiet):
     """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
     from tpc.compiler.pipeline import CompileSettings, compile_model
@@ -49,19 +54,19 @@ def compile_cmd(model, method, method_args, ratio, keep, select_layer, buckets, 
         output = Path("build") / f"{Path(model).name}-{method.replace(':', '.')}-b{buckets.replace(',', '-')}"
     if output is None:
         budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
-        output = Path("build") / f"{Path(model).name}-{method.replace(':', '.')}-{budget}"
+        name = method.replace(':', '.') + (f"+{llm_method}" if llm_method else "")
+        output = Path("build") / f"{Path(model).name}-{name}-{budget}"
     from tpc.compiler.trt_plan import PlanSettings
 
     plan = PlanSettings(precision=precision, max_batch=max_batch, max_prompt_tokens=max_prompt_tokens,
                         max_context=max_context, workspace_mb=workspace_mb)
-    args = {}
-    for pair in method_args:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--method-arg {pair!r}: expected KEY=VALUE")
-        args[key.strip()] = value.strip()
+    args = _pairs(method_args, "--method-arg")
+    llm_args = _pairs(llm_method_args, "--llm-method-arg")
+    if llm_method is None and (llm_args or llm_ratio is not None):
+        raise UsageError("--llm-method-arg/--llm-ratio need --llm-method")
     settings = CompileSettings(model=model, output=output, method=method, ratio=ratio, keep=keep, target=target,
                                method_args=args, buckets=_buckets(buckets), select_layer=select_layer,
+                               llm_method=llm_method, llm_method_args=llm_args, llm_ratio=llm_ratio,
                                verify=not no_verify, force=force, dump_graphs=dump_graphs, plan=plan,
                                build_engines=not no_build)
     with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:
@@ -77,6 +82,11 @@ def compile_cmd(model, method, method_args, ratio, keep, select_layer, buckets, 
         click.echo(f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
                    f"{after} visual tokens, target {target}, verification {check}, "
                    f"{manifest['compile_seconds']:.1f} s)")
+    llm = manifest.get("llm_pruning")
+    if llm and not quiet:
+        stages = ", ".join(f"layer {s['layer']}: {s['keep']}" for s in llm["stages"])
+        click.echo(f"in-LLM pruning {llm['method']}: {llm['image_tokens']} image tokens into the decoder; "
+                   f"kept from {stages}")
     if target == "trt":
         if manifest.get("engines"):
             engines = manifest["engines"]
@@ -84,6 +94,16 @@ def compile_cmd(model, method, method_args, ratio, keep, select_layer, buckets, 
         else:
             why = "--no-build" if no_build else "no TensorRT/GPU here"
             click.echo(f"engines not built ({why}): on the target run `tpc build {path}` or `{path}/build_engines.sh`")
+
+
+def _pairs(pairs, flag: str) -> dict[str, str]:
+    args = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE")
+        args[key.strip()] = value.strip()
+    return args
 
 
 def _buckets(text: str | None) -> list[int] | None:

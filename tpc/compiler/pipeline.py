@@ -22,6 +22,7 @@ from tpc.compiler.trt_plan import BUILD_SCRIPT, PlanSettings, build_script, make
 from tpc.errors import ExportError, UsageError
 from tpc.manifest import package_versions, write_manifest
 from tpc.methods import get_method, keep_count
+from tpc.methods.in_llm import LLM_METHODS
 from tpc.passes import BUCKETED_PASSES, DEFAULT_PASSES, PassContext, run_passes
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class CompileSettings:
     method_args: dict[str, Any] = field(default_factory=dict)
     buckets: list[int] | None = None   # kept-token counts one artifact serves (--buckets)
     select_layer: int | None = None    # select inside the ViT at this layer (--select-layer)
+    llm_method: str | None = None      # in-LLM pruning after the pre-LLM method (--llm-method)
+    llm_method_args: dict[str, Any] = field(default_factory=dict)
+    llm_ratio: float | None = None
+    implied_vision: bool = False       # --method fastv/pdrop: no pre-LLM selection asked for
     plan: PlanSettings = field(default_factory=PlanSettings)   # --target trt
     build_engines: bool = True   # --target trt: build here when TensorRT and a GPU are present
 
@@ -63,6 +68,11 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
     progress = progress or (lambda stage: log.info("compile: %s", stage))
     if settings.target not in TARGETS:
         raise UsageError(f"unknown target {settings.target!r}; choose one of: {', '.join(TARGETS)}")
+    settings = _split_llm_method(settings)
+    if settings.llm_method is not None:
+        LLM_METHODS.get(settings.llm_method)
+        if settings.buckets:
+            raise UsageError("in-LLM pruning (--method fastv/pdrop, --llm-method) cannot be combined with --buckets yet")
     method = get_method(settings.method)
     params = method.parse_args({k: str(v) for k, v in settings.method_args.items()})
     if settings.keep is None:
@@ -134,11 +144,23 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
     progress("export embedding")
     paths[G.EMBED] = G.export_embedding(adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out)
+    llm_plan = None
+    if settings.llm_method is not None:
+        llm_plan = LLM_METHODS.get(settings.llm_method).plan(
+            {k: str(v) for k, v in settings.llm_method_args.items()}, adapter.text.num_layers, keep,
+            settings.llm_ratio)
     progress("export decoder")
-    paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
+    if llm_plan is None:
+        paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
+    else:
+        from tpc.compiler.staged_graphs import export_staged_decoder
+
+        paths.update(export_staged_decoder(adapter.model, llm_plan, adapter.text, out))
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
     runtime = _runtime_section(adapter, keep)
+    if llm_plan is not None:
+        runtime["llm_pruning"] = llm_plan.as_dict()
     extra: dict[str, Any] = {}
     if settings.target == "ort":
         progress("optimize for onnxruntime")
@@ -165,15 +187,18 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
             checked = dataclasses.replace(method, reference=functools.partial(in_vit_reference,
                                                                               layer=settings.select_layer))
-        verification = verify_graphs(graphs, adapter, checked, keep, params, bucket_info or None, runtime)
+        verification = verify_graphs(graphs, adapter, checked, keep, params, bucket_info or None, runtime,
+                                     llm_plan)
         del graphs
 
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "model": dict(loaded.source, family=adapter.family, architecture=type(loaded.model).__name__),
-        "method": {"name": method.name, "parameters": params, "prunes_at": method.prunes_at,
-                   "stage": method.stage, "select_layer": settings.select_layer},
+        "method": {"name": _method_label(method.name, llm_plan, settings), "parameters": params,
+                   "prunes_at": method.prunes_at, "stage": method.stage, "select_layer": settings.select_layer,
+                   "vision_method": method.name},
+        **({"llm_pruning": llm_plan.as_dict()} if llm_plan is not None else {}),
         "ratio": settings.ratio if settings.keep is None else None,
         "keep": keep,
         "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},
@@ -187,6 +212,29 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         **extra,
         "compile_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _split_llm_method(settings: CompileSettings) -> CompileSettings:
+    """``--method fastv --ratio R`` means: every visual token reaches the LLM, FastV prunes R there."""
+    import dataclasses
+
+    if settings.method not in LLM_METHODS:
+        return settings
+    if settings.llm_method is not None:
+        raise UsageError(f"--method {settings.method} is an in-LLM method; give a pre-LLM --method with "
+                         "--llm-method, or use it alone")
+    if settings.keep is not None:
+        raise UsageError(f"--method {settings.method} prunes inside the LLM and takes --ratio (or its "
+                         "--method-arg budgets); --keep is for pre-LLM methods")
+    return dataclasses.replace(settings, method="fastervlm", method_args={}, ratio=None, keep=None,
+                               llm_method=settings.method, llm_method_args=dict(settings.method_args),
+                               llm_ratio=settings.ratio, implied_vision=True)
+
+
+def _method_label(vision: str, llm_plan, settings: CompileSettings) -> str:
+    if llm_plan is None:
+        return vision
+    return llm_plan.method if settings.implied_vision else f"{vision}+{llm_plan.method}"
 
 
 def _prepare_trt(settings: CompileSettings, runtime: dict, paths: dict[str, Path], signatures: dict,

@@ -74,6 +74,48 @@ def bucket_engines(signatures: dict[str, dict], buckets: list[int], settings: Pl
     return engines
 
 
+def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill: int, opt_past: int,
+                   context: int) -> dict[str, list]:
+    """Profiles of the segments and stage selectors of an in-LLM pruning artifact.
+
+    Segment s's prefill input is shorter by the image tokens dropped before it; its past
+    axis (``past_seq_s``) still reaches ``context - 1`` because a text-only prompt is not
+    pruned. The selectors see the previous segment's sequence, image block included.
+    """
+    from tpc.compiler.staged_graphs import segment_io, segment_name, select_name, stage_inputs
+    from tpc.methods.in_llm import PruningPlan
+
+    plan = PruningPlan.from_dict(runtime["llm_pruning"])
+    hidden, heads, head_dim = runtime["hidden_size"], runtime["num_kv_heads"], runtime["head_dim"]
+    engines: dict[str, list] = {}
+    for index in range(len(plan.segments())):
+        dropped = plan.image_tokens - (plan.stages[index - 1].keep if index else plan.image_tokens)
+        hi, opt = max(1, max_prefill - dropped), max(1, opt_prefill - dropped)
+        inputs, _ = segment_io(plan, index)
+        first, past_names = inputs[0], inputs[3:]
+        prefill = {first: _range((1, 1, hidden), (1, opt, hidden), (b, hi, hidden)),
+                   "attention_mask": _range((1, 1), (1, opt), (b, hi)),
+                   "position_ids": _range((1, 1), (1, opt), (b, hi))}
+        prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
+                        for n in past_names})
+        past_opt = max(1, opt_past - dropped)
+        decode = {first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
+                  "attention_mask": _range((1, 2), (1, past_opt + 1), (b, context)),
+                  "position_ids": _range((1, 1), (1, 1), (b, 1))}
+        decode.update({n: _range((1, heads, 1, head_dim), (1, heads, past_opt, head_dim),
+                                 (b, heads, context - 1, head_dim)) for n in past_names})
+        engines[segment_name(index)] = [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}]
+        if index < len(plan.stages):
+            n_in = stage_inputs(plan, index + 1)
+            lo, top = n_in + 1, max(n_in + 1, hi)
+            mid = min(max(lo, opt), top)
+            shapes = {"hidden": _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden)),
+                      **{n: _range((1, lo), (1, mid), (b, top)) for n in ("score", "position_ids", "attention_mask")},
+                      "image_start": _range((1,), (1,), (b,))}
+            engines[select_name(index + 1)] = [{"name": select_name(index + 1), "shapes": shapes}]
+    return engines
+
+
 def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: PlanSettings,
               buckets: list[int] | None = None, signatures: dict[str, dict] | None = None) -> dict[str, Any]:
     settings.validate(runtime["max_context"])
@@ -104,6 +146,9 @@ def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: Pl
         "embed": [{"name": "embed", "shapes": embed}],
         "decoder": [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}],
     }
+    if runtime.get("llm_pruning"):
+        del engines["decoder"]
+        engines.update(staged_engines(runtime, b, max_prefill, opt_prefill, opt_past, context))
     if buckets:
         del engines["vision"]
         engines.update(bucket_engines(signatures or {}, sorted(buckets), settings))

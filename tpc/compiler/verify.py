@@ -77,8 +77,12 @@ def verify_embedding(graphs, adapter, keep: int, seed: int = 1) -> dict:
 
 
 @torch.no_grad()
-def verify_decoder(graphs, adapter, seed: int = 2, prompt_len: int = 6, steps: int = 2) -> dict:
+def verify_decoder(graphs, adapter, runtime: dict | None = None, seed: int = 2, prompt_len: int = 6,
+                   steps: int = 2) -> dict:
+    """Text-only prefill + decode against HF's language model (a staged decoder does not prune here)."""
     from transformers import DynamicCache
+
+    from tpc.runtimes.decoders import make_decoder
 
     text = adapter.text
     model = adapter.model
@@ -88,13 +92,15 @@ def verify_decoder(graphs, adapter, seed: int = 2, prompt_len: int = 6, steps: i
     mask[1, :2] = 0  # left padding on the second sample
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config.text_config)
-    past = [np.zeros((2, text.num_kv_heads, 0, text.head_dim), np.float32) for _ in range(2 * text.num_layers)]
+    decoder = make_decoder(graphs, runtime or {"num_kv_heads": text.num_kv_heads, "head_dim": text.head_dim,
+                                               "num_layers": text.num_layers})
     worst, greedy_equal, passed = 0.0, True, True
     for step in range(steps + 1):
         out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                          past_key_values=cache, use_cache=True)
         expected = model.lm_head(out.last_hidden_state[:, -1]).numpy()
-        logits, past = graphs.decoder(embeds.numpy(), mask.numpy(), positions.numpy(), past)
+        logits = (decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy()) if step == 0
+                  else decoder.step(embeds.numpy()))
         ok, diff = close(logits, expected)
         worst, passed = max(worst, diff), passed and ok
         greedy_equal &= bool(np.array_equal(logits.argmax(-1), expected.argmax(-1)))
@@ -146,17 +152,21 @@ def verify_buckets(graphs, adapter, method, params: dict, info: dict, runtime: d
 
 
 def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None, buckets: dict | None = None,
-                  runtime: dict | None = None) -> dict:
+                  runtime: dict | None = None, llm_plan=None) -> dict:
     vision = (verify_buckets(graphs, adapter, method, params or {}, buckets, runtime) if buckets
               else verify_vision(graphs, adapter, method, keep, params))
     report = {
         "vision": vision,
         "embed": verify_embedding(graphs, adapter, keep),
-        "decoder": verify_decoder(graphs, adapter),
+        "decoder": verify_decoder(graphs, adapter, runtime),
         "tolerance": {"rtol": RTOL, "atol": ATOL},
     }
+    if llm_plan is not None:
+        from tpc.compiler.verify_llm import verify_staged_decoder
+
+        report["llm_pruning"] = verify_staged_decoder(graphs, adapter, llm_plan, runtime)
     report["passed"] = all(r["passed"] for r in report["vision"]) and report["embed"]["passed"] \
-        and report["decoder"]["passed"]
+        and report["decoder"]["passed"] and all(r["passed"] for r in report.get("llm_pruning", []))
     if not report["passed"]:
         raise ParityError("compiled graphs disagree with the PyTorch reference: " + summarize(report))
     return report
@@ -167,4 +177,6 @@ def summarize(report: dict) -> str:
              f"features diff {r['features_max_abs_diff']:.2e}" for r in report["vision"]]
     parts.append(f"embed diff {report['embed']['max_abs_diff']:.2e}")
     parts.append(f"decoder logits diff {report['decoder']['logits_max_abs_diff']:.2e}")
+    parts += [f"{r['method']} b{r['batch']}: kept {'/'.join(r['kept'])}, logits diff {r['logits_max_abs_diff']:.2e}, "
+              f"kv lengths {'ok' if r['kv_lengths_ok'] else 'WRONG'}" for r in report.get("llm_pruning", [])]
     return "; ".join(parts)

@@ -41,11 +41,11 @@ PRESETS: dict[str, Preset] = {
     "llava": Preset("llava", "LLaVA-1.5-7B from the hub (needs network or a local cache)", hub_id=LLAVA_15_7B),
     "llava-tiny": Preset(
         "llava-tiny",
-        "tiny random LLaVA (CLIP 336/14 geometry, 576 patches; 3 ViT layers; 2-layer Llama) for tests",
+        "tiny random LLaVA (CLIP 336/14 geometry, 576 patches; 3 ViT layers; 4-layer Llama) for tests",
         vision=dict(_CLIP_336, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                     num_attention_heads=4, projection_dim=64),
         text=dict(_TOKENIZER_IDS, vocab_size=320, hidden_size=64, intermediate_size=160,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=2048, rms_norm_eps=1e-5),
         initializer_range=0.2,
         attention_gain=3.0,

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from tpc.profiling.timer import StageTimer
+from tpc.runtimes.decoders import image_starts, make_decoder
 from tpc.runtimes.prompting import PromptBatch
 from tpc.runtimes.sampling import Sampler
 
@@ -20,6 +21,7 @@ class GraphRunner(Protocol):
     def vision(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def embed(self, input_ids: np.ndarray, image_features: np.ndarray) -> np.ndarray: ...
     def decoder(self, embeds, attention_mask, position_ids, past: list[np.ndarray]): ...
+    def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Generation:
     decode_tokens_per_s: float = 0.0
     kv_cache_bytes: int = 0
     image_tokens: list[int] | None = None  # visual tokens per sample (bucketed artifacts may differ)
+    kv_lengths: list[int] | None = None    # per decoder layer, at the end (in-LLM pruning shortens later layers)
+    llm_kept_indices: np.ndarray | None = None  # [B, K'] image tokens an in-LLM method kept (of those it got)
 
 
 def generate(
@@ -65,24 +69,24 @@ def generate(
         embeds = graphs.embed(batch.input_ids, features)
     mask = batch.attention_mask
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
-    past = [np.zeros((b, runtime["num_kv_heads"], 0, runtime["head_dim"]), dtype=np.float32)
-            for _ in range(2 * runtime["num_layers"])]
+    decoder = make_decoder(graphs, runtime)
+    image_start = None
+    if runtime.get("llm_pruning"):
+        image_start = image_starts(batch.input_ids, runtime["image_token_id"],
+                                   runtime["llm_pruning"]["image_tokens"])
     with timer.stage("prefill_ms"):
-        logits, past = graphs.decoder(embeds, mask, positions, past)
+        logits = decoder.prefill(embeds, mask, positions, image_start)
         next_ids = sampler(logits)
     ttft = sum(timer.ms.get(k, 0.0) for k in ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms"))
     timer.add("ttft_ms", ttft)
     tokens = [[int(t)] for t in next_ids] if max_new_tokens > 0 else [[] for _ in range(b)]
     done = np.array([t[0] in eos if t else True for t in tokens])
-    last_pos = positions[:, -1:]
     steps = 0
     with timer.stage("decode_ms"):
         while steps + 1 < max_new_tokens and not done.all():
             step_ids = np.where(done, runtime["pad_token_id"], next_ids).astype(np.int64)[:, None]
             embeds = graphs.embed(step_ids, placeholder)
-            mask = np.concatenate([mask, np.ones((b, 1), dtype=np.int64)], axis=1)
-            last_pos = last_pos + 1
-            logits, past = graphs.decoder(embeds, mask, last_pos, past)
+            logits = decoder.step(embeds)
             next_ids = sampler(logits)
             steps += 1
             for row in np.flatnonzero(~done):
@@ -92,5 +96,5 @@ def generate(
     timer.ms["decode_ms_per_token"] = decode_ms / steps if steps else 0.0
     timer.ms["total_ms"] = ttft + decode_ms
     tokens_per_s = 1e3 * steps / decode_ms if steps and decode_ms > 0 else 0.0
-    kv_bytes = int(sum(p.nbytes for p in past))
-    return Generation(tokens, kept, dict(timer.ms), steps, tokens_per_s, kv_bytes)
+    return Generation(tokens, kept, dict(timer.ms), steps, tokens_per_s, decoder.kv_bytes(),
+                      kv_lengths=decoder.kv_lengths(), llm_kept_indices=decoder.kept_image_indices)

@@ -90,7 +90,8 @@ class OrtGraphs:
             chain = [p for p in provider_options(provider, plan, name, cache_dir)
                      if (p[0] if isinstance(p, tuple) else p) in available] or ["CPUExecutionProvider"]
             self.sessions[name] = ort.InferenceSession(str(paths[name]), session_options(settings), providers=chain)
-        self.provider = self.sessions[DECODER].get_providers()[0]
+        main = DECODER if DECODER in self.sessions else next(n for n in self.sessions if n.startswith("decoder"))
+        self.provider = self.sessions[main].get_providers()[0]
         self.fell_back = self.provider != self.requested_provider
         if self.fell_back:
             log.warning("requested %s but ONNX Runtime runs on %s", self.requested_provider, self.provider)

@@ -1,0 +1,105 @@
+"""Export of the decoder cut at in-LLM pruning stages: ``decoder_0..S`` and ``select_1..S``.
+
+``decoder_s`` runs the layers of segment s for prefill and decode; stage s's ``select_s``
+(weightless) shortens the sequence between ``decoder_{s-1}`` and ``decoder_s`` at prefill.
+Each segment's past keys/values have their own length axis ``past_seq_s``: that is how
+the decode graphs take per-layer KV lengths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tpc.compiler.onnx_export import export_onnx
+from tpc.compiler.trace import batch_dim
+from tpc.methods.in_llm import RENUMBERED, PruningPlan
+from tpc.models.base import TextLayout
+from tpc.models.decoder_segments import DecoderSegment, StageSelect
+
+SELECT_INPUTS = ["hidden", "score", "position_ids", "attention_mask", "image_start"]
+SELECT_OUTPUTS = ["kept_hidden", "kept_position_ids", "kept_attention_mask", "kept_image_indices"]
+
+
+def segment_name(index: int) -> str:
+    return f"decoder_{index}"
+
+
+def select_name(stage: int) -> str:
+    """Stage numbers start at 1: ``select_1`` sits between ``decoder_0`` and ``decoder_1``."""
+    return f"select_{stage}"
+
+
+def segment_kv_names(start: int, end: int, prefix: str) -> list[str]:
+    return [f"{prefix}_{kind}_{i}" for i in range(start, end) for kind in ("key", "value")]
+
+
+def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
+    """(input names, output names) of segment ``index``."""
+    start, end = plan.segments()[index]
+    first = "inputs_embeds" if index == 0 else "hidden_states"
+    last = index == len(plan.stages)
+    outputs = ["logits"] if last else ["hidden", "score"]
+    return ([first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
+            [*outputs, *segment_kv_names(start, end, "present")])
+
+
+def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_dir: Path) -> Path:
+    start, end = plan.segments()[index]
+    stage = plan.stages[index] if index < len(plan.stages) else None
+    module = DecoderSegment(model, start, end, stage.score_layer if stage else None).eval()
+    b, s, p = 2, 5, 3  # distinct sample sizes so the tracer keeps the axes apart
+    embeds = torch.zeros(b, s, text.hidden_size)
+    mask = torch.ones(b, p + s, dtype=torch.int64)
+    positions = torch.arange(p, p + s).expand(b, s).contiguous()
+    past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim) for _ in range(2 * (end - start)))
+    inputs, outputs = segment_io(plan, index)
+    batch = batch_dim()
+    seq = torch.export.Dim("seq", min=1, max=text.max_context)
+    past_seq = torch.export.Dim(f"past_seq_{index}", min=0, max=text.max_context)
+    total = torch.export.Dim(f"total_seq_{index}", min=1, max=2 * text.max_context)
+    axis_names = {inputs[0]: {0: "batch", 1: "seq"}, "attention_mask": {1: f"total_seq_{index}"}}
+    axis_names.update({name: {2: f"past_seq_{index}"} for name in inputs[3:]})
+    return export_onnx(
+        module, (embeds, mask, positions, past), out_dir / f"{segment_name(index)}.onnx",
+        input_names=inputs, output_names=outputs,
+        dynamic_shapes={"hidden": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
+                        "position_ids": {0: batch, 1: seq},
+                        "past": tuple({0: batch, 2: past_seq} for _ in inputs[3:])},
+        axis_names=axis_names,
+    )
+
+
+def stage_inputs(plan: PruningPlan, stage: int) -> int:
+    """Image tokens entering stage ``stage`` (1-based)."""
+    return plan.image_tokens if stage == 1 else plan.stages[stage - 2].keep
+
+
+def export_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path) -> Path:
+    spec = plan.stages[stage - 1]
+    n_in = stage_inputs(plan, stage)
+    module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
+    b, t = 2, n_in + 7
+    generator = torch.Generator().manual_seed(stage)
+    args = (torch.randn(b, t, hidden_size, generator=generator), torch.rand(b, t, generator=generator),
+            torch.arange(t).expand(b, t).contiguous(), torch.ones(b, t, dtype=torch.int64),
+            torch.tensor([2, 3], dtype=torch.int64))
+    batch = batch_dim()
+    seq = torch.export.Dim("seq", min=n_in + 1, max=max_context)
+    return export_onnx(
+        module, args, out_dir / f"{select_name(stage)}.onnx", input_names=SELECT_INPUTS, output_names=SELECT_OUTPUTS,
+        dynamic_shapes={"hidden": {0: batch, 1: seq}, "score": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq},
+                        "attention_mask": {0: batch, 1: seq}, "image_start": {0: batch}},
+        axis_names={name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]},
+    )
+
+
+def export_staged_decoder(model, plan: PruningPlan, text: TextLayout, out_dir: Path) -> dict[str, Path]:
+    paths = {}
+    for index in range(len(plan.segments())):
+        paths[segment_name(index)] = export_segment(model, plan, index, text, out_dir)
+        if index < len(plan.stages):
+            stage = index + 1
+            paths[select_name(stage)] = export_select(plan, stage, text.hidden_size, text.max_context, out_dir)
+    return paths

@@ -1,0 +1,132 @@
+"""The LLaVA language model cut at in-LLM pruning stages, for export.
+
+``DecoderSegment`` runs decoder layers [start, end) of Hugging Face's own Llama layers
+on a flat per-layer KV cache. Each segment serves prefill and decode, so every weight
+is exported once. A segment that ends at a pruning stage also outputs the last prompt
+token's attention to every position, recomputed from the scoring layer's own q/k after
+RoPE (one query row, no T x T matrix). ``StageSelect`` is the weightless graph between
+two segments that keeps the top image tokens plus all text tokens, at prefill only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tpc.methods.selection import topk_ascending
+from tpc.models.llava import causal_padding_mask
+
+
+class SegmentCache:
+    """What HF attention needs of a cache: ``update`` appends this step's keys/values."""
+
+    def __init__(self, past: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        self.past = past
+        self.present: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key, value, layer_idx, cache_kwargs=None):
+        past_key, past_value = self.past[layer_idx]
+        key = torch.cat([past_key, key], dim=2)
+        value = torch.cat([past_value, value], dim=2)
+        self.present[layer_idx] = (key, value)
+        return key, value
+
+
+def last_token_attention(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         key_mask: torch.Tensor) -> torch.Tensor:
+    """[B,T]: softmax of the last position's query against all T keys of ``layer``, mean over heads.
+
+    ``hidden`` is the layer's input; q/k come from its own input norm and projections with
+    RoPE at the positions ``cos``/``sin`` were built for; padding keys are masked.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    b, t, _ = x.shape
+    hd = attn.head_dim
+    q = attn.q_proj(x[:, -1:]).view(b, 1, -1, hd).transpose(1, 2)
+    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+    k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+    logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [B,H,T]
+    logits = logits.masked_fill(key_mask[:, None, :] == 0, torch.finfo(logits.dtype).min)
+    return logits.softmax(dim=-1).mean(dim=1)
+
+
+class DecoderSegment(nn.Module):
+    """Decoder layers [start, end); the last segment adds the final norm and the LM head."""
+
+    def __init__(self, model, start: int, end: int, score_layer: int | None):
+        super().__init__()
+        lm = model.model.language_model
+        self.start, self.end = start, end
+        self.layers = nn.ModuleList(lm.layers[start:end])
+        self.rotary_emb = lm.rotary_emb
+        self.final = end == len(lm.layers)
+        self.score_layer = score_layer
+        if score_layer is not None:
+            if self.final or not start <= score_layer <= end:
+                raise ValueError(f"score layer {score_layer} is not scorable from segment [{start}, {end})")
+            self.scorer = lm.layers[score_layer]
+        if self.final:
+            self.norm = lm.norm
+            self.lm_head = model.lm_head
+
+    def forward(self, hidden, attention_mask, position_ids, past):
+        seq = hidden.shape[1]
+        mask = causal_padding_mask(attention_mask, seq, hidden.dtype)
+        cos, sin = self.rotary_emb(hidden, position_ids)
+        cache = SegmentCache({self.start + n: (past[2 * n], past[2 * n + 1]) for n in range(len(self.layers))})
+        score_input = None
+        for n, layer in enumerate(self.layers):
+            if self.start + n == self.score_layer:
+                score_input = hidden
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                           use_cache=True, position_embeddings=(cos, sin))
+        present = []
+        for n in range(len(self.layers)):
+            present += list(cache.present[self.start + n])
+        if self.final:
+            return (self.lm_head(self.norm(hidden[:, -1, :])), *present)
+        if self.score_layer is None:
+            return (hidden, *present)
+        if score_input is None:  # the next segment's first layer scores (PyramidDrop)
+            score_input = hidden
+        score = last_token_attention(self.scorer, score_input, cos, sin, attention_mask[:, -seq:])
+        return (hidden, score, *present)
+
+
+def stage_index(image_start: torch.Tensor, kept: torch.Tensor, seq: int, dropped: int) -> torch.Tensor:
+    """Row index [B, seq - dropped] of the survivors: text before the image, kept image, text after.
+
+    Built with element-wise selects only (no NonZero, no data-dependent shapes).
+    """
+    keep = kept.shape[1]
+    j = torch.arange(seq - dropped, device=kept.device)[None, :]
+    start = image_start[:, None]
+    inside = torch.gather(kept, 1, (j - start).clamp(min=0, max=keep - 1))
+    return torch.where(j < start, j, torch.where(j < start + keep, start + inside, j + dropped))
+
+
+class StageSelect(nn.Module):
+    """Keep the top ``keep`` of the ``image_tokens`` image rows by score, plus every text row."""
+
+    def __init__(self, image_tokens: int, keep: int, renumber: bool):
+        super().__init__()
+        self.image_tokens, self.keep, self.renumber = image_tokens, keep, renumber
+
+    def forward(self, hidden, score, position_ids, attention_mask, image_start):
+        rows = image_start[:, None] + torch.arange(self.image_tokens, device=score.device)[None, :]
+        kept = topk_ascending(torch.gather(score, 1, rows), self.keep)
+        index = stage_index(image_start, kept, hidden.shape[1], self.image_tokens - self.keep)
+        hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        mask = torch.gather(attention_mask, 1, index)
+        if self.renumber:
+            positions = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)
+        else:
+            positions = torch.gather(position_ids, 1, index)
+        return hidden, positions, mask, kept

@@ -1,0 +1,138 @@
+"""Decoder drivers the generate loop uses: ``prefill`` once, then ``step`` per token.
+
+* ``FlatDecoder``: the single ``decoder`` graph (every layer, one KV length);
+* ``StagedDecoder``: ``decoder_0..S`` with ``select_1..S`` between them at prefill
+  (FastV, PyramidDrop). Each stage keeps its own 2-D mask, last position ids and past
+  keys/values, so layers before a stage hold full-length KV and later layers the pruned
+  one; decode steps extend every stage by one token at its own next position.
+
+A runtime supplies ``run_graph(name, feeds) -> outputs`` (ONNX Runtime or TensorRT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tpc.compiler.staged_graphs import segment_io, segment_name, select_name
+from tpc.errors import UsageError
+from tpc.methods.in_llm import PruningPlan
+
+
+def image_starts(input_ids: np.ndarray, image_token_id: int, image_tokens: int) -> np.ndarray | None:
+    """First image-token position per row [B]; None without image tokens.
+
+    The staged graphs drop a fixed number of image rows, so every row must hold exactly
+    ``image_tokens`` contiguous image tokens.
+    """
+    is_image = input_ids == image_token_id
+    counts = is_image.sum(axis=1)
+    if not counts.any():
+        return None
+    starts = is_image.argmax(axis=1).astype(np.int64)
+    for row, (count, start) in enumerate(zip(counts, starts)):
+        if count != image_tokens or not is_image[row, start:start + image_tokens].all():
+            raise UsageError(f"sample {row} has {int(count)} image tokens; this artifact prunes inside the LLM "
+                             f"and needs one contiguous block of {image_tokens}")
+    return starts
+
+
+class FlatDecoder:
+    def __init__(self, graphs, runtime: dict):
+        self.graphs = graphs
+        self.runtime = runtime
+        self.past: list[np.ndarray] = []
+        self.kept_image_indices = None
+
+    def prefill(self, embeds, mask, positions, image_start=None) -> np.ndarray:
+        rt = self.runtime
+        past = [np.zeros((embeds.shape[0], rt["num_kv_heads"], 0, rt["head_dim"]), np.float32)
+                for _ in range(2 * rt["num_layers"])]
+        self.mask, self.last = mask, positions[:, -1:]
+        logits, self.past = self.graphs.decoder(embeds, mask, positions, past)
+        return logits
+
+    def step(self, embeds) -> np.ndarray:
+        self.mask = np.concatenate([self.mask, np.ones((self.mask.shape[0], 1), np.int64)], axis=1)
+        self.last = self.last + 1
+        logits, self.past = self.graphs.decoder(embeds, self.mask, self.last, self.past)
+        return logits
+
+    def kv_lengths(self) -> list[int]:
+        return [int(p.shape[2]) for p in self.past[::2]]
+
+    def kv_bytes(self) -> int:
+        return int(sum(p.nbytes for p in self.past))
+
+
+@dataclass
+class _StageState:
+    mask: np.ndarray       # [B, P_s] keys this stage's layers hold (1 = real token)
+    last: np.ndarray       # [B, 1] position id of the newest token in this stage
+    past: list[np.ndarray]
+
+
+class StagedDecoder:
+    def __init__(self, graphs, runtime: dict, plan: PruningPlan):
+        self.graphs = graphs
+        self.runtime = runtime
+        self.plan = plan
+        self.io = [segment_io(plan, i) for i in range(len(plan.segments()))]
+        self.states: list[_StageState] = []
+        self.kept_image_indices: np.ndarray | None = None  # [B, keep of last stage], of the decoder's image tokens
+        self.stage_kept: list[np.ndarray] = []        # per stage: kept rows of that stage's input image block
+        self.stage_positions: list[np.ndarray] = []   # per segment: prefill position ids its layers saw
+
+    def _run_segment(self, index: int, hidden, mask, positions, past) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        inputs, outputs = self.io[index]
+        feeds = {inputs[0]: hidden, "attention_mask": mask, "position_ids": positions}
+        feeds.update(zip(inputs[3:], past))
+        values = self.graphs.run_graph(segment_name(index), feeds)
+        heads = len(outputs) - len(inputs[3:])
+        return values[:heads], values[heads:]
+
+    def prefill(self, embeds, mask, positions, image_start=None) -> np.ndarray:
+        rt = self.runtime
+        b = embeds.shape[0]
+        hidden = embeds
+        original = np.broadcast_to(np.arange(self.plan.image_tokens), (b, self.plan.image_tokens))
+        self.states, self.stage_kept, self.stage_positions = [], [], []
+        for index, (start, end) in enumerate(self.plan.segments()):
+            empty = [np.zeros((b, rt["num_kv_heads"], 0, rt["head_dim"]), np.float32)
+                     for _ in range(2 * (end - start))]
+            heads, present = self._run_segment(index, hidden, mask, positions, empty)
+            self.stage_positions.append(positions)
+            self.states.append(_StageState(mask, positions[:, -1:], present))
+            if index == len(self.plan.stages):
+                self.kept_image_indices = original if image_start is not None else None
+                return heads[0]
+            hidden, score = heads
+            if image_start is not None:
+                hidden, positions, mask, kept = self.graphs.run_graph(select_name(index + 1), {
+                    "hidden": hidden, "score": score, "position_ids": positions, "attention_mask": mask,
+                    "image_start": image_start})
+                self.stage_kept.append(kept)
+                original = np.take_along_axis(original, kept.astype(np.int64), axis=1)
+        raise AssertionError("unreachable: the last segment returns the logits")
+
+    def step(self, embeds) -> np.ndarray:
+        hidden = embeds
+        for index, state in enumerate(self.states):
+            state.mask = np.concatenate([state.mask, np.ones((state.mask.shape[0], 1), np.int64)], axis=1)
+            state.last = state.last + 1
+            heads, state.past = self._run_segment(index, hidden, state.mask, state.last, state.past)
+            hidden = heads[0]
+        return hidden
+
+    def kv_lengths(self) -> list[int]:
+        return [int(p.shape[2]) for state in self.states for p in state.past[::2]]
+
+    def kv_bytes(self) -> int:
+        return int(sum(p.nbytes for state in self.states for p in state.past))
+
+
+def make_decoder(graphs, runtime: dict):
+    if runtime.get("llm_pruning"):
+        return StagedDecoder(graphs, runtime, PruningPlan.from_dict(runtime["llm_pruning"]))
+    return FlatDecoder(graphs, runtime)
