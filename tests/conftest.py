@@ -64,3 +64,30 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+LLM_CONFIGS = {
+    # FastV at decoder layer 2 of 4, removing 75 % of the image tokens; target trt (portable
+    # graphs + plan; run with ONNX Runtime here)
+    "fastv": dict(method="fastv", method_args={"layer": "2"}, ratio=0.75, target="trt", build_engines=False),
+    # PyramidDrop with three stages
+    "pdrop": dict(method="pdrop", method_args={"layers": "1,2,3", "keep": "0.5,0.25,0.125"}),
+    # a pre-LLM budget followed by FastV
+    "fastervlm+fastv": dict(method="fastervlm", ratio=0.5, llm_method="fastv", llm_method_args={"layer": "1"},
+                            llm_ratio=0.5),
+}
+
+
+@pytest.fixture(scope="session")
+def llm_artifacts(tmp_path_factory):
+    """llava-tiny compiled with in-LLM pruning, lazily, once per configuration."""
+    root = tmp_path_factory.mktemp("llm-artifacts")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = compile_model(CompileSettings(model="llava-tiny", output=root / name,
+                                                        **LLM_CONFIGS[name]))
+        return built[name]
+
+    return get

@@ -52,7 +52,10 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
                              if result.kept_indices is not None else None),
             "provider": info["provider"],
             "requested_provider": info["requested_provider"],
+            "kv_lengths": result.kv_lengths,
         }
+        if result.llm_kept_indices is not None:  # image tokens an in-LLM method kept (of those the LLM got)
+            payload["llm_kept_indices"] = result.llm_kept_indices[0].tolist()
         click.echo(json.dumps(payload))
         return
     click.echo(text)
