@@ -157,3 +157,26 @@ def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
     assert code == 2
     _one_error_line(err, "pool needs a square number of kept tokens")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--method", "fastv", "--keep", "10"], "--keep is for pre-LLM methods"),
+    (["--method", "fastv", "--method-arg", "layer=4"], "--method-arg layer=4: must be in [1, 3]"),
+    (["--method", "pdrop", "--ratio", "0.5"], "--ratio does not apply"),
+    (["--method", "pdrop", "--method-arg", "layers=2,1"], "layers must increase"),
+    (["--llm-ratio", "0.5"], "--llm-method-arg/--llm-ratio need --llm-method"),
+    (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: fastv, pdrop"),
+    (["--method", "fastv", "--llm-method", "pdrop"], "is an in-LLM method"),
+    (["--method", "fastv", "--buckets", "32,64"], "cannot be combined with --buckets"),
+])
+def test_in_llm_usage_errors_leave_nothing_behind(args, fragment, tmp_path, capsys):
+    code, _, err = run_cli(["compile", "llava-tiny", *args, "-o", str(tmp_path / "out")], capsys)
+    assert code == 2
+    _one_error_line(err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_methods_lists_the_in_llm_methods(capsys):
+    code, out, _ = run_cli(["methods"], capsys)
+    assert code == 0
+    assert "\nfastv " in out and "\npdrop " in out and "--llm-method fastv" in out

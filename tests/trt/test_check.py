@@ -103,3 +103,18 @@ def test_trt_artifact_without_engines(artifacts, capsys, tmp_path):
     assert code == 0, err
     code, _, err = run_cli(["build", str(root)], capsys)
     assert code == 4 and "TensorRT is not installed" in err
+
+
+def test_fastv_artifact_graphs_pass_and_plan_per_segment(llm_artifacts, capsys):
+    root = llm_artifacts("fastv")
+    code, out, _ = run_cli(["check", str(root), "--json"], capsys)
+    assert code == 0, out
+    reports = json.loads(out)
+    assert [r["graph"] for r in reports] == ["vision", "embed", "decoder_0", "select_1", "decoder_1"]
+    assert all(r["ok"] for r in reports)
+    assert reports[3]["ops"]["TopK"] == 2  # constant-K TopK over the image block, then the ascending sort
+    manifest = json.loads((root / "manifest.json").read_text())
+    engines = manifest["trt_plan"]["engines"]
+    assert [p["name"] for p in engines["decoder_1"]["profiles"]] == ["prefill", "decode"]
+    script = (root / "build_engines.sh").read_text()
+    assert "--onnx=decoder_0.onnx" in script and "--onnx=select_1.onnx" in script and "--onnx=decoder.onnx" not in script

@@ -84,3 +84,28 @@ def test_precision_flags(precision, flag):
 def test_bad_plan_settings(settings):
     with pytest.raises(UsageError):
         make_plan(RUNTIME, FILES, settings)
+
+
+def test_staged_decoder_profiles_follow_the_pruned_lengths():
+    from tpc.methods.in_llm import LLM_METHODS
+
+    llm = LLM_METHODS.get("pdrop").plan({"layers": "1", "keep": "0.25"}, 2, 64, None)
+    runtime = dict(RUNTIME, llm_pruning=llm.as_dict())
+    files = {"vision": "vision.onnx", "embed": "embed.onnx", "decoder_0": "decoder_0.onnx",
+             "select_1": "select_1.onnx", "decoder_1": "decoder_1.onnx"}
+    plan = make_plan(runtime, files, PlanSettings(max_batch=2, max_prompt_tokens=100))
+    assert set(plan["engines"]) == set(files)
+    first, second = plan["engines"]["decoder_0"]["profiles"], plan["engines"]["decoder_1"]["profiles"]
+    assert first[0]["shapes"]["inputs_embeds"]["max"] == [2, 164, 64]       # prompt + 64 image tokens
+    assert second[0]["shapes"]["hidden_states"]["max"] == [2, 164 - 48, 64]  # 48 image tokens dropped
+    assert "past_key_1" in second[1]["shapes"] and "past_key_0" not in second[1]["shapes"]
+    for profiles in (first, second):  # a text-only prompt is not pruned: every segment decodes to the context
+        assert select_profile(profiles, {n: (1, 2, 2047, 16) if n.startswith("past") else
+                                         ((1, 1, 64) if n.endswith(("embeds", "states")) else
+                                          (1, 2048) if n == "attention_mask" else (1, 1))
+                                         for n in profiles[1]["shapes"]}) == 1
+    select = plan["engines"]["select_1"]["profiles"][0]["shapes"]
+    assert select["hidden"]["min"] == [1, 65, 64] and select["hidden"]["max"] == [2, 164, 64]
+    script = build_script(plan)
+    assert "--onnx=decoder_1.onnx" in script and "--onnx=select_1.onnx" in script
+    assert "past_key_1:1x2x0x16" in " ".join(trtexec_command(plan, "decoder_1"))

@@ -26,7 +26,12 @@ def get_method(name: str) -> SelectionMethod:
         return load_spec(name)
     method = load_entry_point(name)
     if method is None:
-        METHODS.get(name)  # raises the unknown-method error listing the valid names
+        from tpc.methods.in_llm import LLM_METHODS
+
+        try:
+            METHODS.get(name)
+        except UsageError as exc:  # list the in-LLM methods too: --method fastv is valid
+            raise UsageError(f"{exc}; in-LLM: {', '.join(LLM_METHODS.names())}") from None
     return method
 
 
