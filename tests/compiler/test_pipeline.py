@@ -86,3 +86,13 @@ def test_force_replaces_atomically(artifacts, tmp_path):
     compile_model(CompileSettings(model="llava-tiny", output=out, keep=20, target="onnx", verify=False, force=True))
     assert json.loads((out / "manifest.json").read_text())["keep"] == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+
+
+def test_offline_optimisation_failure_is_an_export_error(tmp_path):
+    from tpc.errors import ExportError
+    from tpc.runtimes.ort import optimize_offline
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    with pytest.raises(ExportError, match="could not optimise broken.onnx"):
+        optimize_offline(broken, tmp_path / "out.onnx")

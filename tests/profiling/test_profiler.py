@@ -80,3 +80,15 @@ def test_bad_profile_settings_are_rejected():
 
     with pytest.raises(UsageError, match="--runs"):
         ProfileConfig(runs=0).validate()
+
+
+def test_in_llm_profile_reports_per_layer_kv_lengths(llm_artifacts):
+    from tpc.profiling.profiler import ProfileConfig, profile_model
+    from tpc.runtimes.compiled_model import CompiledModel
+
+    model = CompiledModel.load(llm_artifacts("fastv"), runtime="ort")
+    doc = profile_model(model, ProfileConfig(runs=1, warmup=0, prompt_tokens=8, new_tokens=3))
+    jsonschema.validate(doc, schema())
+    lengths = doc["kv_lengths"]
+    assert lengths[0] == lengths[1] == lengths[2] + 432 == doc["prompt_length"] + 2  # 576 -> 144 from layer 2
+    assert doc["llm_pruning"]["stages"][0]["keep"] == 144

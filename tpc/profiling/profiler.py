@@ -114,7 +114,7 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
     prompts = [prompt] * config.batch
     sync = getattr(model.graphs, "synchronize", None)
     samples: dict[str, list[float]] = {m: [] for m in STAGE_METRICS + RATE_METRICS}
-    kv_bytes, kept, image_tokens = 0, None, []
+    kv_bytes, kept, image_tokens, kv_lengths = 0, None, [], None
     for index in range(config.warmup + config.runs):
         timer = StageTimer(sync)
         start = time.perf_counter()
@@ -129,7 +129,7 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
             elif name in result.timings_ms:
                 samples[name].append(result.timings_ms[name])
         samples["decode_tokens_per_s"].append(result.decode_tokens_per_s * config.batch)
-        kv_bytes, kept = result.kv_cache_bytes, result.kept_indices
+        kv_bytes, kept, kv_lengths = result.kv_cache_bytes, result.kept_indices, result.kv_lengths
         image_tokens += result.image_tokens or []
     metrics = {name: summarize(values) for name, values in samples.items() if values}
     buckets = manifest_buckets = model.artifact.manifest.get("buckets")
@@ -164,6 +164,8 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
         "metrics": metrics,
         "peak_memory_mb": peak_memory_mb(),
         "kv_cache_bytes": int(kv_bytes),
+        **({"kv_lengths": kv_lengths} if kv_lengths else {}),
+        **({"llm_pruning": manifest["llm_pruning"]} if manifest.get("llm_pruning") else {}),
         "kept_indices_sample": kept[0].tolist() if kept is not None else None,
     }
 

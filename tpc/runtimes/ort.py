@@ -145,5 +145,15 @@ def optimize_offline(source: Path, target: Path, level: str = "extended") -> Pat
     options.optimized_model_filepath = str(target)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + ".data")
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    try:
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # e.g. the disk filled up while writing the weights
+        import shutil
+
+        from tpc.errors import ExportError
+
+        free = shutil.disk_usage(target.parent).free / 2**30
+        detail = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"ONNX Runtime could not optimise {source.name} ({free:.1f} GiB free in "
+                          f"{target.parent.parent}): {detail}") from exc
     return target
