@@ -34,3 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/methods_bench.py --model llava-bench
 	$(PY) benchmarks/divprune_loop.py --widths 64,1536,4096 --keep 64 --output BENCHMARKS.md
 	$(PY) benchmarks/in_vit_bench.py --layers 4,8,12,16,22
+	$(PY) benchmarks/llm_bench.py

@@ -24,6 +24,9 @@ def cache_key(settings: CompileSettings) -> str:
     fields = {"model": model, "method": settings.method, "method_args": settings.method_args,
               "ratio": settings.ratio if settings.keep is None else None, "keep": settings.keep,
               "target": settings.target, "tpc": tpc.__version__}
+    if settings.llm_method or settings.select_layer is not None:  # keys of plain artifacts stay as they were
+        fields.update(llm_method=settings.llm_method, llm_method_args=settings.llm_method_args,
+                      llm_ratio=settings.llm_ratio, select_layer=settings.select_layer)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
