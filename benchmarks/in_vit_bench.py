@@ -5,8 +5,8 @@
 For each select layer J: compile (cached in build/bench/in_vit), profile TTFT/vision, and
 compare with selecting at the feature layer: overlap of the kept sets and relative
 L2 drift of the projected features (PyTorch references, 4 random images). Appends the
-"In-ViT selection" section of BENCHMARKS.md; TTFT is also divided by tpc at ratio 0
-from build/bench/tpc-r0.0.json (run_bench.py).
+"In-ViT selection" section of BENCHMARKS.md; TTFT is also divided by tpc at ratio 0,
+profiled in the same run (build/bench/baseline).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from baseline import baseline_artifact, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- in-vit -->"
@@ -63,36 +64,35 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "in_vit")
-    parser.add_argument("--baseline", type=Path, default=ROOT / "build" / "bench" / "tpc-r0.0.json")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for layer in layers:
+    for layer in layers:  # every compile first, so that no compile overlaps a measurement
         art = args.out / f"{args.model}-J{layer}"
         if not (art / "manifest.json").exists():
             sh([sys.executable, "-m", "tpc.cli", "compile", args.model, "--keep", str(args.keep), "--select-layer",
                 str(layer), "-o", str(art), "--force", "-q"])
-        path = args.out / f"J{layer}.json"
-        sh([sys.executable, "-m", "tpc.cli", "profile", str(art), "--runs", str(args.runs), "--warmup", "1",
-            "--prompt-tokens", "64", "--new-tokens", "8", "--json", str(path), "-q"])
-        doc = json.loads(path.read_text())
+    base_art = baseline_artifact(args.model)
+    base_doc = profile(base_art, args.out / "r0.json", args.runs)
+    for layer in layers:
+        doc = profile(args.out / f"{args.model}-J{layer}", args.out / f"J{layer}.json", args.runs)
         rows.append({"layer": layer, "ttft_ms": doc["metrics"]["ttft_ms"]["p50"],
                      "vision_ms": doc["metrics"]["vision_ms"]["p50"]})
     quality = drift(args.model, layers, args.keep, 4)
-    base = json.loads(args.baseline.read_text())["metrics"]["ttft_ms"]["p50"] if args.baseline.exists() else None
+    base = base_doc["metrics"]["ttft_ms"]["p50"]
     lines = ["## In-ViT selection (FasterVLM, 64 kept tokens)", "",
              f"`python benchmarks/in_vit_bench.py --layers {args.layers}`: select at ViT layer J, later layers run on "
              f"[CLS] + 64 tokens; medians of {args.runs} runs (64-token prompt). Overlap and drift against selecting "
              "at the feature layer (random weights make them uninformative here; on a real checkpoint they are "
-             "the figures to choose J by)." + (f" TTFT ratio against tpc at ratio 0 ({base:.0f} ms, run_bench.py)."
-                                               if base else ""), "",
+             "the figures to choose J by)." + f" TTFT ratio against tpc at ratio 0 ({base:.0f} ms TTFT, "
+             f"{base_doc['metrics']['vision_ms']['p50']:.0f} ms vision) profiled in this same run.", "",
              "| select layer J | vision ms | TTFT ms | TTFT vs tpc ratio 0 | kept-set overlap | feature drift |",
              "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         q = quality[r["layer"]]
-        ratio = f"{r['ttft_ms'] / base:.3f}x" if base else "-"
+        ratio = f"{r['ttft_ms'] / base:.3f}x"
         lines.append(f"| {r['layer']} | {r['vision_ms']:.0f} | {r['ttft_ms']:.0f} | {ratio} | {q['overlap']:.2f} | "
                      f"{q['feature_drift']:.3f} |")
     (args.out / "in_vit.json").write_text(json.dumps({"rows": rows, "quality": quality, "baseline_ttft_ms": base},

@@ -17,11 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from baseline import baseline_artifact
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- in-llm -->"
 
 CONFIGS = [
-    ("tpc ratio 0", "r0", ["--ratio", "0"]),
+    ("tpc ratio 0", "r0", None),  # the shared baseline artifact (baseline.py)
     ("fastv K=2 R=0.5", "fastv-k2-r0.5", ["--method", "fastv", "--method-arg", "layer=2", "--ratio", "0.5"]),
     ("fastv K=2 R=0.75", "fastv-k2-r0.75", ["--method", "fastv", "--method-arg", "layer=2", "--ratio", "0.75"]),
     ("pdrop (default stages)", "pdrop", ["--method", "pdrop"]),
@@ -46,12 +48,15 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    def artifact(name: str, flags) -> Path:
+        return baseline_artifact(args.model) if flags is None else args.out / f"{args.model}-{name}"
+
     for label, name, flags in CONFIGS:  # every compile first, so that no compile overlaps a measurement
-        art = args.out / f"{args.model}-{name}"
+        art = artifact(name, flags)
         if not (art / "manifest.json").exists():
             sh([sys.executable, "-m", "tpc.cli", "compile", args.model, *flags, "-o", str(art), "--force", "-q"])
     for label, name, flags in CONFIGS:
-        art = args.out / f"{args.model}-{name}"
+        art = artifact(name, flags)
         path = args.out / f"{name}.json"
         sh([sys.executable, "-m", "tpc.cli", "profile", str(art), "--runs", str(args.runs), "--warmup",
             str(args.warmup), "--prompt-tokens", "64", "--new-tokens", str(args.new_tokens), "--json", str(path), "-q"])

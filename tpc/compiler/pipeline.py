@@ -170,7 +170,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         extra = _prepare_trt(settings, runtime, paths, signatures, out)
     loaded.processor.save_pretrained(str(out / "processor"))
 
-    session = SESSION_SETTINGS[settings.target]
+    session = dict(SESSION_SETTINGS[settings.target])
+    if llm_plan is not None:  # decoder segments run back to back: no thread spinning between them
+        session["allow_spinning"] = False
     verification: dict[str, Any] = {"skipped": True}
     if settings.verify:
         progress("verify against PyTorch")

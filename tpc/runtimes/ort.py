@@ -39,6 +39,10 @@ def session_options(settings: dict[str, Any]):
     options.inter_op_num_threads = int(settings.get("inter_op_num_threads", 0))
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    if not settings.get("allow_spinning", True):
+        # Several sessions run back to back per token (decoder segments): idle workers of one
+        # session spinning for work would take the cores from the next one.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
