@@ -115,11 +115,15 @@ def test_bucket_usage_errors(tmp_path, capsys):
 
 
 def test_trt_plan_for_buckets(tmp_path):
-    out = compile_model(CompileSettings(model="llava-tiny", output=tmp_path / "t", buckets=[32, 64], target="trt",
-                                        verify=False))
+    out = compile_model(CompileSettings(model="llava-tiny", output=tmp_path / "t", buckets=[32, 64], keep=32,
+                                        target="trt", verify=False))
     m = json.loads((out / "manifest.json").read_text())
     engines = m["trt_plan"]["engines"]
     assert [p["name"] for p in engines["projector"]["profiles"]] == ["k32", "k64"]
     assert engines["projector"]["profiles"][1]["shapes"]["tokens"]["max"] == [1, 64, 64]
+    # default bucket 32, but the embedding and prefill profiles must reach the largest bucket
+    embed = engines["embed"]["profiles"][0]["shapes"]
+    assert embed["image_features"]["max"] == [1, 64, 64] and embed["image_features"]["opt"] == [1, 32, 64]
+    assert engines["decoder"]["profiles"][0]["shapes"]["inputs_embeds"]["max"][1] == 512 + 64
     assert all(r["ok"] for r in m["trt_check"])
     assert "--profile=1" in (out / "build_engines.sh").read_text()

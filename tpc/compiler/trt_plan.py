@@ -119,18 +119,21 @@ def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefil
 def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: PlanSettings,
               buckets: list[int] | None = None, signatures: dict[str, dict] | None = None) -> dict[str, Any]:
     settings.validate(runtime["max_context"])
-    b, k, d = settings.max_batch, runtime["keep"], runtime["feature_dim"]
+    b, d = settings.max_batch, runtime["feature_dim"]
+    # a bucketed artifact's default bucket may not be its largest: profiles reach the largest
+    k_opt = runtime["keep"]
+    k = max(buckets) if buckets else k_opt
     size, hidden = runtime["image_size"], runtime["hidden_size"]
     heads, head_dim, layers = runtime["num_kv_heads"], runtime["head_dim"], runtime["num_layers"]
     context = settings.max_context or runtime["max_context"]
     max_prefill = min(settings.max_prompt_tokens + k, context - 1)
-    opt_prefill = min(64 + k, max_prefill)
+    opt_prefill = min(64 + k_opt, max_prefill)
     opt_past = min(opt_prefill + 32, context - 1)
     past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
 
     vision = {"pixel_values": _range((1, 3, size, size), (1, 3, size, size), (b, 3, size, size))}
     embed = {"input_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
-             "image_features": _range((1, 1, d), (1, k, d), (b, k, d))}
+             "image_features": _range((1, 1, d), (1, k_opt, d), (b, k, d))}
     prefill = {"inputs_embeds": _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
                "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
                "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill))}
