@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from tpc.methods.budget import keep_count
 from tpc.methods.selection import reference_topk_ascending
+from tpc.models.decoder_segments import cache_kwargs
 from tpc.models import load_model
 from tpc.profiling.profiler import peak_memory_mb, synthetic_image, synthetic_prompt
 from tpc.profiling.stats import summarize
@@ -76,14 +77,14 @@ class Baseline:
             features = self.vision(pixels)
         cache = DynamicCache(config=self.model.config.text_config)
         with timer.stage("prefill_ms"):
-            out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **cache_kwargs(self.model, cache),
                              mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[features])},
                              logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         with timer.stage("decode_ms"):
             for _ in range(new_tokens - 1):
                 mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                out = self.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True,
+                out = self.model(input_ids=token, attention_mask=mask, use_cache=True, **cache_kwargs(self.model, cache),
                                  logits_to_keep=1)
                 token = out.logits[:, -1].argmax(-1, keepdim=True)
         t = timer.ms

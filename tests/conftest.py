@@ -75,6 +75,9 @@ LLM_CONFIGS = {
     # a pre-LLM budget followed by FastV
     "fastervlm+fastv": dict(method="fastervlm", ratio=0.5, llm_method="fastv", llm_method_args={"layer": "1"},
                             llm_ratio=0.5),
+    # bucketed pre-LLM budgets followed by FastV: one selector per stage and bucket
+    "buckets+fastv": dict(method="fastervlm", buckets=[32, 64], llm_method="fastv", llm_method_args={"layer": "1"},
+                          llm_ratio=0.5, target="trt", build_engines=False),
 }
 
 

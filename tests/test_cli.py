@@ -167,7 +167,7 @@ def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
     (["--llm-ratio", "0.5"], "--llm-method-arg/--llm-ratio need --llm-method"),
     (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: fastv, pdrop"),
     (["--method", "fastv", "--llm-method", "pdrop"], "is an in-LLM method"),
-    (["--method", "fastv", "--buckets", "32,64"], "cannot be combined with --buckets"),
+    (["--method", "fastv", "--method-arg", "layer=1", "--ratio", "1.5"], "outside [0, 1)"),
 ])
 def test_in_llm_usage_errors_leave_nothing_behind(args, fragment, tmp_path, capsys):
     code, _, err = run_cli(["compile", "llava-tiny", *args, "-o", str(tmp_path / "out")], capsys)

@@ -93,3 +93,26 @@ def test_run_json_reports_llm_kept_tokens_and_kv_lengths(llm_artifacts, demo_ima
     payload = json.loads(out)
     assert len(payload["llm_kept_indices"]) == 144
     assert payload["kv_lengths"][:2] != payload["kv_lengths"][2:] and len(payload["kv_lengths"]) == 4
+
+
+@pytest.mark.parametrize("keep", [32, 64])
+def test_bucketed_budget_then_fastv_matches_the_reference_per_bucket(llm_artifacts, tiny_adapter, demo_image, keep):
+    root = llm_artifacts("buckets+fastv")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert sorted(manifest["llm_pruning_buckets"]) == ["32", "64"]
+    assert {"select_1_k32", "select_1_k64", "decoder_0", "decoder_1"} <= set(manifest["graphs"])
+    assert {"select_1_k32", "select_1_k64"} <= set(manifest["trt_plan"]["engines"])
+    assert all(r["passed"] for r in manifest["verification"]["llm_pruning"])
+    assert {r["bucket"] for r in manifest["verification"]["llm_pruning"]} == {32, 64}
+    compiled = CompiledModel.load(root, runtime="ort")
+    compiled.set_budget(keep=keep)
+    images = [demo_image, demo_image.rotate(90, expand=True)]
+    result = compiled.generate(PROMPTS, images, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    assert result.image_tokens == [keep, keep]
+    batch = compiled.encoder.tokens(PROMPTS, [keep, keep], max_new_tokens=NEW_TOKENS)
+    batch.pixel_values = compiled.encoder.pixels(images, 2)
+    runtime = dict(compiled.runtime, keep=keep, llm_pruning=manifest["llm_pruning_buckets"][str(keep)])
+    plan, ref = _reference(type("M", (), {"runtime": runtime})(), tiny_adapter, batch)
+    assert plan.stages[0].keep == keep // 2
+    assert result.token_ids == ref.tokens
+    assert result.kv_lengths == ref.kv_lengths

@@ -71,8 +71,6 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
     settings = _split_llm_method(settings)
     if settings.llm_method is not None:
         LLM_METHODS.get(settings.llm_method)
-        if settings.buckets:
-            raise UsageError("in-LLM pruning (--method fastv/pdrop, --llm-method) cannot be combined with --buckets yet")
     method = get_method(settings.method)
     params = method.parse_args({k: str(v) for k, v in settings.method_args.items()})
     if settings.keep is None:
@@ -144,23 +142,28 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
     progress("export embedding")
     paths[G.EMBED] = G.export_embedding(adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out)
-    llm_plan = None
-    if settings.llm_method is not None:
-        llm_plan = LLM_METHODS.get(settings.llm_method).plan(
-            {k: str(v) for k, v in settings.llm_method_args.items()}, adapter.text.num_layers, keep,
-            settings.llm_ratio)
+    llm_plan, llm_plans = None, {}
+    if settings.llm_method is not None:  # one plan per image-token count the decoder can receive
+        llm_method = LLM_METHODS.get(settings.llm_method)
+        args = {k: str(v) for k, v in settings.llm_method_args.items()}
+        llm_plans = {size: llm_method.plan(args, adapter.text.num_layers, size, settings.llm_ratio)
+                     for size in (buckets or [keep])}
+        llm_plan = llm_plans[keep]
     progress("export decoder")
     if llm_plan is None:
         paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
     else:
         from tpc.compiler.staged_graphs import export_staged_decoder
 
-        paths.update(export_staged_decoder(adapter.model, llm_plan, adapter.text, out))
+        paths.update(export_staged_decoder(adapter.model, llm_plans if buckets else {None: llm_plan},
+                                           adapter.text, out))
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
     runtime = _runtime_section(adapter, keep)
     if llm_plan is not None:
         runtime["llm_pruning"] = llm_plan.as_dict()
+        if buckets:
+            runtime["llm_pruning_buckets"] = {str(size): plan.as_dict() for size, plan in llm_plans.items()}
     extra: dict[str, Any] = {}
     if settings.target == "ort":
         progress("optimize for onnxruntime")
@@ -190,7 +193,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             checked = dataclasses.replace(method, reference=functools.partial(in_vit_reference,
                                                                               layer=settings.select_layer))
         verification = verify_graphs(graphs, adapter, checked, keep, params, bucket_info or None, runtime,
-                                     llm_plan)
+                                     llm_plans if buckets else ({None: llm_plan} if llm_plan else None))
         del graphs
 
     return {
@@ -201,6 +204,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
                    "prunes_at": method.prunes_at, "stage": method.stage, "select_layer": settings.select_layer,
                    "vision_method": method.name},
         **({"llm_pruning": llm_plan.as_dict()} if llm_plan is not None else {}),
+        **({"llm_pruning_buckets": runtime["llm_pruning_buckets"]} if "llm_pruning_buckets" in runtime else {}),
         "ratio": settings.ratio if settings.keep is None else None,
         "keep": keep,
         "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},

@@ -26,9 +26,12 @@ def segment_name(index: int) -> str:
     return f"decoder_{index}"
 
 
-def select_name(stage: int) -> str:
-    """Stage numbers start at 1: ``select_1`` sits between ``decoder_0`` and ``decoder_1``."""
-    return f"select_{stage}"
+def select_name(stage: int, bucket: int | None = None) -> str:
+    """Stage numbers start at 1: ``select_1`` sits between ``decoder_0`` and ``decoder_1``.
+
+    A bucketed artifact has one selector per stage and bucket: ``select_1_k64``.
+    """
+    return f"select_{stage}" if bucket is None else f"select_{stage}_k{bucket}"
 
 
 def segment_kv_names(start: int, end: int, prefix: str) -> list[str]:
@@ -76,7 +79,8 @@ def stage_inputs(plan: PruningPlan, stage: int) -> int:
     return plan.image_tokens if stage == 1 else plan.stages[stage - 2].keep
 
 
-def export_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path) -> Path:
+def export_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path,
+                  bucket: int | None = None) -> Path:
     spec = plan.stages[stage - 1]
     n_in = stage_inputs(plan, stage)
     module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
@@ -88,18 +92,26 @@ def export_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: 
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=n_in + 1, max=max_context)
     return export_onnx(
-        module, args, out_dir / f"{select_name(stage)}.onnx", input_names=SELECT_INPUTS, output_names=SELECT_OUTPUTS,
+        module, args, out_dir / f"{select_name(stage, bucket)}.onnx", input_names=SELECT_INPUTS,
+        output_names=SELECT_OUTPUTS,
         dynamic_shapes={"hidden": {0: batch, 1: seq}, "score": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq},
                         "attention_mask": {0: batch, 1: seq}, "image_start": {0: batch}},
         axis_names={name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]},
     )
 
 
-def export_staged_decoder(model, plan: PruningPlan, text: TextLayout, out_dir: Path) -> dict[str, Path]:
+def export_staged_decoder(model, plans: dict[int | None, PruningPlan], text: TextLayout,
+                          out_dir: Path) -> dict[str, Path]:
+    """Segments once; selectors per stage, and per bucket when the keys are bucket sizes (None: fixed K).
+
+    The segments depend only on the stage layers, which every bucket's plan shares.
+    """
+    first = next(iter(plans.values()))
     paths = {}
-    for index in range(len(plan.segments())):
-        paths[segment_name(index)] = export_segment(model, plan, index, text, out_dir)
-        if index < len(plan.stages):
-            stage = index + 1
-            paths[select_name(stage)] = export_select(plan, stage, text.hidden_size, text.max_context, out_dir)
+    for index in range(len(first.segments())):
+        paths[segment_name(index)] = export_segment(model, first, index, text, out_dir)
+        if index < len(first.stages):
+            for bucket, plan in plans.items():
+                paths[select_name(index + 1, bucket)] = export_select(plan, index + 1, text.hidden_size,
+                                                                      text.max_context, out_dir, bucket)
     return paths

@@ -86,11 +86,16 @@ def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefil
     from tpc.methods.in_llm import PruningPlan
 
     plan = PruningPlan.from_dict(runtime["llm_pruning"])
+    per_bucket = runtime.get("llm_pruning_buckets")
+    plans = ({int(k): PruningPlan.from_dict(v) for k, v in per_bucket.items()} if per_bucket else {None: plan})
     hidden, heads, head_dim = runtime["hidden_size"], runtime["num_kv_heads"], runtime["head_dim"]
     engines: dict[str, list] = {}
     for index in range(len(plan.segments())):
-        dropped = plan.image_tokens - (plan.stages[index - 1].keep if index else plan.image_tokens)
-        hi, opt = max(1, max_prefill - dropped), max(1, opt_prefill - dropped)
+        # the longest prefill a segment sees: the bucket that dropped the fewest image tokens
+        dropped = min(p.image_tokens - (p.stages[index - 1].keep if index else p.image_tokens)
+                      for p in plans.values())
+        opt_dropped = plan.image_tokens - (plan.stages[index - 1].keep if index else plan.image_tokens)
+        hi, opt = max(1, max_prefill - dropped), max(1, min(opt_prefill - opt_dropped, max_prefill - dropped))
         inputs, _ = segment_io(plan, index)
         first, past_names = inputs[0], inputs[3:]
         prefill = {first: _range((1, 1, hidden), (1, opt, hidden), (b, hi, hidden)),
@@ -98,21 +103,24 @@ def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefil
                    "position_ids": _range((1, 1), (1, opt), (b, hi))}
         prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
                         for n in past_names})
-        past_opt = max(1, opt_past - dropped)
+        past_opt = max(1, opt_past - opt_dropped)
         decode = {first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
                   "attention_mask": _range((1, 2), (1, past_opt + 1), (b, context)),
                   "position_ids": _range((1, 1), (1, 1), (b, 1))}
         decode.update({n: _range((1, heads, 1, head_dim), (1, heads, past_opt, head_dim),
                                  (b, heads, context - 1, head_dim)) for n in past_names})
         engines[segment_name(index)] = [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}]
-        if index < len(plan.stages):
-            n_in = stage_inputs(plan, index + 1)
+        if index == len(plan.stages):
+            continue
+        for bucket, bucket_plan in plans.items():
+            n_in = stage_inputs(bucket_plan, index + 1)
             lo, top = n_in + 1, max(n_in + 1, hi)
             mid = min(max(lo, opt), top)
             shapes = {"hidden": _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden)),
                       **{n: _range((1, lo), (1, mid), (b, top)) for n in ("score", "position_ids", "attention_mask")},
                       "image_start": _range((1,), (1,), (b,))}
-            engines[select_name(index + 1)] = [{"name": select_name(index + 1), "shapes": shapes}]
+            name = select_name(index + 1, bucket)
+            engines[name] = [{"name": name, "shapes": shapes}]
     return engines
 
 

@@ -82,6 +82,7 @@ def verify_decoder(graphs, adapter, runtime: dict | None = None, seed: int = 2, 
     """Text-only prefill + decode against HF's language model (a staged decoder does not prune here)."""
     from transformers import DynamicCache
 
+    from tpc.models.decoder_segments import cache_kwargs
     from tpc.runtimes.decoders import make_decoder
 
     text = adapter.text
@@ -97,7 +98,7 @@ def verify_decoder(graphs, adapter, runtime: dict | None = None, seed: int = 2, 
     worst, greedy_equal, passed = 0.0, True, True
     for step in range(steps + 1):
         out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                         past_key_values=cache, use_cache=True)
+                                         use_cache=True, **cache_kwargs(model.model.language_model, cache))
         expected = model.lm_head(out.last_hidden_state[:, -1]).numpy()
         logits = (decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy()) if step == 0
                   else decoder.step(embeds.numpy()))
@@ -152,7 +153,8 @@ def verify_buckets(graphs, adapter, method, params: dict, info: dict, runtime: d
 
 
 def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None, buckets: dict | None = None,
-                  runtime: dict | None = None, llm_plan=None) -> dict:
+                  runtime: dict | None = None, llm_plans: dict | None = None) -> dict:
+    """``llm_plans``: in-LLM plans by bucket size (None: the fixed-K artifact's only plan)."""
     vision = (verify_buckets(graphs, adapter, method, params or {}, buckets, runtime) if buckets
               else verify_vision(graphs, adapter, method, keep, params))
     report = {
@@ -161,10 +163,11 @@ def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None
         "decoder": verify_decoder(graphs, adapter, runtime),
         "tolerance": {"rtol": RTOL, "atol": ATOL},
     }
-    if llm_plan is not None:
+    if llm_plans:
         from tpc.compiler.verify_llm import verify_staged_decoder
 
-        report["llm_pruning"] = verify_staged_decoder(graphs, adapter, llm_plan, runtime)
+        report["llm_pruning"] = [entry for bucket, plan in llm_plans.items()
+                                 for entry in verify_staged_decoder(graphs, adapter, plan, runtime, bucket=bucket)]
     report["passed"] = all(r["passed"] for r in report["vision"]) and report["embed"]["passed"] \
         and report["decoder"]["passed"] and all(r["passed"] for r in report.get("llm_pruning", []))
     if not report["passed"]:
@@ -177,6 +180,6 @@ def summarize(report: dict) -> str:
              f"features diff {r['features_max_abs_diff']:.2e}" for r in report["vision"]]
     parts.append(f"embed diff {report['embed']['max_abs_diff']:.2e}")
     parts.append(f"decoder logits diff {report['decoder']['logits_max_abs_diff']:.2e}")
-    parts += [f"{r['method']} b{r['batch']}: kept {'/'.join(r['kept'])}, logits diff {r['logits_max_abs_diff']:.2e}, "
+    parts += [f"{r['method']} b{r['batch']}{' k' + str(r['bucket']) if r.get('bucket') else ''}: kept {'/'.join(r['kept'])}, logits diff {r['logits_max_abs_diff']:.2e}, "
               f"kv lengths {'ok' if r['kv_lengths_ok'] else 'WRONG'}" for r in report.get("llm_pruning", [])]
     return "; ".join(parts)

@@ -22,7 +22,7 @@ def expected_kv_lengths(plan: PruningPlan, prompt_len: int, steps: int) -> list[
 
 @torch.no_grad()
 def verify_staged_decoder(graphs, adapter, plan: PruningPlan, runtime: dict, seed: int = 3,
-                          steps: int = 2) -> list[dict]:
+                          steps: int = 2, bucket: int | None = None) -> list[dict]:
     from tpc.runtimes.decoders import StagedDecoder
 
     hidden = adapter.text.hidden_size
@@ -38,7 +38,7 @@ def verify_staged_decoder(graphs, adapter, plan: PruningPlan, runtime: dict, see
         step_embeds = [torch.randn(batch, 1, hidden, generator=generator) * 0.5 for _ in range(steps)]
         ref = reference_generate(adapter.model, embeds, mask, image_start, plan, steps + 1, step_embeds)
 
-        decoder = StagedDecoder(graphs, runtime, plan)
+        decoder = StagedDecoder(graphs, runtime, plan, bucket)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = [decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy(), image_start.numpy())]
         logits += [decoder.step(e.numpy()) for e in step_embeds]
@@ -59,7 +59,7 @@ def verify_staged_decoder(graphs, adapter, plan: PruningPlan, runtime: dict, see
         kv = decoder.kv_lengths()
         kv_ok = kv == ref.kv_lengths == expected_kv_lengths(plan, prompt_len, steps)
         results.append({
-            "method": plan.method, "batch": batch, "kept": verdicts, "logits_max_abs_diff": worst,
+            "method": plan.method, "batch": batch, **({"bucket": bucket} if bucket else {}), "kept": verdicts, "logits_max_abs_diff": worst,
             "greedy_equal": greedy, "positions_ok": positions_ok, "kv_lengths": kv, "kv_lengths_ok": kv_ok,
             "passed": ok and greedy and positions_ok and kv_ok and "mismatch" not in verdicts,
         })

@@ -15,6 +15,7 @@ import torch
 
 from tpc.methods.in_llm import RENUMBERED, PruningPlan
 from tpc.methods.selection import reference_topk_ascending
+from tpc.models.decoder_segments import cache_kwargs
 
 
 @dataclass
@@ -89,8 +90,8 @@ def reference_generate(model, embeds: torch.Tensor, mask: torch.Tensor, image_st
             n_img = stage.keep
         inputs.append(h)
         cos, sin = lm.rotary_emb(h, pos)
-        h = layer(h, attention_mask=_additive_mask(m, h.shape[1], h.dtype), position_ids=pos,
-                  past_key_values=cache, use_cache=True, position_embeddings=(cos, sin))
+        h = layer(h, attention_mask=_additive_mask(m, h.shape[1], h.dtype), position_ids=pos, use_cache=True,
+                  position_embeddings=(cos, sin), **cache_kwargs(layer, cache))
         layer_mask.append(m)
         layer_last.append(pos[:, -1:])
         run.positions.append(pos)
@@ -105,7 +106,7 @@ def reference_generate(model, embeds: torch.Tensor, mask: torch.Tensor, image_st
             layer_last[i] = layer_last[i] + 1
             cos, sin = lm.rotary_emb(h, layer_last[i])
             h = layer(h, attention_mask=_additive_mask(layer_mask[i], 1, h.dtype), position_ids=layer_last[i],
-                      past_key_values=cache, use_cache=True, position_embeddings=(cos, sin))
+                      use_cache=True, position_embeddings=(cos, sin), **cache_kwargs(layer, cache))
         logits = model.lm_head(lm.norm(h)[:, -1])
         run.logits.append(logits)
         ids = logits.argmax(-1)

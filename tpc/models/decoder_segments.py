@@ -17,6 +17,15 @@ from tpc.methods.selection import topk_ascending
 from tpc.models.llava import causal_padding_mask
 
 
+def cache_kwargs(module: nn.Module, cache) -> dict:
+    """The keyword a transformers layer/model takes its cache by (``cache`` from 5.24, before
+    that ``past_key_values``)."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
 class SegmentCache:
     """What HF attention needs of a cache: ``update`` appends this step's keys/values."""
 
@@ -24,7 +33,7 @@ class SegmentCache:
         self.past = past
         self.present: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def update(self, key, value, layer_idx, cache_kwargs=None):
+    def update(self, key, value, layer_idx, *args, **kwargs):
         past_key, past_value = self.past[layer_idx]
         key = torch.cat([past_key, key], dim=2)
         value = torch.cat([past_value, value], dim=2)
@@ -85,8 +94,8 @@ class DecoderSegment(nn.Module):
         for n, layer in enumerate(self.layers):
             if self.start + n == self.score_layer:
                 score_input = hidden
-            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                           use_cache=True, position_embeddings=(cos, sin))
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                           position_embeddings=(cos, sin), **cache_kwargs(layer, cache))
         present = []
         for n in range(len(self.layers)):
             present += list(cache.present[self.start + n])

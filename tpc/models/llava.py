@@ -85,12 +85,14 @@ class LlavaDecoderStep(nn.Module):
             ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)],
             config=self.text_config,
         )
+        from tpc.models.decoder_segments import cache_kwargs
+
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(self.language_model, cache),
         )
         logits = self.lm_head(out.last_hidden_state[:, -1, :])
         present = []

@@ -74,10 +74,11 @@ class _StageState:
 
 
 class StagedDecoder:
-    def __init__(self, graphs, runtime: dict, plan: PruningPlan):
+    def __init__(self, graphs, runtime: dict, plan: PruningPlan, bucket: int | None = None):
         self.graphs = graphs
         self.runtime = runtime
         self.plan = plan
+        self.bucket = bucket  # the selectors of this bucket (bucketed artifacts)
         self.io = [segment_io(plan, i) for i in range(len(plan.segments()))]
         self.states: list[_StageState] = []
         self.kept_image_indices: np.ndarray | None = None  # [B, keep of last stage], of the decoder's image tokens
@@ -109,7 +110,7 @@ class StagedDecoder:
                 return heads[0]
             hidden, score = heads
             if image_start is not None:
-                hidden, positions, mask, kept = self.graphs.run_graph(select_name(index + 1), {
+                hidden, positions, mask, kept = self.graphs.run_graph(select_name(index + 1, self.bucket), {
                     "hidden": hidden, "score": score, "position_ids": positions, "attention_mask": mask,
                     "image_start": image_start})
                 self.stage_kept.append(kept)
@@ -132,7 +133,30 @@ class StagedDecoder:
         return int(sum(p.nbytes for state in self.states for p in state.past))
 
 
-def make_decoder(graphs, runtime: dict):
+def llm_plan_for(runtime: dict, image_tokens: int | None) -> tuple[PruningPlan, int | None]:
+    """The in-LLM plan (and bucket) for prompts carrying ``image_tokens`` image tokens."""
+    per_bucket = runtime.get("llm_pruning_buckets")
+    if not per_bucket:
+        return PruningPlan.from_dict(runtime["llm_pruning"]), None
+    bucket = image_tokens if image_tokens is not None else runtime["keep"]
+    if str(bucket) not in per_bucket:
+        raise UsageError(f"{bucket} image tokens is not a compiled bucket ({', '.join(per_bucket)})")
+    return PruningPlan.from_dict(per_bucket[str(bucket)]), bucket
+
+
+def make_decoder(graphs, runtime: dict, image_tokens: int | None = None):
     if runtime.get("llm_pruning"):
-        return StagedDecoder(graphs, runtime, PruningPlan.from_dict(runtime["llm_pruning"]))
+        plan, bucket = llm_plan_for(runtime, image_tokens)
+        return StagedDecoder(graphs, runtime, plan, bucket)
     return FlatDecoder(graphs, runtime)
+
+
+def batch_image_tokens(input_ids: np.ndarray, image_token_id: int) -> int | None:
+    """Image tokens per sample; in-LLM pruning needs the same count in every sample of a batch."""
+    counts = sorted({int(c) for c in (input_ids == image_token_id).sum(axis=1)})
+    if counts == [0]:
+        return None
+    if len(counts) > 1:
+        raise UsageError(f"samples carry {', '.join(map(str, counts))} image tokens; in-LLM pruning runs a batch "
+                         "on one bucket: send samples with different budgets separately")
+    return counts[0]
