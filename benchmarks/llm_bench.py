@@ -3,7 +3,8 @@
     python benchmarks/llm_bench.py            # part of `make bench`
 
 Compiles (cached in build/bench/llm) tpc ratio 0, fastv K=2 R=0.5 and R=0.75, pdrop with
-its default stages, and a composed pre-LLM + FastV artifact; profiles each in its own
+its default stages, and composed artifacts (pre-LLM budget + FastV; in-ViT selection +
+FastV, with the pre-LLM-only artifact of the same budget); profiles each in its own
 process with the same prompt (64 text tokens + the image), the same number of new tokens
 and runs; writes the "In-LLM pruning" section of BENCHMARKS.md with medians and the
 ratios to tpc ratio 0 measured in this same run.
@@ -29,6 +30,10 @@ CONFIGS = [
     ("pdrop (default stages)", "pdrop", ["--method", "pdrop"]),
     ("fastervlm 0.5 + fastv K=2 R=0.5", "fastervlm0.5-fastv", ["--ratio", "0.5", "--llm-method", "fastv",
                                                                "--llm-method-arg", "layer=2", "--llm-ratio", "0.5"]),
+    ("fastervlm keep 64 (pre-LLM only)", "fastervlm-k64", ["--keep", "64"]),
+    ("in-ViT J=4 keep 64 + fastv K=2 R=0.5", "invit4-k64-fastv", ["--keep", "64", "--select-layer", "4",
+                                                                  "--llm-method", "fastv", "--llm-method-arg",
+                                                                  "layer=2", "--llm-ratio", "0.5"]),
 ]
 
 
