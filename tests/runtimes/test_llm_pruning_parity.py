@@ -116,3 +116,15 @@ def test_bucketed_budget_then_fastv_matches_the_reference_per_bucket(llm_artifac
     assert plan.stages[0].keep == keep // 2
     assert result.token_ids == ref.tokens
     assert result.kv_lengths == ref.kv_lengths
+
+
+def test_run_text_output_summarises_kv_lengths(llm_artifacts, demo_image, tmp_path, capsys):
+    path = tmp_path / "demo.png"
+    demo_image.save(path)
+    code, _, err = run_cli(["run", str(llm_artifacts("fastv")), "--runtime", "ort", "--image", str(path),
+                            "--prompt", "hi", "--max-new-tokens", "2"], capsys)
+    assert code == 0
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("in-LLM pruning kept 144 image tokens; keys per decoder layer: ")
+    full, pruned = line.split(": ")[1].split(", ")
+    assert full.endswith(" x2") and pruned.endswith(" x2") and int(full.split()[0]) - int(pruned.split()[0]) == 432

@@ -63,3 +63,16 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
     click.echo(f"[{info['provider']}] ttft {t['ttft_ms']:.1f} ms (vision {t.get('vision_ms', 0):.1f}, "
                f"prefill {t['prefill_ms']:.1f}), decode {result.decode_tokens_per_s:.1f} tok/s, "
                f"{len(result.token_ids[0])} tokens", err=True)
+    if result.llm_kept_indices is not None and result.kv_lengths:
+        click.echo(f"in-LLM pruning kept {result.llm_kept_indices.shape[1]} image tokens; keys per decoder layer: "
+                   f"{_runs(result.kv_lengths)}", err=True)
+
+
+def _runs(values: list[int]) -> str:
+    """``[587, 587, 299, 299]`` -> ``587 x2, 299 x2``."""
+    parts, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            parts.append(f"{values[start]} x{i - start}")
+            start = i
+    return ", ".join(parts)
