@@ -1,7 +1,9 @@
 """The generate loop every runtime shares: vision, embedding, prefill, then decode steps.
 
-A runtime supplies ``vision``, ``embed`` and ``decoder`` callables on numpy arrays
-(see ``OrtGraphs``); timing goes through one ``StageTimer``.
+A runtime supplies ``vision``, ``embed`` and ``decoder`` callables on numpy arrays, and
+``run_graph`` for any graph by name (see ``OrtGraphs``). The decoder is driven by a
+``FlatDecoder`` or, for in-LLM pruning, a ``StagedDecoder`` (``runtimes/decoders.py``);
+timing goes through one ``StageTimer``.
 """
 
 from __future__ import annotations
