@@ -23,6 +23,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
+from common import write_section
+
 from tpc.compiler.buckets import BucketSelector
 from tpc.methods.divprune import DIVPRUNE
 
@@ -146,7 +148,7 @@ def main() -> None:
     if args.widths:
         rows = [measure(args.tokens, int(w), args.keep, args.repeats) for w in args.widths.split(",")]
         if args.output:
-            write_section(args.output, rows)
+            write_divprune_section(args.output, rows)
         for row in rows:
             print(json.dumps(row))
         return
@@ -156,7 +158,7 @@ def main() -> None:
 MARK = "<!-- divprune -->"
 
 
-def write_section(path: Path, rows: list[dict]) -> None:
+def write_divprune_section(path: Path, rows: list[dict]) -> None:
     lines = ["### DivPrune: unrolled steps or an ONNX Loop", "",
              "`python benchmarks/divprune_loop.py --widths ...` (part of `make bench`): the greedy selection alone "
              f"on {rows[0]['tokens']} tokens, K = {rows[0]['keep']}, ONNX Runtime CPU, medians. Both forms select "
@@ -167,11 +169,7 @@ def write_section(path: Path, rows: list[dict]) -> None:
     for r in rows:
         lines.append(f"| {r['width']} | {r['unrolled_ms']:.2f} | {r['loop_ms']:.2f} | {r['same_selection']} | "
                      f"{r['nodes']['unrolled']} / {r['nodes']['loop']} |")
-    text = path.read_text() if path.exists() else ""
-    before, _, after = text.partition(MARK)
-    rest = after.split("\n<!-- ", 1)
-    tail = "\n<!-- " + rest[1] if len(rest) > 1 else ""
-    path.write_text(before.rstrip() + "\n\n" + MARK + "\n" + "\n".join(lines) + "\n" + tail)
+    write_section(path, MARK, lines)
 
 
 def verdict(rows: list[dict]) -> str:

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from baseline import baseline_artifact, profile
+from common import baseline_artifact, profile, sh, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- in-vit -->"
 
-
-def sh(cmd):
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def drift(model: str, layers: list[int], keep: int, images: int) -> dict[int, dict]:
@@ -97,11 +92,7 @@ def main() -> None:
                      f"{q['feature_drift']:.3f} |")
     (args.out / "in_vit.json").write_text(json.dumps({"rows": rows, "quality": quality, "baseline_ttft_ms": base},
                                                      indent=2))
-    text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    before, _, after = text.partition(MARK)
-    rest = after.split("\n<!-- ", 1)
-    tail = "\n<!-- " + rest[1] if len(rest) > 1 else ""
-    args.output.write_text(before.rstrip() + "\n\n" + MARK + "\n" + "\n".join(lines) + "\n" + tail)
+    write_section(args.output, MARK, lines)
     print("\n".join(lines))
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from baseline import baseline_artifact
+from common import baseline_artifact, sh, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- in-llm -->"
@@ -36,10 +35,6 @@ CONFIGS = [
                                                                   "layer=2", "--llm-ratio", "0.5"]),
 ]
 
-
-def sh(cmd):
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def main() -> None:
@@ -90,11 +85,7 @@ def main() -> None:
                      f"{r['ttft_ms'] / base['ttft_ms']:.3f}x | {r['decode_tok_s']:.1f} | "
                      f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}x | {r['kv_mb']:.1f} |")
     (args.out / "llm.json").write_text(json.dumps(rows, indent=2))
-    text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    before, _, after = text.partition(MARK)
-    rest = after.split("\n<!-- ", 1)
-    tail = "\n<!-- " + rest[1] if len(rest) > 1 else ""
-    args.output.write_text(before.rstrip() + "\n\n" + MARK + "\n" + "\n".join(lines) + "\n" + tail)
+    write_section(args.output, MARK, lines)
     print("\n".join(lines))
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import sh, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [("fastervlm", [], "32,64,128,192"), ("vtc-cls", [], "64"), ("visionzip", [], "64"),
@@ -26,10 +26,6 @@ METHODS = [("fastervlm", [], "32,64,128,192"), ("vtc-cls", [], "64"), ("visionzi
            ("cls-mass", ["mass=0.9"], "32,64,128,192")]
 MARK = "<!-- methods -->"
 
-
-def sh(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def selection_cost(artifact: Path, keep: int, repeats: int) -> dict:
@@ -111,9 +107,7 @@ def main() -> None:
                             "bucketed_vision_ms": p50(b, "vision_ms")})
     (args.out / "methods.json").write_text(json.dumps({"rows": rows, "buckets": comparisons}, indent=2))
     section = render(rows, comparisons, args)
-    text = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    text = text.split(MARK)[0].rstrip() + "\n\n" + MARK + "\n" + section
-    args.output.write_text(text)
+    write_section(args.output, MARK, section.splitlines())
     print(section)
 
 

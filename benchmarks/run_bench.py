@@ -15,19 +15,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common import sh
+
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.0, 0.778, 0.889, 0.944)
 METHODS_MARK = "<!-- methods -->"  # methods_bench.py owns the section after this mark
-
-
-def sh(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def p50(doc: dict, metric: str) -> float:

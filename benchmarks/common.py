@@ -1,7 +1,9 @@
-"""tpc at ratio 0 on a model, compiled once into build/bench/baseline and profiled per run.
+"""What the benchmark scripts share: running commands, BENCHMARKS.md sections, the baseline.
 
-The benchmarks that quote a ratio to "tpc ratio 0" profile this artifact in their own
-run, next to the rows they compare with it.
+The benchmarks that quote a ratio to "tpc ratio 0" profile ``baseline_artifact`` (compiled
+once into build/bench/baseline) in their own run, next to the rows they compare with it.
+Each script owns one section of BENCHMARKS.md, starting at its ``<!-- name -->`` mark;
+``write_section`` replaces that section and keeps every other one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ BASELINE_DIR = ROOT / "build" / "bench" / "baseline"
 def sh(cmd):
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def write_section(path: Path, mark: str, lines: list[str]) -> None:
+    """Replace the section after ``mark`` (up to the next mark) with ``lines``; append it if new."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    before, _, after = text.partition(mark)
+    rest = after.split("\n<!-- ", 1)
+    tail = "\n<!-- " + rest[1] if len(rest) > 1 else ""
+    path.write_text(before.rstrip() + "\n\n" + mark + "\n" + "\n".join(lines).rstrip("\n") + "\n" + tail)
 
 
 def baseline_artifact(model: str) -> Path:
