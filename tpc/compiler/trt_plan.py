@@ -74,6 +74,24 @@ def bucket_engines(signatures: dict[str, dict], buckets: list[int], settings: Pl
     return engines
 
 
+def decoder_profiles(first: str, past_names: list[str], dims: tuple[int, int, int], b: int, max_prefill: int,
+                     opt_prefill: int, opt_past: int, context: int) -> list[dict]:
+    """Profile 0 ``prefill`` (empty past, up to ``max_prefill`` rows) and 1 ``decode`` (one row,
+    past up to the context) of a decoder graph whose first input is ``first``."""
+    hidden, heads, head_dim = dims
+    prefill = {first: _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
+               "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+               "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill))}
+    prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
+                    for n in past_names})
+    decode = {first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
+              "attention_mask": _range((1, 2), (1, opt_past + 1), (b, context)),
+              "position_ids": _range((1, 1), (1, 1), (b, 1))}
+    decode.update({n: _range((1, heads, 1, head_dim), (1, heads, opt_past, head_dim), (b, heads, context - 1, head_dim))
+                   for n in past_names})
+    return [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}]
+
+
 def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill: int, opt_past: int,
                    context: int) -> dict[str, list]:
     """Profiles of the segments and stage selectors of an in-LLM pruning artifact.
@@ -97,19 +115,8 @@ def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefil
         opt_dropped = plan.image_tokens - (plan.stages[index - 1].keep if index else plan.image_tokens)
         hi, opt = max(1, max_prefill - dropped), max(1, min(opt_prefill - opt_dropped, max_prefill - dropped))
         inputs, _ = segment_io(plan, index)
-        first, past_names = inputs[0], inputs[3:]
-        prefill = {first: _range((1, 1, hidden), (1, opt, hidden), (b, hi, hidden)),
-                   "attention_mask": _range((1, 1), (1, opt), (b, hi)),
-                   "position_ids": _range((1, 1), (1, opt), (b, hi))}
-        prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
-                        for n in past_names})
-        past_opt = max(1, opt_past - opt_dropped)
-        decode = {first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
-                  "attention_mask": _range((1, 2), (1, past_opt + 1), (b, context)),
-                  "position_ids": _range((1, 1), (1, 1), (b, 1))}
-        decode.update({n: _range((1, heads, 1, head_dim), (1, heads, past_opt, head_dim),
-                                 (b, heads, context - 1, head_dim)) for n in past_names})
-        engines[segment_name(index)] = [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}]
+        engines[segment_name(index)] = decoder_profiles(inputs[0], inputs[3:], (hidden, heads, head_dim), b, hi, opt,
+                                                        max(1, opt_past - opt_dropped), context)
         if index == len(plan.stages):
             continue
         for bucket, bucket_plan in plans.items():
@@ -142,20 +149,11 @@ def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: Pl
     vision = {"pixel_values": _range((1, 3, size, size), (1, 3, size, size), (b, 3, size, size))}
     embed = {"input_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
              "image_features": _range((1, 1, d), (1, k_opt, d), (b, k, d))}
-    prefill = {"inputs_embeds": _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
-               "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
-               "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill))}
-    prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
-                    for n in past_names})
-    decode = {"inputs_embeds": _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
-              "attention_mask": _range((1, 2), (1, opt_past + 1), (b, context)),
-              "position_ids": _range((1, 1), (1, 1), (b, 1))}
-    decode.update({n: _range((1, heads, 1, head_dim), (1, heads, opt_past, head_dim), (b, heads, context - 1, head_dim))
-                   for n in past_names})
     engines = {
         "vision": [{"name": "vision", "shapes": vision}],
         "embed": [{"name": "embed", "shapes": embed}],
-        "decoder": [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}],
+        "decoder": decoder_profiles("inputs_embeds", past_names, (hidden, heads, head_dim), b, max_prefill,
+                                    opt_prefill, opt_past, context),
     }
     if runtime.get("llm_pruning"):
         del engines["decoder"]
