@@ -146,17 +146,17 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     if settings.llm_method is not None:  # one plan per image-token count the decoder can receive
         llm_method = LLM_METHODS.get(settings.llm_method)
         args = {k: str(v) for k, v in settings.llm_method_args.items()}
-        llm_plans = {size: llm_method.plan(args, adapter.text.num_layers, size, settings.llm_ratio)
-                     for size in (buckets or [keep])}
-        llm_plan = llm_plans[keep]
+        # keyed by bucket size for a bucketed artifact, by None for a fixed budget
+        llm_plans = {size if buckets else None: llm_method.plan(args, adapter.text.num_layers, size,
+                                                                settings.llm_ratio) for size in (buckets or [keep])}
+        llm_plan = llm_plans[keep if buckets else None]
     progress("export decoder")
     if llm_plan is None:
         paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
     else:
         from tpc.compiler.staged_graphs import export_staged_decoder
 
-        paths.update(export_staged_decoder(adapter.model, llm_plans if buckets else {None: llm_plan},
-                                           adapter.text, out))
+        paths.update(export_staged_decoder(adapter.model, llm_plans, adapter.text, out))
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
     runtime = _runtime_section(adapter, keep)
@@ -193,7 +193,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             checked = dataclasses.replace(method, reference=functools.partial(in_vit_reference,
                                                                               layer=settings.select_layer))
         verification = verify_graphs(graphs, adapter, checked, keep, params, bucket_info or None, runtime,
-                                     llm_plans if buckets else ({None: llm_plan} if llm_plan else None))
+                                     llm_plans or None)
         del graphs
 
     return {

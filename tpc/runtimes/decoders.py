@@ -20,22 +20,26 @@ from tpc.errors import UsageError
 from tpc.methods.in_llm import PruningPlan
 
 
-def image_starts(input_ids: np.ndarray, image_token_id: int, image_tokens: int) -> np.ndarray | None:
-    """First image-token position per row [B]; None without image tokens.
+def image_block(input_ids: np.ndarray, image_token_id: int) -> tuple[int | None, np.ndarray | None]:
+    """(image tokens per sample, first image position per row [B]); (None, None) without an image.
 
-    The staged graphs drop a fixed number of image rows, so every row must hold exactly
-    ``image_tokens`` contiguous image tokens.
+    The staged graphs drop a fixed number of image rows from one contiguous block, so every
+    sample of a batch must hold the same number of image tokens, contiguously.
     """
     is_image = input_ids == image_token_id
     counts = is_image.sum(axis=1)
     if not counts.any():
-        return None
+        return None, None
+    if len(set(counts.tolist())) > 1:
+        listed = ", ".join(map(str, sorted(set(counts.tolist()))))
+        raise UsageError(f"samples carry {listed} image tokens; in-LLM pruning runs a batch on one bucket: "
+                         "send samples with different budgets separately")
+    count = int(counts[0])
     starts = is_image.argmax(axis=1).astype(np.int64)
-    for row, (count, start) in enumerate(zip(counts, starts)):
-        if count != image_tokens or not is_image[row, start:start + image_tokens].all():
-            raise UsageError(f"sample {row} has {int(count)} image tokens; this artifact prunes inside the LLM "
-                             f"and needs one contiguous block of {image_tokens}")
-    return starts
+    for row, start in enumerate(starts):
+        if not is_image[row, start:start + count].all():
+            raise UsageError(f"sample {row}: its image tokens are not one contiguous block; in-LLM pruning needs one")
+    return count, starts
 
 
 class FlatDecoder:
@@ -137,7 +141,11 @@ def llm_plan_for(runtime: dict, image_tokens: int | None) -> tuple[PruningPlan, 
     """The in-LLM plan (and bucket) for prompts carrying ``image_tokens`` image tokens."""
     per_bucket = runtime.get("llm_pruning_buckets")
     if not per_bucket:
-        return PruningPlan.from_dict(runtime["llm_pruning"]), None
+        plan = PruningPlan.from_dict(runtime["llm_pruning"])
+        if image_tokens is not None and image_tokens != plan.image_tokens:
+            raise UsageError(f"the prompt has {image_tokens} image tokens; this artifact prunes inside the LLM "
+                             f"and needs one contiguous block of {plan.image_tokens}")
+        return plan, None
     bucket = image_tokens if image_tokens is not None else runtime["keep"]
     if str(bucket) not in per_bucket:
         raise UsageError(f"{bucket} image tokens is not a compiled bucket ({', '.join(per_bucket)})")
@@ -150,13 +158,3 @@ def make_decoder(graphs, runtime: dict, image_tokens: int | None = None):
         return StagedDecoder(graphs, runtime, plan, bucket)
     return FlatDecoder(graphs, runtime)
 
-
-def batch_image_tokens(input_ids: np.ndarray, image_token_id: int) -> int | None:
-    """Image tokens per sample; in-LLM pruning needs the same count in every sample of a batch."""
-    counts = sorted({int(c) for c in (input_ids == image_token_id).sum(axis=1)})
-    if counts == [0]:
-        return None
-    if len(counts) > 1:
-        raise UsageError(f"samples carry {', '.join(map(str, counts))} image tokens; in-LLM pruning runs a batch "
-                         "on one bucket: send samples with different budgets separately")
-    return counts[0]

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from tpc.profiling.timer import StageTimer
-from tpc.runtimes.decoders import batch_image_tokens, image_starts, make_decoder
+from tpc.runtimes.decoders import image_block, make_decoder
 from tpc.runtimes.prompting import PromptBatch
 from tpc.runtimes.sampling import Sampler
 
@@ -71,12 +71,10 @@ def generate(
         embeds = graphs.embed(batch.input_ids, features)
     mask = batch.attention_mask
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
-    image_start, image_tokens = None, None
+    image_tokens, image_start = None, None
     if runtime.get("llm_pruning"):
-        image_tokens = batch_image_tokens(batch.input_ids, runtime["image_token_id"])
+        image_tokens, image_start = image_block(batch.input_ids, runtime["image_token_id"])
     decoder = make_decoder(graphs, runtime, image_tokens)
-    if image_tokens is not None:
-        image_start = image_starts(batch.input_ids, runtime["image_token_id"], decoder.plan.image_tokens)
     with timer.stage("prefill_ms"):
         logits = decoder.prefill(embeds, mask, positions, image_start)
         next_ids = sampler(logits)
