@@ -1,17 +1,25 @@
-"""tpc's own CI latency gate: llava-tiny at ratio 0.89 against ratio 0, in one run."""
-
-from tpc.gates.budget import load_budget
-from tpc.gates.evaluate import evaluate
-from tpc.profiling.profiler import ProfileConfig, profile_model
-from tpc.runtimes.compiled_model import CompiledModel
+"""tpc's own CI latency gate: llava-tiny at ratio 0.89 against ratio 0, same target, one run."""
 
 from pathlib import Path
 
+from tpc.gates.budget import load_budget
+from tpc.gates.evaluate import evaluate, merge_profiles
+from tpc.profiling.profiler import ProfileConfig, profile_model
+from tpc.runtimes.compiled_model import CompiledModel
+
 
 def test_pruned_prefill_is_at_most_0_7x_unpruned(artifacts):
-    config = ProfileConfig(runs=7, warmup=2, new_tokens=8, prompt_tokens=64)
-    pruned = profile_model(CompiledModel.load(artifacts(0.89, "ort")), config)
-    baseline = profile_model(CompiledModel.load(artifacts(0.0, "onnx")), config)
     budget = load_budget(Path(__file__).with_name("self_gate.yaml"))
+    config = ProfileConfig(runs=7, warmup=2, new_tokens=8, prompt_tokens=64)
+    pruned_model = CompiledModel.load(artifacts(0.89, "ort"))
+    baseline_model = CompiledModel.load(artifacts(0.0, "ort"))
+    pruned, baseline = profile_model(pruned_model, config), profile_model(baseline_model, config)
     results = evaluate(budget, pruned, baseline)
+    # As `tpc gate --reprofile` does on a noisy machine: measure both again and pool the runs.
+    for _ in range(budget.retries):
+        if all(r.passed for r in results):
+            break
+        pruned = merge_profiles(pruned, profile_model(pruned_model, config))
+        baseline = merge_profiles(baseline, profile_model(baseline_model, config))
+        results = evaluate(budget, pruned, baseline)
     assert all(r.passed for r in results), [(r.gate.name, r.detail) for r in results]
