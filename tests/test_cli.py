@@ -167,7 +167,12 @@ def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
     (["--llm-ratio", "0.5"], "--llm-method-arg/--llm-ratio need --llm-method"),
     (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: fastv, pdrop"),
     (["--method", "fastv", "--llm-method", "pdrop"], "is an in-LLM method"),
-    (["--method", "fastv", "--method-arg", "layer=1", "--ratio", "1.5"], "outside [0, 1)"),
+    (["--method", "fastv", "--method-arg", "layer=1", "--ratio", "1.5"], "--ratio 1.5 is outside [0, 1)"),
+    # composed after a pre-LLM method, errors name the --llm-* flags the user typed
+    (["--keep", "8", "--llm-method", "fastv", "--llm-ratio", "1.5"], "--llm-ratio 1.5 is outside [0, 1)"),
+    (["--keep", "8", "--llm-method", "fastv", "--llm-method-arg", "k=2"], "--llm-method fastv has no parameter 'k'"),
+    (["--keep", "8", "--llm-method", "pdrop", "--llm-method-arg", "layers=2,1"],
+     "--llm-method-arg layers=2,1: layers must increase"),
 ])
 def test_in_llm_usage_errors_leave_nothing_behind(args, fragment, tmp_path, capsys):
     code, _, err = run_cli(["compile", "llava-tiny", *args, "-o", str(tmp_path / "out")], capsys)

@@ -148,7 +148,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         args = {k: str(v) for k, v in settings.llm_method_args.items()}
         # keyed by bucket size for a bucketed artifact, by None for a fixed budget
         llm_plans = {size if buckets else None: llm_method.plan(args, adapter.text.num_layers, size,
-                                                                settings.llm_ratio) for size in (buckets or [keep])}
+                                                                settings.llm_ratio,
+                                                                composed=not settings.implied_vision)
+                     for size in (buckets or [keep])}
         llm_plan = llm_plans[keep if buckets else None]
     progress("export decoder")
     if llm_plan is None:

@@ -16,6 +16,7 @@ segments at the stage layers, the runtime follows it, the reference applies it e
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -78,13 +79,22 @@ class LlmMethod:
     prunes_at: str = "inside the LLM decoder"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def plan(self, args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None) -> PruningPlan:
-        known = {p[0] for p in self.params}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise UsageError(f"method {self.name} has no parameter {unknown[0]!r} "
-                             f"(parameters: {', '.join(sorted(known))})")
-        return self.build(dict(args), num_layers, image_tokens, ratio)
+    def plan(self, args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None,
+             composed: bool = False) -> PruningPlan:
+        """``composed``: given as ``--llm-method`` after a pre-LLM method; errors then name the
+        ``--llm-method-arg``/``--llm-ratio`` flags the user typed."""
+        try:
+            known = {p[0] for p in self.params}
+            unknown = sorted(set(args) - known)
+            if unknown:
+                raise UsageError(f"method {self.name} has no parameter {unknown[0]!r} "
+                                 f"(parameters: {', '.join(sorted(known))})")
+            return self.build(dict(args), num_layers, image_tokens, ratio)
+        except UsageError as exc:
+            if not composed:
+                raise
+            message = re.sub(r"--(method-arg|ratio)\b", r"--llm-\1", str(exc))
+            raise UsageError(message.replace(f"method {self.name} ", f"--llm-method {self.name} ")) from None
 
 
 def _int(name: str, text: str) -> int:
