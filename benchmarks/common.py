@@ -8,6 +8,7 @@ Each script owns one section of BENCHMARKS.md, starting at its ``<!-- name -->``
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -15,6 +16,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_DIR = ROOT / "build" / "bench" / "baseline"
+
+
+def profile_parser(doc: str | None, out: Path, runs: int = 5, new_tokens: int = 32) -> argparse.ArgumentParser:
+    """The options of a script that profiles artifacts into ``out`` and writes a BENCHMARKS.md section."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llava-bench")
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=new_tokens)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    return parser
 
 
 def sh(cmd):

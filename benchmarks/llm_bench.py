@@ -12,12 +12,11 @@ ratios to tpc ratio 0 measured in this same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from common import baseline_artifact, sh, write_section
+from common import baseline_artifact, profile_parser, sh, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- in-llm -->"
@@ -38,13 +37,7 @@ CONFIGS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="llava-bench")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "llm")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser = profile_parser(__doc__, ROOT / "build" / "bench" / "llm")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -11,7 +11,6 @@ tokens; medians over --runs after --warmup.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -19,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import sh
+from common import profile_parser, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.0, 0.778, 0.889, 0.944)
@@ -119,13 +118,7 @@ def render(rows: dict, args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="llava-bench")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser = profile_parser(__doc__, ROOT / "build" / "bench")
     parser.add_argument("--render-only", action="store_true", help="re-render from the JSON files in --out")
     args = parser.parse_args()
     rows = load_rows(args.out) if args.render_only else collect(args)

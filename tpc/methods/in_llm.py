@@ -16,7 +16,6 @@ segments at the stage layers, the runtime follows it, the reference applies it e
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -71,11 +70,23 @@ class PruningPlan:
 
 
 @dataclass(frozen=True)
+class Flags:
+    """The command-line names errors use: the method's own flags, or the ``--llm-*`` ones."""
+    method: str
+    arg: str
+    ratio: str
+
+
+ALONE = Flags("method", "--method-arg", "--ratio")
+COMPOSED = Flags("--llm-method", "--llm-method-arg", "--llm-ratio")
+
+
+@dataclass(frozen=True)
 class LlmMethod:
     name: str
     description: str
     params: tuple[tuple[str, str, str], ...]    # (name, default text, help)
-    build: Callable[[dict[str, str], int, int, float | None], PruningPlan]
+    build: Callable[[dict[str, str], int, int, float | None, Flags], PruningPlan]
     prunes_at: str = "inside the LLM decoder"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,41 +94,36 @@ class LlmMethod:
              composed: bool = False) -> PruningPlan:
         """``composed``: given as ``--llm-method`` after a pre-LLM method; errors then name the
         ``--llm-method-arg``/``--llm-ratio`` flags the user typed."""
-        try:
-            known = {p[0] for p in self.params}
-            unknown = sorted(set(args) - known)
-            if unknown:
-                raise UsageError(f"method {self.name} has no parameter {unknown[0]!r} "
-                                 f"(parameters: {', '.join(sorted(known))})")
-            return self.build(dict(args), num_layers, image_tokens, ratio)
-        except UsageError as exc:
-            if not composed:
-                raise
-            message = re.sub(r"--(method-arg|ratio)\b", r"--llm-\1", str(exc))
-            raise UsageError(message.replace(f"method {self.name} ", f"--llm-method {self.name} ")) from None
+        flags = COMPOSED if composed else ALONE
+        known = {p[0] for p in self.params}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise UsageError(f"{flags.method} {self.name} has no parameter {unknown[0]!r} "
+                             f"(parameters: {', '.join(sorted(known))})")
+        return self.build(dict(args), num_layers, image_tokens, ratio, flags)
 
 
-def _int(name: str, text: str) -> int:
+def _int(name: str, text: str, flags: Flags) -> int:
     try:
         return int(text)
     except ValueError:
-        raise UsageError(f"--method-arg {name}={text!r}: expected an integer") from None
+        raise UsageError(f"{flags.arg} {name}={text!r}: expected an integer") from None
 
 
-def _list(name: str, text: str, kind: type) -> list:
+def _list(name: str, text: str, kind: type, flags: Flags) -> list:
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
     try:
         values = [kind(p) for p in parts]
     except ValueError:
-        raise UsageError(f"--method-arg {name}={text!r}: expected comma-separated {kind.__name__}s") from None
+        raise UsageError(f"{flags.arg} {name}={text!r}: expected comma-separated {kind.__name__}s") from None
     if not values:
-        raise UsageError(f"--method-arg {name}: empty list")
+        raise UsageError(f"{flags.arg} {name}: empty list")
     return values
 
 
-def _check_layer(name: str, layer: int, num_layers: int) -> None:
+def _check_layer(name: str, layer: int, num_layers: int, flags: Flags) -> None:
     if not 1 <= layer < num_layers:
-        raise UsageError(f"--method-arg {name}={layer}: must be in [1, {num_layers - 1}] "
+        raise UsageError(f"{flags.arg} {name}={layer}: must be in [1, {num_layers - 1}] "
                          f"(the decoder has {num_layers} layers)")
 
 
@@ -126,12 +132,13 @@ def fastv_keep(image_tokens: int, ratio: float) -> int:
     return max(1, int(round(image_tokens * (1.0 - ratio) + 1e-9)))
 
 
-def _fastv(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None) -> PruningPlan:
-    layer = _int("layer", args.get("layer", "2"))
-    _check_layer("layer", layer, num_layers)
+def _fastv(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None,
+          flags: Flags) -> PruningPlan:
+    layer = _int("layer", args.get("layer", "2"), flags)
+    _check_layer("layer", layer, num_layers, flags)
     ratio = 0.5 if ratio is None else ratio
     if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--ratio {ratio} is outside [0, 1): it is the fraction of image tokens FastV removes")
+        raise UsageError(f"{flags.ratio} {ratio} is outside [0, 1): it is the fraction of image tokens FastV removes")
     stage = Stage(layer=layer, score_layer=layer - 1, keep=fastv_keep(image_tokens, ratio), positions=ORIGINAL)
     return PruningPlan("fastv", {"layer": layer, "ratio": ratio}, image_tokens, num_layers, (stage,))
 
@@ -141,21 +148,22 @@ def default_pdrop_layers(num_layers: int) -> list[int]:
     return sorted({max(1, min(num_layers - 1, round(num_layers * q / 4))) for q in (1, 2, 3)})
 
 
-def _pdrop(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None) -> PruningPlan:
+def _pdrop(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None,
+          flags: Flags) -> PruningPlan:
     if ratio is not None:
-        raise UsageError("pdrop takes its budgets from --method-arg keep=...; --ratio does not apply")
-    layers = (_list("layers", args["layers"], int) if "layers" in args else default_pdrop_layers(num_layers))
-    fractions = _list("keep", args.get("keep", "0.5,0.25,0.125"), float)
+        raise UsageError(f"pdrop takes its budgets from {flags.arg} keep=...; {flags.ratio} does not apply")
+    layers = (_list("layers", args["layers"], int, flags) if "layers" in args else default_pdrop_layers(num_layers))
+    fractions = _list("keep", args.get("keep", "0.5,0.25,0.125"), float, flags)
     if "keep" not in args and len(layers) != 3:
         fractions = [0.5 ** (i + 1) for i in range(len(layers))]
     if len(layers) != len(fractions):
         raise UsageError(f"pdrop: {len(layers)} layers but {len(fractions)} keep fractions; give one per stage")
     for layer in layers:
-        _check_layer("layers", layer, num_layers)
+        _check_layer("layers", layer, num_layers, flags)
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise UsageError(f"--method-arg layers={','.join(map(str, layers))}: layers must increase")
+        raise UsageError(f"{flags.arg} layers={','.join(map(str, layers))}: layers must increase")
     if any(not 0.0 < f <= 1.0 for f in fractions) or any(b > a for a, b in zip(fractions, fractions[1:])):
-        raise UsageError("--method-arg keep=...: fractions in (0, 1], not increasing from stage to stage")
+        raise UsageError(f"{flags.arg} keep=...: fractions in (0, 1], not increasing from stage to stage")
     stages, previous = [], image_tokens
     for layer, fraction in zip(layers, fractions):
         keep = min(previous, max(1, int(image_tokens * fraction)))  # counts with int() (METHODS.md)
