@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.tpc-installed
 DEMO_DIR ?= build/llava-tiny
 
-.PHONY: setup demo test clean bench
+.PHONY: setup demo test lint format clean bench
 
 setup: $(STAMP)
 
@@ -22,8 +22,16 @@ demo: $(STAMP)
 	$(VENV)/bin/tpc compile llava-tiny --ratio 0.89 --target ort -o $(DEMO_DIR) --force
 	$(VENV)/bin/tpc run $(DEMO_DIR) --image examples/assets/demo.png --prompt "What is in the picture?" --max-new-tokens 16
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf build .pytest_cache

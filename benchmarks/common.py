@@ -53,6 +53,24 @@ def baseline_artifact(model: str) -> Path:
 
 
 def profile(art: Path, out: Path, runs: int, warmup: int = 1, new_tokens: int = 8) -> dict:
-    sh([sys.executable, "-m", "tpc.cli", "profile", str(art), "--runs", str(runs), "--warmup", str(warmup),
-        "--prompt-tokens", "64", "--new-tokens", str(new_tokens), "--json", str(out), "-q"])
+    sh(
+        [
+            sys.executable,
+            "-m",
+            "tpc.cli",
+            "profile",
+            str(art),
+            "--runs",
+            str(runs),
+            "--warmup",
+            str(warmup),
+            "--prompt-tokens",
+            "64",
+            "--new-tokens",
+            str(new_tokens),
+            "--json",
+            str(out),
+            "-q",
+        ]
+    )
     return json.loads(out.read_text())

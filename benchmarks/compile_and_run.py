@@ -31,15 +31,34 @@ def compile_once(model: str, ratio: float, out: Path) -> dict:
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"compile_s": round(seconds, 1), "peak_rss_mb": round(max(peak_kb, before) / 1024),
-            "peak_rss_is_max_so_far": peak_kb == before, "artifact_mb": round(size / 2**20, 1),
-            "keep": manifest["keep"], "verification": manifest["verification"].get("passed")}
+    return {
+        "compile_s": round(seconds, 1),
+        "peak_rss_mb": round(max(peak_kb, before) / 1024),
+        "peak_rss_is_max_so_far": peak_kb == before,
+        "artifact_mb": round(size / 2**20, 1),
+        "keep": manifest["keep"],
+        "verification": manifest["verification"].get("passed"),
+    }
 
 
 def run_once(artifact: Path, image: Path, prompt: str, new_tokens: int) -> dict:
-    out = subprocess.run(TPC + ["run", str(artifact), "--image", str(image), "--prompt", prompt,
-                                "--max-new-tokens", str(new_tokens), "--json"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        TPC
+        + [
+            "run",
+            str(artifact),
+            "--image",
+            str(image),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            str(new_tokens),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 

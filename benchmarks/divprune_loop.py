@@ -21,31 +21,45 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper
-
 from common import write_section
+from onnx import TensorProto, helper
 
 from tpc.compiler.buckets import BucketSelector
 from tpc.methods.divprune import DIVPRUNE
 
 
 def unrolled_model(path: Path, n: int, d: int, keep: int) -> None:
-    module = BucketSelector(DIVPRUNE, {}, keep, (int(n ** 0.5),) * 2, ["features"]).eval()
+    module = BucketSelector(DIVPRUNE, {}, keep, (int(n**0.5),) * 2, ["features"]).eval()
     sample = torch.randn(2, n, d)
-    torch.onnx.export(module, (sample,), str(path), dynamo=True, input_names=["features"],
-                      output_names=["kept_indices", "tokens"],
-                      dynamic_shapes={"tensors": ({0: torch.export.Dim("batch", min=1, max=8)},)})
+    torch.onnx.export(
+        module,
+        (sample,),
+        str(path),
+        dynamo=True,
+        input_names=["features"],
+        output_names=["kept_indices", "tokens"],
+        dynamic_shapes={"tensors": ({0: torch.export.Dim("batch", min=1, max=8)},)},
+    )
 
 
 def loop_model(path: Path, n: int, d: int, keep: int) -> None:
     def c(name, value, dtype=TensorProto.FLOAT):
         dims = [len(value)] if isinstance(value, list) else []
-        return helper.make_node("Constant", [], [name],
-                                value=helper.make_tensor(name, dtype, dims, value if isinstance(value, list) else [value]))
+        return helper.make_node(
+            "Constant",
+            [],
+            [name],
+            value=helper.make_tensor(name, dtype, dims, value if isinstance(value, list) else [value]),
+        )
 
     nodes = [
-        c("axes_last", [-1], TensorProto.INT64), c("one_f", 1.0), c("big", 4.0), c("trips", keep - 1, TensorProto.INT64),
-        c("true", 1, TensorProto.BOOL), c("zero_i", [0], TensorProto.INT64), c("one_i", [1], TensorProto.INT64),
+        c("axes_last", [-1], TensorProto.INT64),
+        c("one_f", 1.0),
+        c("big", 4.0),
+        c("trips", keep - 1, TensorProto.INT64),
+        c("true", 1, TensorProto.BOOL),
+        c("zero_i", [0], TensorProto.INT64),
+        c("one_i", [1], TensorProto.INT64),
         c("k_const", [keep], TensorProto.INT64),
         helper.make_node("ReduceL2", ["features", "axes_last"], ["norm"], keepdims=1),
         helper.make_node("Div", ["features", "norm"], ["unit"]),
@@ -59,7 +73,8 @@ def loop_model(path: Path, n: int, d: int, keep: int) -> None:
     # nearest other token: add BIG on the diagonal with an eye built from Range/Equal
     nodes += [
         helper.make_node("Squeeze", ["n_dim"], ["n_scalar"]),
-        c("zero_s", 0, TensorProto.INT64), c("one_s", 1, TensorProto.INT64),
+        c("zero_s", 0, TensorProto.INT64),
+        c("one_s", 1, TensorProto.INT64),
         helper.make_node("Range", ["zero_s", "n_scalar", "one_s"], ["ar"]),
         helper.make_node("Unsqueeze", ["ar", "one_i"], ["ar_col"]),
         helper.make_node("Equal", ["ar_col", "ar"], ["eye_b"]),
@@ -67,13 +82,18 @@ def loop_model(path: Path, n: int, d: int, keep: int) -> None:
         helper.make_node("Mul", ["eye_f", "big"], ["eye_big"]),
         helper.make_node("Add", ["distance", "eye_big"], ["dist_masked"]),
         helper.make_node("ReduceMin", ["dist_masked", "axes_last"], ["nearest"], keepdims=0),
-        helper.make_node("ArgMax", ["nearest"], ["first"], axis=1, keepdims=1),         # [B,1]
+        helper.make_node("ArgMax", ["nearest"], ["first"], axis=1, keepdims=1),  # [B,1]
         helper.make_node("Shape", ["nearest"], ["bn_shape"]),
-        helper.make_node("ConstantOfShape", ["bn_shape"], ["chosen0_zero"],
-                         value=helper.make_tensor("z2", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node(
+            "ConstantOfShape",
+            ["bn_shape"],
+            ["chosen0_zero"],
+            value=helper.make_tensor("z2", TensorProto.FLOAT, [1], [0.0]),
+        ),
         helper.make_node("Shape", ["first"], ["b1_shape"]),
-        helper.make_node("ConstantOfShape", ["b1_shape"], ["ones_b1"],
-                         value=helper.make_tensor("o1", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node(
+            "ConstantOfShape", ["b1_shape"], ["ones_b1"], value=helper.make_tensor("o1", TensorProto.FLOAT, [1], [1.0])
+        ),
         helper.make_node("ScatterElements", ["chosen0_zero", "first", "ones_b1"], ["chosen0"], axis=1),
         helper.make_node("Unsqueeze", ["first", "axes_last"], ["first3"]),
         helper.make_node("Concat", ["b1_shape", "n_dim"], ["b1n"], axis=0),
@@ -83,10 +103,12 @@ def loop_model(path: Path, n: int, d: int, keep: int) -> None:
         helper.make_node("GatherElements", ["distance", "first_idx"], ["first_row3"], axis=1),
         helper.make_node("Squeeze", ["first_row3", "one_i"], ["running0"]),
         helper.make_node("Concat", ["b_dim", "k_const"], ["bk"], axis=0),
-        helper.make_node("ConstantOfShape", ["bk"], ["picks_zero"],
-                         value=helper.make_tensor("z3", TensorProto.INT64, [1], [0])),
-        helper.make_node("ConstantOfShape", ["b1_shape"], ["zero_b1"],
-                         value=helper.make_tensor("z4", TensorProto.INT64, [1], [0])),
+        helper.make_node(
+            "ConstantOfShape", ["bk"], ["picks_zero"], value=helper.make_tensor("z3", TensorProto.INT64, [1], [0])
+        ),
+        helper.make_node(
+            "ConstantOfShape", ["b1_shape"], ["zero_b1"], value=helper.make_tensor("z4", TensorProto.INT64, [1], [0])
+        ),
         helper.make_node("ScatterElements", ["picks_zero", "zero_b1", "first"], ["picks0"], axis=1),
     ]
     body_nodes = [
@@ -106,21 +128,34 @@ def loop_model(path: Path, n: int, d: int, keep: int) -> None:
     ]
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     body = helper.make_graph(
-        body_nodes, "divprune_step",
-        [helper.make_tensor_value_info("iter", i64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("running_in", f32, None), helper.make_tensor_value_info("chosen_in", f32, None),
-         helper.make_tensor_value_info("picks_in", i64, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("running_out", f32, None), helper.make_tensor_value_info("chosen_out", f32, None),
-         helper.make_tensor_value_info("picks_out", i64, None)])
+        body_nodes,
+        "divprune_step",
+        [
+            helper.make_tensor_value_info("iter", i64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("running_in", f32, None),
+            helper.make_tensor_value_info("chosen_in", f32, None),
+            helper.make_tensor_value_info("picks_in", i64, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("running_out", f32, None),
+            helper.make_tensor_value_info("chosen_out", f32, None),
+            helper.make_tensor_value_info("picks_out", i64, None),
+        ],
+    )
     nodes += [
-        helper.make_node("Loop", ["trips", "true", "running0", "chosen0", "picks0"], ["running_f", "chosen_f", "picks"],
-                         body=body),
+        helper.make_node(
+            "Loop", ["trips", "true", "running0", "chosen0", "picks0"], ["running_f", "chosen_f", "picks"], body=body
+        ),
         helper.make_node("TopK", ["picks", "k_const"], ["kept_indices", "order"], axis=1, largest=0),
     ]
-    graph = helper.make_graph(nodes, "divprune_loop",
-                              [helper.make_tensor_value_info("features", f32, ["batch", n, d])],
-                              [helper.make_tensor_value_info("kept_indices", i64, ["batch", keep])])
+    graph = helper.make_graph(
+        nodes,
+        "divprune_loop",
+        [helper.make_tensor_value_info("features", f32, ["batch", n, d])],
+        [helper.make_tensor_value_info("kept_indices", i64, ["batch", keep])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -159,26 +194,33 @@ MARK = "<!-- divprune -->"
 
 
 def write_divprune_section(path: Path, rows: list[dict]) -> None:
-    lines = ["### DivPrune: unrolled steps or an ONNX Loop", "",
-             "`python benchmarks/divprune_loop.py --widths ...` (part of `make bench`): the greedy selection alone "
-             f"on {rows[0]['tokens']} tokens, K = {rows[0]['keep']}, ONNX Runtime CPU, medians. Both forms select "
-             "the same tokens; the Loop carries constant-shape state only (TensorRT's Loop rules). "
-             + verdict(rows), "",
-             "| feature width | unrolled ms | Loop ms | same selection | nodes (unrolled / Loop) |",
-             "|---:|---:|---:|---|---|"]
+    lines = [
+        "### DivPrune: unrolled steps or an ONNX Loop",
+        "",
+        "`python benchmarks/divprune_loop.py --widths ...` (part of `make bench`): the greedy selection alone "
+        f"on {rows[0]['tokens']} tokens, K = {rows[0]['keep']}, ONNX Runtime CPU, medians. Both forms select "
+        "the same tokens; the Loop carries constant-shape state only (TensorRT's Loop rules). " + verdict(rows),
+        "",
+        "| feature width | unrolled ms | Loop ms | same selection | nodes (unrolled / Loop) |",
+        "|---:|---:|---:|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['width']} | {r['unrolled_ms']:.2f} | {r['loop_ms']:.2f} | {r['same_selection']} | "
-                     f"{r['nodes']['unrolled']} / {r['nodes']['loop']} |")
+        lines.append(
+            f"| {r['width']} | {r['unrolled_ms']:.2f} | {r['loop_ms']:.2f} | {r['same_selection']} | "
+            f"{r['nodes']['unrolled']} / {r['nodes']['loop']} |"
+        )
     write_section(path, MARK, lines)
 
 
 def verdict(rows: list[dict]) -> str:
     widest = max(rows, key=lambda r: r["width"])
     faster = "unrolled" if widest["unrolled_ms"] <= widest["loop_ms"] else "Loop"
-    return (f"At the widest measured width ({widest['width']}) the {faster} form is faster "
-            f"({widest['unrolled_ms']:.1f} vs {widest['loop_ms']:.1f} ms unrolled vs Loop). tpc exports the unrolled "
-            "form (it stays inside the torch.export path every method uses); either costs under 1 % of the vision "
-            "encoder (see the methods table).")
+    return (
+        f"At the widest measured width ({widest['width']}) the {faster} form is faster "
+        f"({widest['unrolled_ms']:.1f} vs {widest['loop_ms']:.1f} ms unrolled vs Loop). tpc exports the unrolled "
+        "form (it stays inside the torch.export path every method uses); either costs under 1 % of the vision "
+        "encoder (see the methods table)."
+    )
 
 
 def measure(tokens: int, width: int, keep: int, repeats: int) -> dict:
@@ -187,12 +229,21 @@ def measure(tokens: int, width: int, keep: int, repeats: int) -> dict:
         unrolled, looped = Path(tmp, "unrolled.onnx"), Path(tmp, "loop.onnx")
         unrolled_model(unrolled, tokens, width, keep)
         loop_model(looped, tokens, width, keep)
-        nodes = {"unrolled": len(onnx.load(str(unrolled), load_external_data=False).graph.node),
-                 "loop": len(onnx.load(str(looped)).graph.node)}
+        nodes = {
+            "unrolled": len(onnx.load(str(unrolled), load_external_data=False).graph.node),
+            "loop": len(onnx.load(str(looped)).graph.node),
+        }
         u_ms, u_out = timed(ort.InferenceSession(str(unrolled)), {"features": features}, repeats)
         l_ms, l_out = timed(ort.InferenceSession(str(looped)), {"features": features}, repeats)
-    return {"tokens": tokens, "width": width, "keep": keep, "unrolled_ms": round(u_ms, 3), "loop_ms": round(l_ms, 3),
-            "same_selection": bool(np.array_equal(u_out[0], l_out[0])), "nodes": nodes}
+    return {
+        "tokens": tokens,
+        "width": width,
+        "keep": keep,
+        "unrolled_ms": round(u_ms, 3),
+        "loop_ms": round(l_ms, 3),
+        "same_selection": bool(np.array_equal(u_out[0], l_out[0])),
+        "nodes": nodes,
+    }
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from tpc.methods.budget import keep_count
 from tpc.methods.selection import reference_topk_ascending
-from tpc.models.decoder_segments import cache_kwargs
 from tpc.models import load_model
+from tpc.models.decoder_common import cache_kwargs
 from tpc.profiling.profiler import peak_memory_mb, synthetic_image, synthetic_prompt
 from tpc.profiling.stats import summarize
 from tpc.profiling.timer import StageTimer
@@ -41,8 +41,13 @@ class Baseline:
         self.keep = keep_count(self.num_patches, ratio if mode == "hf-fastervlm" else 0.0)
         self.feature_index = config.vision_feature_layer % (vc.num_hidden_layers + 1)
         tc = config.text_config
-        self.encoder = PromptEncoder(self.processor, config.image_token_id, self.keep, tc.max_position_embeddings,
-                                     tc.pad_token_id if tc.pad_token_id is not None else 0)
+        self.encoder = PromptEncoder(
+            self.processor,
+            config.image_token_id,
+            self.keep,
+            tc.max_position_embeddings,
+            tc.pad_token_id if tc.pad_token_id is not None else 0,
+        )
         self._captured = None
         if mode == "hf-fastervlm":
             tower = self.model.model.vision_tower
@@ -77,15 +82,25 @@ class Baseline:
             features = self.vision(pixels)
         cache = DynamicCache(config=self.model.config.text_config)
         with timer.stage("prefill_ms"):
-            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **cache_kwargs(self.model, cache),
-                             mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[features])},
-                             logits_to_keep=1)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                use_cache=True,
+                **cache_kwargs(self.model, cache),
+                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[features])},
+                logits_to_keep=1,
+            )
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         with timer.stage("decode_ms"):
             for _ in range(new_tokens - 1):
                 mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                out = self.model(input_ids=token, attention_mask=mask, use_cache=True, **cache_kwargs(self.model, cache),
-                                 logits_to_keep=1)
+                out = self.model(
+                    input_ids=token,
+                    attention_mask=mask,
+                    use_cache=True,
+                    **cache_kwargs(self.model, cache),
+                    logits_to_keep=1,
+                )
                 token = out.logits[:, -1].argmax(-1, keepdim=True)
         t = timer.ms
         t["ttft_ms"] = t["preprocess_ms"] + t["vision_ms"] + t["prefill_ms"]
@@ -115,9 +130,15 @@ def main() -> None:
         if index >= args.warmup:
             for key, value in timings.items():
                 samples.setdefault(key, []).append(value)
-    report = {"mode": args.mode, "model": args.model, "keep": baseline.keep, "runs": args.runs,
-              "threads": torch.get_num_threads(), "metrics": {k: summarize(v) for k, v in samples.items()},
-              "peak_memory_mb": peak_memory_mb()}
+    report = {
+        "mode": args.mode,
+        "model": args.model,
+        "keep": baseline.keep,
+        "runs": args.runs,
+        "threads": torch.get_num_threads(),
+        "metrics": {k: summarize(v) for k, v in samples.items()},
+        "peak_memory_mb": peak_memory_mb(),
+    }
     with open(args.json, "w") as handle:
         json.dump(report, handle, indent=2)
     print(json.dumps({k: round(float(np.median(v)), 1) for k, v in samples.items()}))

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- in-vit -->"
 
 
-
 def drift(model: str, layers: list[int], keep: int, images: int) -> dict[int, dict]:
     from tpc.methods import METHODS
     from tpc.methods.in_vit import in_vit_reference
@@ -32,8 +31,9 @@ def drift(model: str, layers: list[int], keep: int, images: int) -> dict[int, di
 
     loaded = load_model(model)
     adapter = LlavaAdapter(loaded.model, loaded.processor)
-    pixels = torch.randn(images, 3, adapter.vision.image_size, adapter.vision.image_size,
-                         generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(
+        images, 3, adapter.vision.image_size, adapter.vision.image_size, generator=torch.Generator().manual_seed(0)
+    )
     base_idx, base_feat, _ = METHODS.get("fastervlm").reference(adapter, pixels, keep)
     out = {}
     for layer in layers:
@@ -47,8 +47,10 @@ def drift(model: str, layers: list[int], keep: int, images: int) -> dict[int, di
                 pos_b = [base_idx[b].tolist().index(c) for c in common]
                 a, c = feat[b, pos_a], base_feat[b, pos_b]
                 drifts.append(float((a - c).norm() / c.norm()))
-        out[layer] = {"overlap": sum(overlaps) / images,
-                      "feature_drift": sum(drifts) / len(drifts) if drifts else float("nan")}
+        out[layer] = {
+            "overlap": sum(overlaps) / images,
+            "feature_drift": sum(drifts) / len(drifts) if drifts else float("nan"),
+        }
     return out
 
 
@@ -67,31 +69,58 @@ def main() -> None:
     for layer in layers:  # every compile first, so that no compile overlaps a measurement
         art = args.out / f"{args.model}-J{layer}"
         if not (art / "manifest.json").exists():
-            sh([sys.executable, "-m", "tpc.cli", "compile", args.model, "--keep", str(args.keep), "--select-layer",
-                str(layer), "-o", str(art), "--force", "-q"])
+            sh(
+                [
+                    sys.executable,
+                    "-m",
+                    "tpc.cli",
+                    "compile",
+                    args.model,
+                    "--keep",
+                    str(args.keep),
+                    "--select-layer",
+                    str(layer),
+                    "-o",
+                    str(art),
+                    "--force",
+                    "-q",
+                ]
+            )
     base_art = baseline_artifact(args.model)
     base_doc = profile(base_art, args.out / "r0.json", args.runs)
     for layer in layers:
         doc = profile(args.out / f"{args.model}-J{layer}", args.out / f"J{layer}.json", args.runs)
-        rows.append({"layer": layer, "ttft_ms": doc["metrics"]["ttft_ms"]["p50"],
-                     "vision_ms": doc["metrics"]["vision_ms"]["p50"]})
+        rows.append(
+            {
+                "layer": layer,
+                "ttft_ms": doc["metrics"]["ttft_ms"]["p50"],
+                "vision_ms": doc["metrics"]["vision_ms"]["p50"],
+            }
+        )
     quality = drift(args.model, layers, args.keep, 4)
     base = base_doc["metrics"]["ttft_ms"]["p50"]
-    lines = ["## In-ViT selection (FasterVLM, 64 kept tokens)", "",
-             f"`python benchmarks/in_vit_bench.py --layers {args.layers}`: select at ViT layer J, later layers run on "
-             f"[CLS] + 64 tokens; medians of {args.runs} runs (64-token prompt). Overlap and drift against selecting "
-             "at the feature layer (random weights make them uninformative here; on a real checkpoint they are "
-             "the figures to choose J by)." + f" TTFT ratio against tpc at ratio 0 ({base:.0f} ms TTFT, "
-             f"{base_doc['metrics']['vision_ms']['p50']:.0f} ms vision) profiled in this same run.", "",
-             "| select layer J | vision ms | TTFT ms | TTFT vs tpc ratio 0 | kept-set overlap | feature drift |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## In-ViT selection (FasterVLM, 64 kept tokens)",
+        "",
+        f"`python benchmarks/in_vit_bench.py --layers {args.layers}`: select at ViT layer J, later layers run on "
+        f"[CLS] + 64 tokens; medians of {args.runs} runs (64-token prompt). Overlap and drift against selecting "
+        "at the feature layer (random weights make them uninformative here; on a real checkpoint they are "
+        "the figures to choose J by)." + f" TTFT ratio against tpc at ratio 0 ({base:.0f} ms TTFT, "
+        f"{base_doc['metrics']['vision_ms']['p50']:.0f} ms vision) profiled in this same run.",
+        "",
+        "| select layer J | vision ms | TTFT ms | TTFT vs tpc ratio 0 | kept-set overlap | feature drift |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         q = quality[r["layer"]]
         ratio = f"{r['ttft_ms'] / base:.3f}x"
-        lines.append(f"| {r['layer']} | {r['vision_ms']:.0f} | {r['ttft_ms']:.0f} | {ratio} | {q['overlap']:.2f} | "
-                     f"{q['feature_drift']:.3f} |")
-    (args.out / "in_vit.json").write_text(json.dumps({"rows": rows, "quality": quality, "baseline_ttft_ms": base},
-                                                     indent=2))
+        lines.append(
+            f"| {r['layer']} | {r['vision_ms']:.0f} | {r['ttft_ms']:.0f} | {ratio} | {q['overlap']:.2f} | "
+            f"{q['feature_drift']:.3f} |"
+        )
+    (args.out / "in_vit.json").write_text(
+        json.dumps({"rows": rows, "quality": quality, "baseline_ttft_ms": base}, indent=2)
+    )
     write_section(args.output, MARK, lines)
     print("\n".join(lines))
 

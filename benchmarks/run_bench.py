@@ -36,7 +36,8 @@ def machine() -> str:
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("torch", "transformers", "onnxruntime", "onnx"))
-    return f"{cpu_model()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.machine()}; {versions}"
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {system}; {versions}"
 
 
 def describe(model: str) -> str:
@@ -45,8 +46,10 @@ def describe(model: str) -> str:
     return PRESETS[model].description if model in PRESETS else model
 
 
-LABELS = {"hf": "(a) HF transformers, PyTorch SDPA, unpruned",
-          "hf-fastervlm": "(b) HF + FasterVLM in eager PyTorch (research-style), ratio 0.889"}
+LABELS = {
+    "hf": "(a) HF transformers, PyTorch SDPA, unpruned",
+    "hf-fastervlm": "(b) HF + FasterVLM in eager PyTorch (research-style), ratio 0.889",
+}
 
 
 def tpc_label(ratio: float) -> str:
@@ -64,14 +67,50 @@ def load_rows(out: Path) -> dict:
 def collect(args) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--runs", str(args.runs), "--warmup", str(args.warmup), "--prompt-tokens", "64", "--new-tokens",
-              str(args.new_tokens)]
+    common = [
+        "--runs",
+        str(args.runs),
+        "--warmup",
+        str(args.warmup),
+        "--prompt-tokens",
+        "64",
+        "--new-tokens",
+        str(args.new_tokens),
+    ]
     for mode in LABELS:
-        sh([sys.executable, "benchmarks/hf_baselines.py", "--mode", mode, "--model", args.model, "--ratio", "0.889",
-            "--json", str(out / f"{mode}.json")] + common)
+        sh(
+            [
+                sys.executable,
+                "benchmarks/hf_baselines.py",
+                "--mode",
+                mode,
+                "--model",
+                args.model,
+                "--ratio",
+                "0.889",
+                "--json",
+                str(out / f"{mode}.json"),
+            ]
+            + common
+        )
     for ratio in RATIOS:
-        sh([sys.executable, "-m", "tpc.cli", "profile", args.model, "--ratio", str(ratio), "--cache-dir",
-            str(out / "artifacts"), "--json", str(out / f"tpc-r{ratio}.json"), "-q"] + common)
+        sh(
+            [
+                sys.executable,
+                "-m",
+                "tpc.cli",
+                "profile",
+                args.model,
+                "--ratio",
+                str(ratio),
+                "--cache-dir",
+                str(out / "artifacts"),
+                "--json",
+                str(out / f"tpc-r{ratio}.json"),
+                "-q",
+            ]
+            + common
+        )
     return load_rows(out)
 
 
@@ -94,26 +133,36 @@ def render(rows: dict, args) -> str:
         "| configuration | visual tokens | TTFT ms | vision ms | prefill ms | decode tok/s | peak memory MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, row in rows.items():
-        lines.append(f"| {row['label']} | {row['keep']} | {p50(row, 'ttft_ms'):.0f} | {p50(row, 'vision_ms'):.0f} | "
-                     f"{p50(row, 'prefill_ms'):.0f} | {p50(row, 'decode_tokens_per_s'):.2f} | "
-                     f"{row['peak_memory_mb']:.0f} |")
-    lines += ["", "TTFT = preprocessing + vision (with selection) + embedding + prefill (first token sampled).", "",
-              "## Speed-up against the ideal bound", "",
-              "A pre-LLM method leaves the vision encoder's cost unchanged, so the TTFT speed-up is bounded by "
-              "(T_vision + T_prefill(full)) / (T_vision + T_prefill(pruned)) with the stage times measured above "
-              "(vision at ratio 0, selection cost taken as 0).", "",
-              "| ratio | keep | TTFT vs ratio 0 | ideal TTFT ratio | speed-up | ideal speed-up | fraction of ideal reached |"
-              " vs (b) research-style | decode tok/s vs ratio 0 |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows.values():
+        lines.append(
+            f"| {row['label']} | {row['keep']} | {p50(row, 'ttft_ms'):.0f} | {p50(row, 'vision_ms'):.0f} | "
+            f"{p50(row, 'prefill_ms'):.0f} | {p50(row, 'decode_tokens_per_s'):.2f} | "
+            f"{row['peak_memory_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "TTFT = preprocessing + vision (with selection) + embedding + prefill (first token sampled).",
+        "",
+        "## Speed-up against the ideal bound",
+        "",
+        "A pre-LLM method leaves the vision encoder's cost unchanged, so the TTFT speed-up is bounded by "
+        "(T_vision + T_prefill(full)) / (T_vision + T_prefill(pruned)) with the stage times measured above "
+        "(vision at ratio 0, selection cost taken as 0).",
+        "",
+        "| ratio | keep | TTFT vs ratio 0 | ideal TTFT ratio | speed-up | ideal speed-up | fraction of ideal reached |"
+        " vs (b) research-style | decode tok/s vs ratio 0 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for ratio in RATIOS[1:]:
         row = rows[f"tpc-{ratio}"]
         actual = p50(base, "ttft_ms") / p50(row, "ttft_ms")
         ideal = (t_vision0 + t_prefill0) / (t_vision0 + p50(row, "prefill_ms"))
         versus_b = p50(research, "ttft_ms") / p50(row, "ttft_ms")
         decode = p50(row, "decode_tokens_per_s") / p50(base, "decode_tokens_per_s")
-        lines.append(f"| {ratio} | {row['keep']} | {1 / actual:.3f}x | {1 / ideal:.3f}x | {actual:.2f}x | {ideal:.2f}x | "
-                     f"{actual / ideal:.0%} | {versus_b:.2f}x faster | {decode:.2f}x |")
+        lines.append(
+            f"| {ratio} | {row['keep']} | {1 / actual:.3f}x | {1 / ideal:.3f}x | {actual:.2f}x | {ideal:.2f}x | "
+            f"{actual / ideal:.0%} | {versus_b:.2f}x faster | {decode:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +173,7 @@ def main() -> None:
     rows = load_rows(args.out) if args.render_only else collect(args)
     (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
     previous = args.output.read_text() if args.output.exists() else ""
-    methods = previous[previous.index(METHODS_MARK):] if METHODS_MARK in previous else ""  # later sections
+    methods = previous[previous.index(METHODS_MARK) :] if METHODS_MARK in previous else ""  # later sections
     args.output.write_text(render(rows, args) + ("\n" + methods if methods else ""))
     print(args.output.read_text())
 

@@ -38,8 +38,9 @@ def artifacts(tmp_path_factory):
         key = (ratio, target, keep)
         if key not in built:
             out = root / f"tiny-{ratio}-{target}-{keep}"
-            built[key] = compile_model(CompileSettings(model="llava-tiny", output=out, ratio=ratio, keep=keep,
-                                                       target=target))
+            built[key] = compile_model(
+                CompileSettings(model="llava-tiny", output=out, ratio=ratio, keep=keep, target=target)
+            )
         return built[key]
 
     return get
@@ -73,11 +74,19 @@ LLM_CONFIGS = {
     # PyramidDrop with three stages
     "pdrop": dict(method="pdrop", method_args={"layers": "1,2,3", "keep": "0.5,0.25,0.125"}),
     # a pre-LLM budget followed by FastV
-    "fastervlm+fastv": dict(method="fastervlm", ratio=0.5, llm_method="fastv", llm_method_args={"layer": "1"},
-                            llm_ratio=0.5),
+    "fastervlm+fastv": dict(
+        method="fastervlm", ratio=0.5, llm_method="fastv", llm_method_args={"layer": "1"}, llm_ratio=0.5
+    ),
     # bucketed pre-LLM budgets followed by FastV: one selector per stage and bucket
-    "buckets+fastv": dict(method="fastervlm", buckets=[32, 64], llm_method="fastv", llm_method_args={"layer": "1"},
-                          llm_ratio=0.5, target="trt", build_engines=False),
+    "buckets+fastv": dict(
+        method="fastervlm",
+        buckets=[32, 64],
+        llm_method="fastv",
+        llm_method_args={"layer": "1"},
+        llm_ratio=0.5,
+        target="trt",
+        build_engines=False,
+    ),
 }
 
 
@@ -89,8 +98,32 @@ def llm_artifacts(tmp_path_factory):
 
     def get(name: str) -> Path:
         if name not in built:
-            built[name] = compile_model(CompileSettings(model="llava-tiny", output=root / name,
-                                                        **LLM_CONFIGS[name]))
+            built[name] = compile_model(CompileSettings(model="llava-tiny", output=root / name, **LLM_CONFIGS[name]))
         return built[name]
 
     return get
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A real read-only directory: a read-only tmpfs mount as root, a 0555 directory otherwise."""
+    import subprocess
+
+    path = tmp_path / "readonly"
+    path.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tpc-test-ro", str(path)], capture_output=True
+        )
+        if mounted.returncode != 0:
+            pytest.skip("running as root and cannot mount a read-only tmpfs")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], capture_output=True)
+        return
+    path.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.chmod(0o755)

@@ -19,8 +19,20 @@ def _one_error_line(err: str, fragment: str) -> None:
 
 
 def test_run_json(artifacts, capsys):
-    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--image", DEMO, "--prompt", "What is it?",
-                              "--max-new-tokens", "5", "--json"], capsys)
+    code, out, err = run_cli(
+        [
+            "run",
+            str(artifacts(0.89, "ort")),
+            "--image",
+            DEMO,
+            "--prompt",
+            "What is it?",
+            "--max-new-tokens",
+            "5",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     payload = json.loads(out)
     assert set(payload) >= {"text", "token_ids", "timings_ms", "provider"}
@@ -37,21 +49,30 @@ def test_run_text(artifacts, capsys):
 
 
 def test_requested_gpu_provider_fallback_is_reported(artifacts, capsys):
-    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "Hi", "--max-new-tokens", "2",
-                              "--provider", "cuda", "--json"], capsys)
+    code, out, err = run_cli(
+        ["run", str(artifacts(0.89, "ort")), "--prompt", "Hi", "--max-new-tokens", "2", "--provider", "cuda", "--json"],
+        capsys,
+    )
     assert code == 0
     assert "warning: requested CUDAExecutionProvider" in err
     assert json.loads(out)["provider"] == "CPUExecutionProvider"
 
 
-@pytest.mark.parametrize("args,code,fragment", [
-    (["compile", "no-such-model"], 2, "unknown model 'no-such-model'"),
-    (["compile", "llava-tiny", "--method", "nope"], 2, "unknown method 'nope'; choose one of: cls-mass, divprune, fastervlm"),
-    (["compile", "llava-tiny", "--ratio", "1.0"], 2, "--ratio 1.0 is outside [0, 1)"),
-    (["compile", "llava-tiny", "--ratio", "-0.2"], 2, "outside [0, 1)"),
-    (["compile", "llava-tiny", "--keep", "577"], 2, "--keep 577 is outside [1, 576]"),
-    (["compile", "llava-tiny", "--keep", "0"], 2, "--keep 0 is outside"),
-])
+@pytest.mark.parametrize(
+    "args,code,fragment",
+    [
+        (["compile", "no-such-model"], 2, "unknown model 'no-such-model'"),
+        (
+            ["compile", "llava-tiny", "--method", "nope"],
+            2,
+            "unknown method 'nope'; choose one of: cls-mass, divprune, fastervlm",
+        ),
+        (["compile", "llava-tiny", "--ratio", "1.0"], 2, "--ratio 1.0 is outside [0, 1)"),
+        (["compile", "llava-tiny", "--ratio", "-0.2"], 2, "outside [0, 1)"),
+        (["compile", "llava-tiny", "--keep", "577"], 2, "--keep 577 is outside [1, 576]"),
+        (["compile", "llava-tiny", "--keep", "0"], 2, "--keep 0 is outside"),
+    ],
+)
 def test_compile_usage_errors(args, code, fragment, tmp_path, capsys):
     out_dir = tmp_path / "out"
     got, out, err = run_cli(args + ["-o", str(out_dir)], capsys)
@@ -93,8 +114,7 @@ def test_unreadable_image(artifacts, tmp_path, capsys):
 
 
 def test_prompt_longer_than_context(artifacts, capsys):
-    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "word " * 500,
-                              "--image", DEMO], capsys)
+    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "word " * 500, "--image", DEMO], capsys)
     assert code == 2
     _one_error_line(err, "longer than the model's context of 2048")
 
@@ -118,8 +138,9 @@ def test_bad_generation_settings(artifacts, capsys):
 
 def test_compile_cli_success_and_presets(tmp_path, capsys):
     out_dir = tmp_path / "art"
-    code, out, err = run_cli(["compile", "llava-tiny", "--keep", "32", "--target", "onnx", "-o", str(out_dir),
-                              "--no-verify"], capsys)
+    code, out, err = run_cli(
+        ["compile", "llava-tiny", "--keep", "32", "--target", "onnx", "-o", str(out_dir), "--no-verify"], capsys
+    )
     assert code == 0, err
     assert "576 -> 32 visual tokens" in out and "verification skipped" in out
     code, out, _ = run_cli(["presets"], capsys)
@@ -129,8 +150,10 @@ def test_compile_cli_success_and_presets(tmp_path, capsys):
 def test_grayscale_odd_sized_image_runs(artifacts, tmp_path, capsys):
     path = tmp_path / "odd.png"
     Image.new("L", (517, 283), 128).save(path)
-    code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--image", str(path), "--prompt", "q",
-                              "--max-new-tokens", "2", "--json"], capsys)
+    code, out, err = run_cli(
+        ["run", str(artifacts(0.89, "ort")), "--image", str(path), "--prompt", "q", "--max-new-tokens", "2", "--json"],
+        capsys,
+    )
     assert code == 0, err
     assert len(json.loads(out)["kept_indices"]) == 64
 
@@ -141,39 +164,50 @@ def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
     for name in ("fastervlm", "vtc-cls", "visionzip", "divprune", "uniform", "pool", "random", "cls-mass"):
         assert f"\n{name} " in "\n" + out
     assert "dominant=0, contextual=0" in out and "start_layer=16" in out and "mass=0.9" in out
-    code, _, err = run_cli(["compile", "llava-tiny", "--method", "random", "--method-arg", "nope=1",
-                            "-o", str(tmp_path / "a")], capsys)
+    code, _, err = run_cli(
+        ["compile", "llava-tiny", "--method", "random", "--method-arg", "nope=1", "-o", str(tmp_path / "a")], capsys
+    )
     assert code == 2
     _one_error_line(err, "method random has no parameter 'nope' (parameters: seed)")
-    code, _, err = run_cli(["compile", "llava-tiny", "--method", "random", "--method-arg", "seed=x",
-                            "-o", str(tmp_path / "b")], capsys)
+    code, _, err = run_cli(
+        ["compile", "llava-tiny", "--method", "random", "--method-arg", "seed=x", "-o", str(tmp_path / "b")], capsys
+    )
     assert code == 2
     _one_error_line(err, "--method-arg seed='x': expected int")
     code, _, err = run_cli(["compile", "llava-tiny", "--method-arg", "novalue", "-o", str(tmp_path / "c")], capsys)
     assert code == 2
     _one_error_line(err, "expected KEY=VALUE")
-    code, _, err = run_cli(["compile", "llava-tiny", "--method", "pool", "--keep", "128",
-                            "-o", str(tmp_path / "d")], capsys)
+    code, _, err = run_cli(
+        ["compile", "llava-tiny", "--method", "pool", "--keep", "128", "-o", str(tmp_path / "d")], capsys
+    )
     assert code == 2
     _one_error_line(err, "pool needs a square number of kept tokens")
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--method", "fastv", "--keep", "10"], "--keep is for pre-LLM methods"),
-    (["--method", "fastv", "--method-arg", "layer=4"], "--method-arg layer=4: must be in [1, 3]"),
-    (["--method", "pdrop", "--ratio", "0.5"], "--ratio does not apply"),
-    (["--method", "pdrop", "--method-arg", "layers=2,1"], "layers must increase"),
-    (["--llm-ratio", "0.5"], "--llm-method-arg/--llm-ratio need --llm-method"),
-    (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: fastv, pdrop"),
-    (["--method", "fastv", "--llm-method", "pdrop"], "is an in-LLM method"),
-    (["--method", "fastv", "--method-arg", "layer=1", "--ratio", "1.5"], "--ratio 1.5 is outside [0, 1)"),
-    # composed after a pre-LLM method, errors name the --llm-* flags the user typed
-    (["--keep", "8", "--llm-method", "fastv", "--llm-ratio", "1.5"], "--llm-ratio 1.5 is outside [0, 1)"),
-    (["--keep", "8", "--llm-method", "fastv", "--llm-method-arg", "k=2"], "--llm-method fastv has no parameter 'k'"),
-    (["--keep", "8", "--llm-method", "pdrop", "--llm-method-arg", "layers=2,1"],
-     "--llm-method-arg layers=2,1: layers must increase"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--method", "fastv", "--keep", "10"], "--keep is for pre-LLM methods"),
+        (["--method", "fastv", "--method-arg", "layer=4"], "--method-arg layer=4: must be in [1, 3]"),
+        (["--method", "pdrop", "--ratio", "0.5"], "--ratio does not apply"),
+        (["--method", "pdrop", "--method-arg", "layers=2,1"], "layers must increase"),
+        (["--llm-ratio", "0.5"], "--llm-method-arg/--llm-ratio need --llm-method"),
+        (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: fastv, pdrop"),
+        (["--method", "fastv", "--llm-method", "pdrop"], "is an in-LLM method"),
+        (["--method", "fastv", "--method-arg", "layer=1", "--ratio", "1.5"], "--ratio 1.5 is outside [0, 1)"),
+        # composed after a pre-LLM method, errors name the --llm-* flags the user typed
+        (["--keep", "8", "--llm-method", "fastv", "--llm-ratio", "1.5"], "--llm-ratio 1.5 is outside [0, 1)"),
+        (
+            ["--keep", "8", "--llm-method", "fastv", "--llm-method-arg", "k=2"],
+            "--llm-method fastv has no parameter 'k'",
+        ),
+        (
+            ["--keep", "8", "--llm-method", "pdrop", "--llm-method-arg", "layers=2,1"],
+            "--llm-method-arg layers=2,1: layers must increase",
+        ),
+    ],
+)
 def test_in_llm_usage_errors_leave_nothing_behind(args, fragment, tmp_path, capsys):
     code, _, err = run_cli(["compile", "llava-tiny", *args, "-o", str(tmp_path / "out")], capsys)
     assert code == 2

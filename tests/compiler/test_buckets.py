@@ -28,15 +28,30 @@ def bucketed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adaptive(tmp_path_factory):
     root = tmp_path_factory.mktemp("adaptive")
-    return compile_model(CompileSettings(model="llava-tiny", output=root / "m", method="cls-mass",
-                                         method_args={"mass": "0.5"}, buckets=[32, 64, 128, 192], target="onnx"))
+    return compile_model(
+        CompileSettings(
+            model="llava-tiny",
+            output=root / "m",
+            method="cls-mass",
+            method_args={"mass": "0.5"},
+            buckets=[32, 64, 128, 192],
+            target="onnx",
+        )
+    )
 
 
 def test_manifest_records_the_form_and_verification(bucketed):
     m = json.loads((bucketed / "manifest.json").read_text())
     assert m["buckets"]["sizes"] == BUCKETS and "per-bucket selector" in m["buckets"]["form"]
-    assert set(m["graphs"]) == {"vision_encoder", "select_k32", "select_k64", "select_k128", "projector", "embed",
-                                "decoder"}
+    assert set(m["graphs"]) == {
+        "vision_encoder",
+        "select_k32",
+        "select_k64",
+        "select_k128",
+        "projector",
+        "embed",
+        "decoder",
+    }
     assert m["verification"]["passed"]
     assert {r["bucket"] for r in m["verification"]["vision"]} == set(BUCKETS)
     # selectors hold no weights: every weight lives once, in the encoder, projector or decoder
@@ -77,7 +92,7 @@ def test_planted_mass_counts():
     scores = torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.25, 0.25, 0.25, 0.25], [0.125, 0.75, 0.0625, 0.0625]])
     for mass in (0.1, 0.5, 0.75, 0.8, 0.9, 1.0):
         assert mass_count(scores, mass).tolist() == reference_mass_count(scores, mass)
-    assert mass_count(scores, 0.5).tolist() == [1, 2, 1]      # reaching the mass exactly counts
+    assert mass_count(scores, 0.5).tolist() == [1, 2, 1]  # reaching the mass exactly counts
     assert mass_count(scores, 0.8).tolist() == [3, 4, 2]
     torch.manual_seed(0)
     random = torch.softmax(torch.randn(3, 576) * 3, dim=-1)
@@ -115,8 +130,11 @@ def test_bucket_usage_errors(tmp_path, capsys):
 
 
 def test_trt_plan_for_buckets(tmp_path):
-    out = compile_model(CompileSettings(model="llava-tiny", output=tmp_path / "t", buckets=[32, 64], keep=32,
-                                        target="trt", verify=False))
+    out = compile_model(
+        CompileSettings(
+            model="llava-tiny", output=tmp_path / "t", buckets=[32, 64], keep=32, target="trt", verify=False
+        )
+    )
     m = json.loads((out / "manifest.json").read_text())
     engines = m["trt_plan"]["engines"]
     assert [p["name"] for p in engines["projector"]["profiles"]] == ["k32", "k64"]

@@ -19,11 +19,21 @@ def test_manifest_records_everything(artifacts):
     assert m["method"]["name"] == "fastervlm" and m["ratio"] == 0.89 and m["keep"] == 64
     assert m["visual_tokens"] == {"before": 576, "after": 64}
     passes = {p["name"]: p["modified"] for p in m["passes"]}
-    assert list(passes) == ["remove_dead_vision_layers", "expose_cls_attention", "expose_feature_values",
-                            "select_in_vit", "insert_token_selection"]
+    assert list(passes) == [
+        "remove_dead_vision_layers",
+        "expose_cls_attention",
+        "expose_feature_values",
+        "select_in_vit",
+        "insert_token_selection",
+    ]
     # fastervlm needs no keys, and selects at the feature layer unless --select-layer says otherwise
-    assert passes == {"remove_dead_vision_layers": True, "expose_cls_attention": True,
-                      "expose_feature_values": False, "select_in_vit": False, "insert_token_selection": True}
+    assert passes == {
+        "remove_dead_vision_layers": True,
+        "expose_cls_attention": True,
+        "expose_feature_values": False,
+        "select_in_vit": False,
+        "insert_token_selection": True,
+    }
     assert m["verification"]["passed"] is True
     assert m["session"]["offline_optimization"] == "extended"
     for rel, digest in m["files"].items():
@@ -32,7 +42,9 @@ def test_manifest_records_everything(artifacts):
     assert [i["name"] for i in vision["inputs"]] == ["pixel_values"]
     assert vision["inputs"][0]["shape"] == ["batch", 3, 336, 336]
     assert {o["name"]: o["shape"] for o in vision["outputs"]} == {
-        "image_features": ["batch", 64, 64], "kept_indices": ["batch", 64]}
+        "image_features": ["batch", 64, 64],
+        "kept_indices": ["batch", 64],
+    }
     assert {o["name"]: o["dtype"] for o in vision["outputs"]} == {"image_features": "float32", "kept_indices": "int64"}
 
 

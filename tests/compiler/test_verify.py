@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tpc.compiler.verify import compare_indices, verify_graphs
+from tpc.compiler.parity import compare_indices
+from tpc.compiler.verify import verify_graphs
 from tpc.errors import ParityError
 from tpc.methods import METHODS
 

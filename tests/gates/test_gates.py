@@ -15,11 +15,16 @@ def fake_profile(ttft=100.0, prefill=40.0, rate=20.0, runs=10, memory=500.0):
     def metric(v):
         return summarize([v * (1 + 0.01 * i) for i in range(runs)])
 
-    return {"schema": "tpc.profile", "schema_version": 1, "config": {"runs": runs},
-            "artifact": {"model": "m", "method": "fastervlm", "keep": 64},
-            "device": {"execution_provider": "CPUExecutionProvider"},
-            "metrics": {"ttft_ms": metric(ttft), "prefill_ms": metric(prefill), "decode_tokens_per_s": metric(rate)},
-            "peak_memory_mb": memory, "kv_cache_bytes": 1024}
+    return {
+        "schema": "tpc.profile",
+        "schema_version": 1,
+        "config": {"runs": runs},
+        "artifact": {"model": "m", "method": "fastervlm", "keep": 64},
+        "device": {"execution_provider": "CPUExecutionProvider"},
+        "metrics": {"ttft_ms": metric(ttft), "prefill_ms": metric(prefill), "decode_tokens_per_s": metric(rate)},
+        "peak_memory_mb": memory,
+        "kv_cache_bytes": 1024,
+    }
 
 
 def test_metric_names_resolve():
@@ -32,16 +37,29 @@ def test_metric_names_resolve():
 
 
 def test_absolute_gates_pass_and_fail():
-    budget = parse_budget({"gates": [{"metric": "ttft_ms", "max": 150}, {"metric": "decode_tokens_per_s", "min": 25},
-                                     {"metric": "peak_memory_mb", "max": 600}]})
+    budget = parse_budget(
+        {
+            "gates": [
+                {"metric": "ttft_ms", "max": 150},
+                {"metric": "decode_tokens_per_s", "min": 25},
+                {"metric": "peak_memory_mb", "max": 600},
+            ]
+        }
+    )
     results = evaluate(budget, fake_profile())
     assert [r.passed for r in results] == [True, False, True]
 
 
 def test_relative_to_baseline_and_regression():
-    budget = parse_budget({"gates": [{"check": "ttft_p50 <= 0.5 * baseline"},
-                                     {"check": "ttft_ms regression <= 10 %"},
-                                     {"check": "decode_tokens_per_s regression <= 10%"}]})
+    budget = parse_budget(
+        {
+            "gates": [
+                {"check": "ttft_p50 <= 0.5 * baseline"},
+                {"check": "ttft_ms regression <= 10 %"},
+                {"check": "decode_tokens_per_s regression <= 10%"},
+            ]
+        }
+    )
     base = fake_profile(ttft=100, rate=20)
     assert [r.passed for r in evaluate(budget, fake_profile(ttft=45, rate=19), base)] == [True, True, True]
     assert [r.passed for r in evaluate(budget, fake_profile(ttft=60, rate=17), base)] == [False, True, False]
@@ -52,9 +70,17 @@ def test_relative_to_baseline_and_regression():
 def test_missing_metric_malformed_budget_too_few_runs_missing_baseline():
     with pytest.raises(GateError, match="not in the profile"):
         evaluate(parse_budget({"gates": [{"metric": "warp_ms", "max": 1}]}), fake_profile())
-    for bad in [{}, {"gates": []}, {"gates": [{"metric": "ttft_ms"}]}, {"gates": [{"metric": "x", "max": "fast"}]},
-                {"gates": [{"check": "ttft_ms is small"}]}, {"gates": [{"metric": "x", "max": 1, "min": 0}]},
-                {"gates": [{"metric": "x", "max": 1}], "min_runs": -1}, {"gatez": []}, [1, 2]]:
+    for bad in [
+        {},
+        {"gates": []},
+        {"gates": [{"metric": "ttft_ms"}]},
+        {"gates": [{"metric": "x", "max": "fast"}]},
+        {"gates": [{"check": "ttft_ms is small"}]},
+        {"gates": [{"metric": "x", "max": 1, "min": 0}]},
+        {"gates": [{"metric": "x", "max": 1}], "min_runs": -1},
+        {"gatez": []},
+        [1, 2],
+    ]:
         with pytest.raises(GateError, match="malformed"):
             parse_budget(bad)
     with pytest.raises(GateError, match="at least 20"):
@@ -97,8 +123,18 @@ def test_gate_cli_exit_codes(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("gates: [unclosed")
     (tmp_path / "missing.yaml").write_text(yaml.safe_dump({"gates": [{"metric": "nope_ms", "max": 10}]}))
     base = ["gate", str(tmp_path / "p.json"), "--baseline", str(tmp_path / "b.json"), "-q"]
-    code, _, err = run_cli(base + ["--budget", str(tmp_path / "ok.yaml"), "--junit", str(tmp_path / "j.xml"),
-                                   "--summary", str(tmp_path / "s.md")], capsys)
+    code, _, err = run_cli(
+        base
+        + [
+            "--budget",
+            str(tmp_path / "ok.yaml"),
+            "--junit",
+            str(tmp_path / "j.xml"),
+            "--summary",
+            str(tmp_path / "s.md"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     ET.parse(tmp_path / "j.xml")
     assert "passed" in (tmp_path / "s.md").read_text()

@@ -4,8 +4,20 @@ from tpc.errors import UsageError
 from tpc.methods.budget import keep_count
 
 
-@pytest.mark.parametrize("ratio,expected", [(0.89, 64), (0.90, 58), (0.95, 29), (0.75, 144), (0.778, 128),
-                                            (0.889, 64), (0.944, 33), (0.0, 576), (0.6667, 192)])
+@pytest.mark.parametrize(
+    "ratio,expected",
+    [
+        (0.89, 64),
+        (0.90, 58),
+        (0.95, 29),
+        (0.75, 144),
+        (0.778, 128),
+        (0.889, 64),
+        (0.944, 33),
+        (0.0, 576),
+        (0.6667, 192),
+    ],
+)
 def test_keep_from_ratio_matches_methods_md(ratio, expected):
     assert keep_count(576, ratio) == expected
 

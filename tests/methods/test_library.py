@@ -19,9 +19,17 @@ from tpc.runtimes.compiled_model import CompiledModel
 
 PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "plugin"
 
-CASES = [("fastervlm", {}, 64), ("vtc-cls", {}, 64), ("vtc-cls", {"start_layer": "0"}, 40),
-         ("visionzip", {"dominant": "54", "contextual": "10"}, 64), ("visionzip", {}, 33),
-         ("divprune", {}, 64), ("uniform", {}, 58), ("pool", {}, 64), ("random", {"seed": "3"}, 64)]
+CASES = [
+    ("fastervlm", {}, 64),
+    ("vtc-cls", {}, 64),
+    ("vtc-cls", {"start_layer": "0"}, 40),
+    ("visionzip", {"dominant": "54", "contextual": "10"}, 64),
+    ("visionzip", {}, 33),
+    ("divprune", {}, 64),
+    ("uniform", {}, 58),
+    ("pool", {}, 64),
+    ("random", {"seed": "3"}, 64),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,11 @@ def compiled(tmp_path_factory):
         key = (method, tuple(sorted(args.items())), keep)
         if key not in cache:
             out = root / f"{method.replace(':', '.')}-{len(cache)}"
-            cache[key] = compile_model(CompileSettings(model="llava-tiny", output=out, method=method, keep=keep,
-                                                       method_args=args, target="onnx"))
+            cache[key] = compile_model(
+                CompileSettings(
+                    model="llava-tiny", output=out, method=method, keep=keep, method_args=args, target="onnx"
+                )
+            )
         return cache[key]
 
     return get
@@ -63,9 +74,9 @@ def test_method_compiles_verifies_and_matches_reference(compiled, tiny_adapter, 
 def test_divprune_running_minimum_equals_naive_greedy_with_planted_ties():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(2, 40, 8, generator=generator)
-    features[0, 5] = features[0, 3]          # duplicates: distance 0, a tie
-    features[0, 17] = features[0, 3] * 2.0   # same direction: cosine distance 0 as well
-    features[1, 30] = -features[1, 2]        # antipodal: the farthest pair
+    features[0, 5] = features[0, 3]  # duplicates: distance 0, a tie
+    features[0, 17] = features[0, 3] * 2.0  # same direction: cosine distance 0 as well
+    features[1, 30] = -features[1, 2]  # antipodal: the farthest pair
     values = {"features": features}
     for keep in (1, 7, 20, 40):
         kept, tokens = divprune_select(values, keep)

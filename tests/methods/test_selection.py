@@ -27,8 +27,14 @@ def test_exported_selection_breaks_ties_like_the_reference(tmp_path):
     """The deployed graph (ONNX TopK) and the PyTorch reference agree on planted ties."""
     path = tmp_path / "select.onnx"
     sample = torch.rand(2, 8)
-    torch.onnx.export(_Select(), (sample,), str(path), dynamo=True, input_names=["scores"],
-                      dynamic_shapes={"scores": {0: torch.export.Dim("batch", min=1, max=8)}})
+    torch.onnx.export(
+        _Select(),
+        (sample,),
+        str(path),
+        dynamo=True,
+        input_names=["scores"],
+        dynamic_shapes={"scores": {0: torch.export.Dim("batch", min=1, max=8)}},
+    )
     session = ort.InferenceSession(str(path))
     planted = np.array([[1, 3, 3, 3, 3, 0, 3, 1], [2, 2, 2, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 9, 9, 0]], np.float32)
     (got,) = session.run(None, {"scores": planted})
@@ -45,7 +51,7 @@ def test_gather_tokens_picks_rows_per_sample():
 def test_cls_row_equals_row_zero_of_the_full_attention_matrix():
     torch.manual_seed(0)
     q, k = torch.randn(2, 4, 10, 8), torch.randn(2, 4, 10, 8)
-    scale = 8 ** -0.5
+    scale = 8**-0.5
     full = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # [B,H,T,T], materialised
     expected = full[:, :, 0, 1:].mean(dim=1)
     torch.testing.assert_close(cls_attention_row(q, k, scale), expected)

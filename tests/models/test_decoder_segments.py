@@ -22,7 +22,7 @@ def test_stage_select_orders_by_score_and_handles_ties_by_lower_index():
     positions = torch.arange(8).view(1, 8)
     mask = torch.ones(1, 8, dtype=torch.int64)
     h, p, m, kept = StageSelect(4, 1, renumber=False)(hidden, score, positions, mask, torch.tensor([2]))
-    assert kept.tolist() == [[1]]                       # image row 1 (position 3) wins the tie
+    assert kept.tolist() == [[1]]  # image row 1 (position 3) wins the tie
     assert h.flatten().tolist() == [0, 1, 3, 6, 7] and p.tolist() == [[0, 1, 3, 6, 7]]
     _, p, _, _ = StageSelect(4, 2, renumber=True)(hidden, score, positions, mask, torch.tensor([2]))
     assert p.tolist() == [[0, 1, 2, 3, 4, 5]]

@@ -2,11 +2,10 @@ import dataclasses
 
 import torch
 
+from tests.passes.helpers import context, pixels, traced
 from tpc.methods import METHODS
 from tpc.passes.expose_cls_attention import expose_cls_attention
 from tpc.passes.graph_lookup import find_value, output_values, set_output_values
-
-from tests.passes.helpers import context, pixels, traced
 
 
 def test_exposes_the_cls_row_without_changing_outputs(tiny_adapter):

@@ -3,13 +3,12 @@ import dataclasses
 import pytest
 import torch
 
+from tests.passes.helpers import context, pixels, traced
 from tpc.errors import ExportError
 from tpc.methods import METHODS
 from tpc.passes import DEFAULT_PASSES, run_passes
 from tpc.passes.expose_cls_attention import expose_cls_attention
 from tpc.passes.insert_token_selection import insert_token_selection
-
-from tests.passes.helpers import context, pixels, traced
 
 
 @pytest.mark.parametrize("keep", [64, 1, 576])

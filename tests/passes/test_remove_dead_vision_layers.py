@@ -1,11 +1,10 @@
 import torch
 
+from tests.passes.helpers import context, pixels, traced
 from tpc.models.llava import LlavaAdapter
 from tpc.models.presets import PRESETS, build_preset
 from tpc.passes.graph_lookup import layer_prefix, nodes_in
 from tpc.passes.remove_dead_vision_layers import remove_dead_vision_layers
-
-from tests.passes.helpers import context, pixels, traced
 
 
 def test_removes_the_layer_after_the_feature_layer_and_keeps_numbers(tiny_adapter):

@@ -6,14 +6,13 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
+from tests.passes.helpers import context, pixels, traced
 from tpc.compiler.pipeline import CompileSettings, compile_model
 from tpc.methods import METHODS
 from tpc.methods.in_vit import in_vit_reference
 from tpc.passes import DEFAULT_PASSES, run_passes
 from tpc.passes.select_in_vit import select_in_vit
 from tpc.runtimes.compiled_model import CompiledModel
-
-from tests.passes.helpers import context, pixels, traced
 
 
 def _ctx(adapter, layer, keep=64):
@@ -25,8 +24,7 @@ def _ctx(adapter, layer, keep=64):
 def test_at_the_feature_layer_it_is_the_plain_method(tiny_adapter):
     x = pixels()
     plain, _ = run_passes(traced(tiny_adapter), context(tiny_adapter), DEFAULT_PASSES)
-    same, log = run_passes(traced(tiny_adapter), _ctx(tiny_adapter, tiny_adapter.vision.feature_layer),
-                           DEFAULT_PASSES)
+    same, log = run_passes(traced(tiny_adapter), _ctx(tiny_adapter, tiny_adapter.vision.feature_layer), DEFAULT_PASSES)
     assert not {r["name"]: r for r in log}["select_in_vit"]["modified"]
     with torch.no_grad():
         a, b = plain(x), same(x)
@@ -50,8 +48,9 @@ def test_earlier_layer_matches_a_shortened_vit_reference(tiny_adapter):
 
 
 def test_compiled_in_vit_artifact_runs(tmp_path, demo_image):
-    out = compile_model(CompileSettings(model="llava-tiny", output=tmp_path / "a", keep=64, select_layer=0,
-                                        target="onnx"))
+    out = compile_model(
+        CompileSettings(model="llava-tiny", output=tmp_path / "a", keep=64, select_layer=0, target="onnx")
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["select_layer"] == 0 and manifest["verification"]["passed"]
     result = CompiledModel.load(out).generate(["What is it?"], [demo_image], max_new_tokens=3)
@@ -63,7 +62,8 @@ def test_in_vit_usage_errors(tiny_adapter, tmp_path, capsys):
 
     with pytest.raises(UsageError, match="outside"):
         select_in_vit(traced(tiny_adapter), _ctx(tiny_adapter, 5))
-    code, _, err = run_cli(["compile", "llava-tiny", "--method", "divprune", "--select-layer", "0",
-                            "-o", str(tmp_path / "x")], capsys)
+    code, _, err = run_cli(
+        ["compile", "llava-tiny", "--method", "divprune", "--select-layer", "0", "-o", str(tmp_path / "x")], capsys
+    )
     assert code == 2 and "applies to fastervlm" in err
     assert list(tmp_path.iterdir()) == []

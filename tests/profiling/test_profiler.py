@@ -29,8 +29,16 @@ def test_summary_percentiles():
 
 def test_profile_matches_the_documented_schema(profile):
     jsonschema.validate(profile, schema())
-    for stage in ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token",
-                  "decode_tokens_per_s", "e2e_ms"):
+    for stage in (
+        "preprocess_ms",
+        "vision_ms",
+        "embed_ms",
+        "prefill_ms",
+        "ttft_ms",
+        "decode_ms_per_token",
+        "decode_tokens_per_s",
+        "e2e_ms",
+    ):
         assert set(profile["metrics"][stage]) >= {"p50", "p90", "p99", "min", "max"}
         assert profile["metrics"][stage]["n"] == 4
     assert profile["visual_tokens"] == {"before": 576, "after": 64}
@@ -68,8 +76,9 @@ def test_plots_are_png(profile, tmp_path):
 
     one = plot_profile(profile, tmp_path / "p.png")
     other = dict(profile, artifact=dict(profile["artifact"], ratio=0.0))
-    sweep = plot_sweep({"schema": "tpc.profile.sweep", "schema_version": 1, "points": [other, profile]},
-                       tmp_path / "s.png")
+    sweep = plot_sweep(
+        {"schema": "tpc.profile.sweep", "schema_version": 1, "points": [other, profile]}, tmp_path / "s.png"
+    )
     for path in (one, sweep):
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000

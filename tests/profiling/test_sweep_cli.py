@@ -7,9 +7,27 @@ from tests.profiling.test_profiler import PNG_MAGIC, schema
 
 
 def test_sweep_compiles_through_the_cache_and_reports_every_ratio(tmp_path, capsys):
-    args = ["profile", "llava-tiny", "--sweep-ratios", "0,0.889", "--runs", "2", "--warmup", "0",
-            "--new-tokens", "3", "--prompt-tokens", "8", "--cache-dir", str(tmp_path / "cache"),
-            "--json", str(tmp_path / "sweep.json"), "--plot", str(tmp_path / "sweep.png"), "-q"]
+    args = [
+        "profile",
+        "llava-tiny",
+        "--sweep-ratios",
+        "0,0.889",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--new-tokens",
+        "3",
+        "--prompt-tokens",
+        "8",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        str(tmp_path / "sweep.json"),
+        "--plot",
+        str(tmp_path / "sweep.png"),
+        "-q",
+    ]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     sweep = json.loads((tmp_path / "sweep.json").read_text())

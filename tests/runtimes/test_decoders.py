@@ -19,11 +19,14 @@ def test_image_block_finds_each_rows_start_and_count():
     assert image_block(np.array([[1, 2, 3]]), IMG) == (None, None)
 
 
-@pytest.mark.parametrize("ids,message", [
-    ([[IMG, IMG, 5], [IMG, 5, 5]], "samples carry 1, 2 image tokens"),
-    ([[IMG, 5, IMG]], "not one contiguous block"),
-    ([[IMG, IMG, 5], [5, 5, 5]], "samples carry 0, 2 image tokens"),
-])
+@pytest.mark.parametrize(
+    "ids,message",
+    [
+        ([[IMG, IMG, 5], [IMG, 5, 5]], "samples carry 1, 2 image tokens"),
+        ([[IMG, 5, IMG]], "not one contiguous block"),
+        ([[IMG, IMG, 5], [5, 5, 5]], "samples carry 0, 2 image tokens"),
+    ],
+)
 def test_image_block_rejects_what_the_staged_graphs_cannot_prune(ids, message):
     with pytest.raises(UsageError, match=message):
         image_block(np.array(ids), IMG)

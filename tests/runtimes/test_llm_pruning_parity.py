@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_cli
 from tpc.compiler.verify_llm import expected_kv_lengths
 from tpc.methods import METHODS
 from tpc.methods.in_llm import PruningPlan
 from tpc.methods.in_llm_reference import reference_generate
 from tpc.runtimes.compiled_model import CompiledModel
-from tests.conftest import run_cli
 
 PROMPTS = ["What is in the picture?", "Describe the colours you can see in this image, please."]
 NEW_TOKENS = 6
@@ -34,8 +34,9 @@ def _reference(compiled, adapter, batch):
 
 @pytest.mark.parametrize("name", ["fastv", "pdrop", "fastervlm+fastv"])
 @pytest.mark.parametrize("batch_size", [1, 2])
-def test_greedy_tokens_kept_tokens_and_kv_lengths_equal_the_reference(llm_artifacts, tiny_adapter, demo_image,
-                                                                       name, batch_size):
+def test_greedy_tokens_kept_tokens_and_kv_lengths_equal_the_reference(
+    llm_artifacts, tiny_adapter, demo_image, name, batch_size
+):
     compiled = CompiledModel.load(llm_artifacts(name), runtime="ort")
     images = [demo_image, demo_image.rotate(90, expand=True)][:batch_size]
     prompts = PROMPTS[:batch_size]  # different lengths: the second sample is left-padded
@@ -51,7 +52,7 @@ def test_greedy_tokens_kept_tokens_and_kv_lengths_equal_the_reference(llm_artifa
     prompt_len = batch.input_ids.shape[1]
     assert result.kv_lengths == ref.kv_lengths == expected_kv_lengths(plan, prompt_len, NEW_TOKENS - 1)
     first, last = plan.stages[0], plan.stages[-1]
-    assert result.kv_lengths[first.layer - 1] == prompt_len + NEW_TOKENS - 1          # before the first stage: full
+    assert result.kv_lengths[first.layer - 1] == prompt_len + NEW_TOKENS - 1  # before the first stage: full
     assert result.kv_lengths[-1] == prompt_len - (plan.image_tokens - last.keep) + NEW_TOKENS - 1
 
 
@@ -61,11 +62,15 @@ def test_text_only_prompt_runs_unpruned_and_matches_hf_generate(llm_artifacts, t
     result = compiled.generate(PROMPTS, None, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
     batch = compiled.encoder(PROMPTS, None, max_new_tokens=NEW_TOKENS)
     with torch.no_grad():
-        out = model.generate(input_ids=torch.from_numpy(batch.input_ids),
-                             attention_mask=torch.from_numpy(batch.attention_mask), max_new_tokens=NEW_TOKENS,
-                             do_sample=False, min_new_tokens=NEW_TOKENS,
-                             pad_token_id=model.config.text_config.pad_token_id)
-    assert result.token_ids == out[:, batch.input_ids.shape[1]:].tolist()
+        out = model.generate(
+            input_ids=torch.from_numpy(batch.input_ids),
+            attention_mask=torch.from_numpy(batch.attention_mask),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            min_new_tokens=NEW_TOKENS,
+            pad_token_id=model.config.text_config.pad_token_id,
+        )
+    assert result.token_ids == out[:, batch.input_ids.shape[1] :].tolist()
     assert result.llm_kept_indices is None
     assert len(set(result.kv_lengths)) == 1  # nothing pruned: every layer holds the whole prompt
 
@@ -74,8 +79,17 @@ def test_manifest_records_the_plan_and_the_per_segment_graphs(llm_artifacts):
     manifest = json.loads((llm_artifacts("pdrop") / "manifest.json").read_text())
     llm = manifest["llm_pruning"]
     assert [(s["layer"], s["keep"]) for s in llm["stages"]] == [(1, 288), (2, 144), (3, 72)]
-    assert list(manifest["graphs"]) == ["vision", "embed", "decoder_0", "select_1", "decoder_1", "select_2",
-                                        "decoder_2", "select_3", "decoder_3"]
+    assert list(manifest["graphs"]) == [
+        "vision",
+        "embed",
+        "decoder_0",
+        "select_1",
+        "decoder_1",
+        "select_2",
+        "decoder_2",
+        "select_3",
+        "decoder_3",
+    ]
     assert manifest["method"]["name"] == "pdrop"
     checks = manifest["verification"]["llm_pruning"]
     assert [c["batch"] for c in checks] == [1, 2] and all(c["passed"] and c["kept"] == ["exact"] * 3 for c in checks)
@@ -87,8 +101,22 @@ def test_manifest_records_the_plan_and_the_per_segment_graphs(llm_artifacts):
 def test_run_json_reports_llm_kept_tokens_and_kv_lengths(llm_artifacts, demo_image, tmp_path, capsys):
     path = tmp_path / "demo.png"
     demo_image.save(path)
-    code, out, _ = run_cli(["run", str(llm_artifacts("fastv")), "--runtime", "ort", "--image", str(path),
-                            "--prompt", "hi", "--max-new-tokens", "2", "--json"], capsys)
+    code, out, _ = run_cli(
+        [
+            "run",
+            str(llm_artifacts("fastv")),
+            "--runtime",
+            "ort",
+            "--image",
+            str(path),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     payload = json.loads(out)
     assert len(payload["llm_kept_indices"]) == 144
@@ -121,8 +149,21 @@ def test_bucketed_budget_then_fastv_matches_the_reference_per_bucket(llm_artifac
 def test_run_text_output_summarises_kv_lengths(llm_artifacts, demo_image, tmp_path, capsys):
     path = tmp_path / "demo.png"
     demo_image.save(path)
-    code, _, err = run_cli(["run", str(llm_artifacts("fastv")), "--runtime", "ort", "--image", str(path),
-                            "--prompt", "hi", "--max-new-tokens", "2"], capsys)
+    code, _, err = run_cli(
+        [
+            "run",
+            str(llm_artifacts("fastv")),
+            "--runtime",
+            "ort",
+            "--image",
+            str(path),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0
     line = err.strip().splitlines()[-1]
     assert line.startswith("in-LLM pruning kept 144 image tokens; keys per decoder layer: ")

@@ -14,15 +14,20 @@ PROMPTS = ["What is in the picture?", "Describe the colours you can see in this 
 
 
 def _hf_generate(model, batch, new_tokens, features=None):
-    kwargs = dict(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
-                  max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.text_config.pad_token_id)
+    kwargs = dict(
+        input_ids=torch.from_numpy(batch.input_ids),
+        attention_mask=torch.from_numpy(batch.attention_mask),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=model.config.text_config.pad_token_id,
+    )
     if features is not None:
         kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=list(features))}
     elif batch.pixel_values is not None:
         kwargs["pixel_values"] = torch.from_numpy(batch.pixel_values)
     with torch.no_grad():
         out = model.generate(**kwargs)
-    return out[:, batch.input_ids.shape[1]:].tolist()
+    return out[:, batch.input_ids.shape[1] :].tolist()
 
 
 def _trim(tokens, eos, pad):
@@ -35,8 +40,7 @@ def _trim(tokens, eos, pad):
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
-def test_pruned_artifact_matches_hf_fed_the_same_pruned_features(artifacts, tiny, tiny_adapter, demo_image,
-                                                                 batch_size):
+def test_pruned_artifact_matches_hf_fed_the_same_pruned_features(artifacts, tiny, tiny_adapter, demo_image, batch_size):
     model, _ = tiny
     compiled = CompiledModel.load(artifacts(0.89, "ort"))
     keep = compiled.runtime["keep"]
@@ -51,7 +55,7 @@ def test_pruned_artifact_matches_hf_fed_the_same_pruned_features(artifacts, tiny
     assert np.array_equal(result.kept_indices, ref_idx.numpy())
     expected = _hf_generate(model, batch, 12, features=ref_features)
     eos = set(compiled.runtime["eos_token_ids"])
-    for got, want in zip(result.token_ids, expected):
+    for got, want in zip(result.token_ids, expected, strict=True):
         assert got == _trim(want, eos, compiled.runtime["pad_token_id"])
 
 
@@ -74,7 +78,7 @@ def test_text_only_prompt_matches_hf(artifacts, tiny):
     batch = compiled.encoder(PROMPTS, None, max_new_tokens=8)
     expected = _hf_generate(model, batch, 8)
     eos = set(compiled.runtime["eos_token_ids"])
-    for got, want in zip(result.token_ids, expected):
+    for got, want in zip(result.token_ids, expected, strict=True):
         assert got == _trim(want, eos, None)
 
 

@@ -21,10 +21,12 @@ INDICES = helper.make_tensor_value_info("indices", TensorProto.INT64, None)
 
 
 def test_topk_with_a_computed_k_is_a_blocker():
-    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
-             helper.make_node("Cast", ["m"], ["k0"], to=TensorProto.INT64),
-             helper.make_node("Reshape", ["k0", "one"], ["k"]),
-             helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="select")]
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["k0"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["k0", "one"], ["k"]),
+        helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="select"),
+    ]
     report = check_graph(_model(nodes, [X], [VALUES, INDICES], [numpy_helper.from_array(np.array([1]), "one")]), "g")
     assert not report.ok
     assert any("'select'" in b and "computed at run time" in b for b in report.blockers)
@@ -51,9 +53,11 @@ def test_constant_k_topk_passes_and_int64_is_listed():
 
 
 def test_data_dependent_reshape_custom_domain_and_opset():
-    nodes = [helper.make_node("Cast", ["x"], ["s"], to=TensorProto.INT64),
-             helper.make_node("Reshape", ["x", "s"], ["values"], name="reshape_by_value"),
-             helper.make_node("FusedMatMul", ["x", "x"], ["y"], domain="com.microsoft", name="fused")]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["s"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["x", "s"], ["values"], name="reshape_by_value"),
+        helper.make_node("FusedMatMul", ["x", "x"], ["y"], domain="com.microsoft", name="fused"),
+    ]
     model = _model(nodes, [X], [VALUES], opset=21)
     report = check_graph(model, "g")
     assert any("'reshape_by_value': data-dependent output shape" in b for b in report.blockers)
@@ -62,8 +66,7 @@ def test_data_dependent_reshape_custom_domain_and_opset():
 
 
 def test_shape_derived_reshape_passes():
-    nodes = [helper.make_node("Shape", ["x"], ["s"]),
-             helper.make_node("Reshape", ["x", "s"], ["values"], name="fine")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["values"], name="fine")]
     assert check_graph(_model(nodes, [X], [VALUES]), "g").ok
 
 
@@ -98,8 +101,9 @@ def test_trt_artifact_without_engines(artifacts, capsys, tmp_path):
     root = artifacts(0.89, "trt")
     code, _, err = run_cli(["run", str(root), "--prompt", "hi", "--max-new-tokens", "2"], capsys)
     assert code == 4 and "engines are not built" in err and "--runtime ort" in err
-    code, out, err = run_cli(["run", str(root), "--prompt", "hi", "--max-new-tokens", "2", "--runtime", "ort",
-                              "--json"], capsys)
+    code, out, err = run_cli(
+        ["run", str(root), "--prompt", "hi", "--max-new-tokens", "2", "--runtime", "ort", "--json"], capsys
+    )
     assert code == 0, err
     code, _, err = run_cli(["build", str(root)], capsys)
     assert code == 4 and "TensorRT is not installed" in err
@@ -117,4 +121,6 @@ def test_fastv_artifact_graphs_pass_and_plan_per_segment(llm_artifacts, capsys):
     engines = manifest["trt_plan"]["engines"]
     assert [p["name"] for p in engines["decoder_1"]["profiles"]] == ["prefill", "decode"]
     script = (root / "build_engines.sh").read_text()
-    assert "--onnx=decoder_0.onnx" in script and "--onnx=select_1.onnx" in script and "--onnx=decoder.onnx" not in script
+    assert (
+        "--onnx=decoder_0.onnx" in script and "--onnx=select_1.onnx" in script and "--onnx=decoder.onnx" not in script
+    )

@@ -14,8 +14,15 @@ def test_engines_match_the_ort_artifact(tmp_path, demo_image):
     from tpc.compiler.trt_plan import PlanSettings
     from tpc.runtimes.compiled_model import CompiledModel
 
-    trt_dir = compile_model(CompileSettings(model="llava-tiny", output=tmp_path / "trt", ratio=0.89, target="trt",
-                                            plan=PlanSettings(precision="fp32", max_batch=2)))
+    trt_dir = compile_model(
+        CompileSettings(
+            model="llava-tiny",
+            output=tmp_path / "trt",
+            ratio=0.89,
+            target="trt",
+            plan=PlanSettings(precision="fp32", max_batch=2),
+        )
+    )
     ort_dir = compile_model(CompileSettings(model="llava-tiny", output=tmp_path / "ort", ratio=0.89, target="ort"))
     trt_model, ort_model = CompiledModel.load(trt_dir), CompiledModel.load(ort_dir)
     assert trt_model.graphs.describe()["runtime"] == "tensorrt"
@@ -57,8 +64,11 @@ def test_fastv_segment_engines_match_the_ort_artifact(tmp_path, demo_image):
     from tpc.runtimes.compiled_model import CompiledModel
 
     common = dict(model="llava-tiny", method="fastv", method_args={"layer": "2"}, ratio=0.75)
-    trt_dir = compile_model(CompileSettings(output=tmp_path / "trt", target="trt",
-                                            plan=PlanSettings(precision="fp32", max_batch=2), **common))
+    trt_dir = compile_model(
+        CompileSettings(
+            output=tmp_path / "trt", target="trt", plan=PlanSettings(precision="fp32", max_batch=2), **common
+        )
+    )
     ort_dir = compile_model(CompileSettings(output=tmp_path / "ort", target="ort", **common))
     trt_model, ort_model = CompiledModel.load(trt_dir), CompiledModel.load(ort_dir)
     prompts = ["What is in the picture?", "Describe it."]

@@ -36,8 +36,7 @@ def _register() -> None:
     from tpc.cli.profile import profile_cmd
     from tpc.cli.run import run_cmd
 
-    for command in (compile_cmd, run_cmd, profile_cmd, gate_cmd, build_cmd, check_cmd, methods_cmd,
-                    presets_cmd):
+    for command in (compile_cmd, run_cmd, profile_cmd, gate_cmd, build_cmd, check_cmd, methods_cmd, presets_cmd):
         cli.add_command(command)
 
 

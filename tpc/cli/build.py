@@ -22,5 +22,7 @@ def build_cmd(artifact, use_trtexec, quiet):
         engines = build_engines(loaded.root, loaded.manifest, use_trtexec=use_trtexec, progress=progress)
     write_manifest(loaded.root, dict(loaded.manifest, engines=engines))
     if not quiet:
-        click.echo(f"built TensorRT {engines['tensorrt_version']} engines for {engines['gpu_name']} "
-                   f"(sm {engines['compute_capability']}, {engines['precision']}) in {loaded.root / 'engines'}")
+        click.echo(
+            f"built TensorRT {engines['tensorrt_version']} engines for {engines['gpu_name']} "
+            f"(sm {engines['compute_capability']}, {engines['precision']}) in {loaded.root / 'engines'}"
+        )

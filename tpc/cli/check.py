@@ -25,8 +25,10 @@ def check_cmd(artifact, target, as_json):
     else:
         for r in reports:
             status = "ok" if r.ok else f"{len(r.blockers)} blocker(s)"
-            click.echo(f"{r.graph}: {status}; opset {r.opset}; {sum(r.ops.values())} nodes; "
-                       f"int64 tensors: {', '.join(r.int64[:6]) or 'none'}{' ...' if len(r.int64) > 6 else ''}")
+            click.echo(
+                f"{r.graph}: {status}; opset {r.opset}; {sum(r.ops.values())} nodes; "
+                f"int64 tensors: {', '.join(r.int64[:6]) or 'none'}{' ...' if len(r.int64) > 6 else ''}"
+            )
             for blocker in r.blockers:
                 click.echo(f"  BLOCKER {blocker}")
             for warning in r.warnings:

@@ -14,61 +14,145 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 
 @click.command("compile")
 @click.argument("model")
-@click.option("--method", default="fastervlm", show_default=True,
-              help="Token-selection method (see `tpc methods`), or module:function for a user score.")
+@click.option(
+    "--method",
+    default="fastervlm",
+    show_default=True,
+    help="Token-selection method (see `tpc methods`), or module:function for a user score.",
+)
 @click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE", help="A method parameter.")
 @click.option("--ratio", type=float, default=None, help="Fraction of visual tokens removed, in [0, 1).")
 @click.option("--keep", type=int, default=None, help="Visual tokens kept (overrides --ratio).")
-@click.option("--select-layer", type=int, default=None,
-              help="fastervlm: select at this ViT layer; later layers run on the kept tokens only.")
-@click.option("--llm-method", default=None,
-              help="In-LLM pruning after the pre-LLM method: fastv or pdrop (or give it as --method alone).")
-@click.option("--llm-method-arg", "llm_method_args", multiple=True, metavar="KEY=VALUE",
-              help="A parameter of the in-LLM method.")
+@click.option(
+    "--select-layer",
+    type=int,
+    default=None,
+    help="fastervlm: select at this ViT layer; later layers run on the kept tokens only.",
+)
+@click.option(
+    "--llm-method",
+    default=None,
+    help="In-LLM pruning after the pre-LLM method: fastv or pdrop (or give it as --method alone).",
+)
+@click.option(
+    "--llm-method-arg", "llm_method_args", multiple=True, metavar="KEY=VALUE", help="A parameter of the in-LLM method."
+)
 @click.option("--llm-ratio", type=float, default=None, help="Fraction of the LLM's image tokens FastV removes.")
 @click.option("--buckets", default=None, help="Serve several kept-token counts from one artifact, e.g. 32,64,128,192.")
-@click.option("--target", type=click.Choice(["onnx", "ort", "trt"]), default="ort", show_default=True,
-              help="onnx: portable graphs; ort: optimised offline for ONNX Runtime; trt: TensorRT plan + engines.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Artifact directory (default: build/<model>-<method>-<budget>).")
+@click.option(
+    "--target",
+    type=click.Choice(["onnx", "ort", "trt"]),
+    default="ort",
+    show_default=True,
+    help="onnx: portable graphs; ort: optimised offline for ONNX Runtime; trt: TensorRT plan + engines.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Artifact directory (default: build/<model>-<method>-<budget>).",
+)
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-@click.option("--dump-graphs", type=click.Path(path_type=Path), default=None,
-              help="Write the graph before/after each pass here (also $TPC_DUMP_GRAPHS).")
-@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,
-              help="TensorRT engine precision (--target trt).")
+@click.option(
+    "--dump-graphs",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the graph before/after each pass here (also $TPC_DUMP_GRAPHS).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "bf16", "fp32"]),
+    default="fp16",
+    show_default=True,
+    help="TensorRT engine precision (--target trt).",
+)
 @click.option("--max-batch", type=int, default=1, show_default=True, help="TensorRT profiles: largest batch.")
-@click.option("--max-prompt-tokens", type=int, default=512, show_default=True,
-              help="TensorRT profiles: longest text prompt (image tokens come on top).")
+@click.option(
+    "--max-prompt-tokens",
+    type=int,
+    default=512,
+    show_default=True,
+    help="TensorRT profiles: longest text prompt (image tokens come on top).",
+)
 @click.option("--max-context", type=int, default=None, help="TensorRT profiles: longest context (default: model's).")
 @click.option("--workspace-mb", type=int, default=4096, show_default=True, help="TensorRT builder workspace.")
 @click.option("--no-build", is_flag=True, help="--target trt: write the plan only, build engines on the target.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compile_cmd(model, method, method_args, ratio, keep, select_layer, llm_method, llm_method_args, llm_ratio, buckets, target, output, no_verify, force, dump_graphs, precision, max_batch,
-                max_prompt_tokens, max_context, workspace_mb, no_build, quiet):
+def compile_cmd(
+    model,
+    method,
+    method_args,
+    ratio,
+    keep,
+    select_layer,
+    llm_method,
+    llm_method_args,
+    llm_ratio,
+    buckets,
+    target,
+    output,
+    no_verify,
+    force,
+    dump_graphs,
+    precision,
+    max_batch,
+    max_prompt_tokens,
+    max_context,
+    workspace_mb,
+    no_build,
+    quiet,
+):
     """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
-    from tpc.compiler.pipeline import CompileSettings, compile_model
+    from tpc.compiler.settings import CompileSettings, check_settings
     from tpc.progress import StageProgress
 
     if output is None and buckets:
         output = Path("build") / f"{Path(model).name}-{method.replace(':', '.')}-b{buckets.replace(',', '-')}"
     if output is None:
         budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
-        name = method.replace(':', '.') + (f"+{llm_method}" if llm_method else "")
+        name = method.replace(":", ".") + (f"+{llm_method}" if llm_method else "")
         output = Path("build") / f"{Path(model).name}-{name}-{budget}"
     from tpc.compiler.trt_plan import PlanSettings
 
-    plan = PlanSettings(precision=precision, max_batch=max_batch, max_prompt_tokens=max_prompt_tokens,
-                        max_context=max_context, workspace_mb=workspace_mb)
+    plan = PlanSettings(
+        precision=precision,
+        max_batch=max_batch,
+        max_prompt_tokens=max_prompt_tokens,
+        max_context=max_context,
+        workspace_mb=workspace_mb,
+    )
     args = _pairs(method_args, "--method-arg")
     llm_args = _pairs(llm_method_args, "--llm-method-arg")
     if llm_method is None and (llm_args or llm_ratio is not None):
         raise UsageError("--llm-method-arg/--llm-ratio need --llm-method")
-    settings = CompileSettings(model=model, output=output, method=method, ratio=ratio, keep=keep, target=target,
-                               method_args=args, buckets=_buckets(buckets), select_layer=select_layer,
-                               llm_method=llm_method, llm_method_args=llm_args, llm_ratio=llm_ratio,
-                               verify=not no_verify, force=force, dump_graphs=dump_graphs, plan=plan,
-                               build_engines=not no_build)
+    settings = CompileSettings(
+        model=model,
+        output=output,
+        method=method,
+        ratio=ratio,
+        keep=keep,
+        target=target,
+        method_args=args,
+        buckets=_buckets(buckets),
+        select_layer=select_layer,
+        llm_method=llm_method,
+        llm_method_args=llm_args,
+        llm_ratio=llm_ratio,
+        verify=not no_verify,
+        force=force,
+        dump_graphs=dump_graphs,
+        plan=plan,
+        build_engines=not no_build,
+    )
+    check_settings(settings)  # every flag checked before torch is imported
+    if dump_graphs is not None:
+        from tpc.outputs import check_writable
+
+        check_writable(dump_graphs, "directory")
+    from tpc.compiler.pipeline import compile_model
+
     with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:
         path = compile_model(settings, progress)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -78,15 +162,22 @@ def compile_cmd(model, method, method_args, ratio, keep, select_layer, llm_metho
     if manifest.get("buckets"):
         kind = "adaptive, " if manifest["buckets"]["adaptive"] else ""
         after = f"{kind}buckets {','.join(map(str, manifest['buckets']['sizes']))} of"
+    elif tokens["after"] == tokens["before"] and not manifest.get("llm_pruning"):
+        after = f"{after} (unpruned)"
+    for note in manifest.get("notes", []) if not quiet else []:
+        click.echo(f"note: {note}", err=True)
     if not quiet:
-        click.echo(f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
-                   f"{after} visual tokens, target {target}, verification {check}, "
-                   f"{manifest['compile_seconds']:.1f} s)")
+        click.echo(
+            f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
+            f"{after} visual tokens, target {target}, verification {check}, "
+            f"{manifest['compile_seconds']:.1f} s)"
+        )
     llm = manifest.get("llm_pruning")
     if llm and not quiet:
         stages = ", ".join(f"layer {s['layer']}: {s['keep']}" for s in llm["stages"])
-        click.echo(f"in-LLM pruning {llm['method']}: {llm['image_tokens']} image tokens into the decoder; "
-                   f"kept from {stages}")
+        click.echo(
+            f"in-LLM pruning {llm['method']}: {llm['image_tokens']} image tokens into the decoder; kept from {stages}"
+        )
     if target == "trt":
         if manifest.get("engines"):
             engines = manifest["engines"]

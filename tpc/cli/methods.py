@@ -22,8 +22,10 @@ def methods_cmd():
         method = LLM_METHODS.get(name)
         params = ", ".join(f"{p[0]}={p[1]}" for p in method.params)
         click.echo(f"{name:10s} {method.description}")
-        click.echo(f"{'':10s} parameters: {params}; prunes at: {method.prunes_at} "
-                   f"(--method {name}, or --llm-method {name} after a pre-LLM method)")
+        click.echo(
+            f"{'':10s} parameters: {params}; prunes at: {method.prunes_at} "
+            f"(--method {name}, or --llm-method {name} after a pre-LLM method)"
+        )
     for name in entry_point_methods():
         click.echo(f"{name:10s} (plugin from the tpc.methods entry point group)")
     click.echo("user scores: --method package.module:function (see examples/plugin)")

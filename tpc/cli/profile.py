@@ -29,33 +29,70 @@ def _ratios(text: str) -> list[float]:
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--runtime", type=click.Choice(["auto", "ort", "trt"]), default="auto", show_default=True)
 @click.option("--sweep-ratios", default=None, help="Compile TARGET (a model) at each ratio and profile each.")
-@click.option("--ratio", type=float, default=None,
-              help="TARGET a model: compile at this ratio; a bucketed artifact: run at this ratio.")
+@click.option(
+    "--ratio",
+    type=float,
+    default=None,
+    help="TARGET a model: compile at this ratio; a bucketed artifact: run at this ratio.",
+)
 @click.option("--keep", type=int, default=None, help="Bucketed artifacts: visual tokens (rounded up to a bucket).")
 @click.option("--method", default="fastervlm", show_default=True, help="Method when TARGET is a model.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Artifact cache for models and sweeps (default ~/.cache/tpc/artifacts or $TPC_CACHE_DIR).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Artifact cache for models and sweeps (default ~/.cache/tpc/artifacts or $TPC_CACHE_DIR).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the profile JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG plot.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or table.")
-def profile_cmd(target, runs, warmup, image, prompt, prompt_tokens, batch, new_tokens, provider, threads, runtime,
-                sweep_ratios, ratio, keep, method, cache_dir, json_path, plot_path, quiet):
+def profile_cmd(
+    target,
+    runs,
+    warmup,
+    image,
+    prompt,
+    prompt_tokens,
+    batch,
+    new_tokens,
+    provider,
+    threads,
+    runtime,
+    sweep_ratios,
+    ratio,
+    keep,
+    method,
+    cache_dir,
+    json_path,
+    plot_path,
+    quiet,
+):
     """Profile TARGET: an artifact directory, or a model (compiled through the cache)."""
     from tpc.cli.profile_table import print_profile, print_sweep
     from tpc.profiling.profiler import ProfileConfig, write_json
     from tpc.profiling.session import profile_artifact, profile_sweep
 
-    config = ProfileConfig(runs=runs, warmup=warmup, batch=batch, new_tokens=new_tokens, prompt=prompt,
-                           prompt_tokens=prompt_tokens, image=image, provider=provider, threads=threads,
-                           runtime=runtime)
+    config = ProfileConfig(
+        runs=runs,
+        warmup=warmup,
+        batch=batch,
+        new_tokens=new_tokens,
+        prompt=prompt,
+        prompt_tokens=prompt_tokens,
+        image=image,
+        provider=provider,
+        threads=threads,
+        runtime=runtime,
+    )
     config.validate()
     if sweep_ratios is not None:
         document = profile_sweep(target, _ratios(sweep_ratios), method, config, cache_dir, quiet)
         if not quiet:
             print_sweep(document)
     else:
-        document = profile_artifact(target, config, ratio=ratio, method=method, cache_dir=cache_dir, quiet=quiet,
-                                    keep=keep)
+        document = profile_artifact(
+            target, config, ratio=ratio, method=method, cache_dir=cache_dir, quiet=quiet, keep=keep
+        )
         if not quiet:
             print_profile(document)
     if json_path is not None:

@@ -5,15 +5,25 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-ROWS = ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token",
-        "decode_tokens_per_s", "e2e_ms")
+ROWS = (
+    "preprocess_ms",
+    "vision_ms",
+    "embed_ms",
+    "prefill_ms",
+    "ttft_ms",
+    "decode_ms_per_token",
+    "decode_tokens_per_s",
+    "e2e_ms",
+)
 
 
 def print_profile(profile: dict) -> None:
     art, dev = profile["artifact"], profile["device"]
-    table = Table(title=f"{art['model']} {art['method']} keep {art['keep']} ({art['target']}) on "
-                        f"{dev.get('gpu', {}).get('name') or dev['cpu_model']} [{dev['execution_provider']}, "
-                        f"{dev['threads']} threads]")
+    table = Table(
+        title=f"{art['model']} {art['method']} keep {art['keep']} ({art['target']}) on "
+        f"{dev.get('gpu', {}).get('name') or dev['cpu_model']} [{dev['execution_provider']}, "
+        f"{dev['threads']} threads]"
+    )
     table.add_column("metric")
     for stat in ("p50", "p90", "p99", "min", "max"):
         table.add_column(stat, justify="right")
@@ -24,9 +34,11 @@ def print_profile(profile: dict) -> None:
     console = Console()
     console.print(table)
     tokens = profile["visual_tokens"]
-    console.print(f"visual tokens {tokens['before']} -> {tokens['after']}, prompt {profile['prompt_length']} tokens, "
-                  f"KV cache {profile['kv_cache_bytes'] / 2**20:.1f} MiB, peak memory {profile['peak_memory_mb']:.0f} MB, "
-                  f"runs {profile['config']['runs']} (+{profile['config']['warmup']} warm-up)")
+    console.print(
+        f"visual tokens {tokens['before']} -> {tokens['after']}, prompt {profile['prompt_length']} tokens, "
+        f"KV cache {profile['kv_cache_bytes'] / 2**20:.1f} MiB, peak memory {profile['peak_memory_mb']:.0f} MB, "
+        f"runs {profile['config']['runs']} (+{profile['config']['warmup']} warm-up)"
+    )
     if dev.get("fell_back_to_cpu"):
         console.print(f"[yellow]warning: requested {dev['requested_provider']} but ran on {dev['execution_provider']}")
 
@@ -38,8 +50,13 @@ def print_sweep(sweep: dict) -> None:
     base = sweep["points"][0]["metrics"]["ttft_ms"]["p50"]
     for point in sweep["points"]:
         m = point["metrics"]
-        table.add_row(f"{point['artifact']['ratio']}", str(point["artifact"]["keep"]),
-                      f"{m.get('vision_ms', {}).get('p50', 0):.1f}", f"{m['prefill_ms']['p50']:.1f}",
-                      f"{m['ttft_ms']['p50']:.1f}", f"{m.get('decode_tokens_per_s', {}).get('p50', 0):.1f}",
-                      f"{m['ttft_ms']['p50'] / base:.3f}x")
+        table.add_row(
+            f"{point['artifact']['ratio']}",
+            str(point["artifact"]["keep"]),
+            f"{m.get('vision_ms', {}).get('p50', 0):.1f}",
+            f"{m['prefill_ms']['p50']:.1f}",
+            f"{m['ttft_ms']['p50']:.1f}",
+            f"{m.get('decode_tokens_per_s', {}).get('p50', 0):.1f}",
+            f"{m['ttft_ms']['p50'] / base:.3f}x",
+        )
     Console().print(table)

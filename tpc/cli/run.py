@@ -18,13 +18,19 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
-@click.option("--runtime", type=click.Choice(["auto", "ort", "trt"]), default="auto", show_default=True,
-              help="auto: TensorRT engines for trt artifacts, ONNX Runtime otherwise.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "ort", "trt"]),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT engines for trt artifacts, ONNX Runtime otherwise.",
+)
 @click.option("--keep", type=int, default=None, help="Bucketed artifacts: visual tokens (rounded up to a bucket).")
 @click.option("--ratio", type=float, default=None, help="Bucketed artifacts: fraction of visual tokens removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
-def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, keep,
-            ratio, as_json):
+def run_cmd(
+    artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, keep, ratio, as_json
+):
     """Generate a reply with a compiled ARTIFACT."""
     from tpc.runtimes.compiled_model import CompiledModel
     from tpc.runtimes.prompting import load_image
@@ -36,8 +42,9 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
     model.set_budget(keep, ratio)
     info = model.graphs.describe()
     if info["fell_back"]:
-        click.echo(f"warning: requested {info['requested_provider']} but ONNX Runtime runs on {info['provider']}",
-                   err=True)
+        click.echo(
+            f"warning: requested {info['requested_provider']} but ONNX Runtime runs on {info['provider']}", err=True
+        )
     result = model.generate([prompt], images, max_new_tokens=max_new_tokens, sampler=sampler)
     text = model.decode(result.token_ids[0])
     if as_json:
@@ -46,10 +53,13 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
             "token_ids": result.token_ids[0],
             "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
             "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
-            "visual_tokens": {"before": model.runtime["num_patches"],
-                              "after": result.image_tokens[0] if result.image_tokens else 0},
-            "kept_indices": (result.kept_indices[0][: result.image_tokens[0]].tolist()
-                             if result.kept_indices is not None else None),
+            "visual_tokens": {
+                "before": model.runtime["num_patches"],
+                "after": result.image_tokens[0] if result.image_tokens else 0,
+            },
+            "kept_indices": (
+                result.kept_indices[0][: result.image_tokens[0]].tolist() if result.kept_indices is not None else None
+            ),
             "provider": info["provider"],
             "requested_provider": info["requested_provider"],
             "kv_lengths": result.kv_lengths,
@@ -60,12 +70,18 @@ def run_cmd(artifact, image, prompt, max_new_tokens, temperature, top_p, seed, p
         return
     click.echo(text)
     t = result.timings_ms
-    click.echo(f"[{info['provider']}] ttft {t['ttft_ms']:.1f} ms (vision {t.get('vision_ms', 0):.1f}, "
-               f"prefill {t['prefill_ms']:.1f}), decode {result.decode_tokens_per_s:.1f} tok/s, "
-               f"{len(result.token_ids[0])} tokens", err=True)
+    click.echo(
+        f"[{info['provider']}] ttft {t['ttft_ms']:.1f} ms (vision {t.get('vision_ms', 0):.1f}, "
+        f"prefill {t['prefill_ms']:.1f}), decode {result.decode_tokens_per_s:.1f} tok/s, "
+        f"{len(result.token_ids[0])} tokens",
+        err=True,
+    )
     if result.llm_kept_indices is not None and result.kv_lengths:
-        click.echo(f"in-LLM pruning kept {result.llm_kept_indices.shape[1]} image tokens; keys per decoder layer: "
-                   f"{_runs(result.kv_lengths)}", err=True)
+        click.echo(
+            f"in-LLM pruning kept {result.llm_kept_indices.shape[1]} image tokens; keys per decoder layer: "
+            f"{_runs(result.kv_lengths)}",
+            err=True,
+        )
 
 
 def _runs(values: list[int]) -> str:

@@ -50,7 +50,7 @@ class BucketSelector(torch.nn.Module):
         self.method, self.params, self.keep, self.grid, self.names = method, params, keep, grid, names
 
     def forward(self, *tensors):
-        values = dict(zip(self.names, tensors), grid=self.grid, constant=torch.tensor)
+        values = dict(zip(self.names, tensors, strict=True), grid=self.grid, constant=torch.tensor)
         return self.method.select(values, self.keep, **self.params)
 
 
@@ -58,26 +58,44 @@ def export_bucketed_vision(encoder_gm, adapter, method, params: dict, buckets: l
     layout = adapter.vision
     sample = torch.zeros(2, 3, layout.image_size, layout.image_size)
     names = selection_input_names(method)
-    paths = {ENCODER: export_onnx(encoder_gm, (sample,), out / f"{ENCODER}.onnx", input_names=["pixel_values"],
-                                  output_names=names, dynamic_shapes={"pixel_values": {0: batch_dim()}},
-                                  axis_names={"pixel_values": {0: "batch"}})}
+    paths = {
+        ENCODER: export_onnx(
+            encoder_gm,
+            (sample,),
+            out / f"{ENCODER}.onnx",
+            input_names=["pixel_values"],
+            output_names=names,
+            dynamic_shapes={"pixel_values": {0: batch_dim()}},
+            axis_names={"pixel_values": {0: "batch"}},
+        )
+    }
     with torch.no_grad():
-        encoded = dict(zip(names, encoder_gm(sample)))
+        encoded = dict(zip(names, encoder_gm(sample), strict=True))
     inputs = [n for n in names if n != ADAPTIVE]
-    side = int(round(layout.num_patches ** 0.5))
+    side = int(round(layout.num_patches**0.5))
     token_output = "image_features" if method.stage == POST_PROJECTOR else "tokens"
     for keep in buckets:
         module = BucketSelector(method, params, keep, (side, side), inputs).eval()
         batch = batch_dim()
         paths[selector_name(keep)] = export_onnx(
-            module, tuple(encoded[n] for n in inputs), out / f"{selector_name(keep)}.onnx", input_names=inputs,
-            output_names=["kept_indices", token_output], dynamic_shapes={"tensors": tuple({0: batch} for _ in inputs)},
-            axis_names={n: {0: "batch"} for n in inputs})
+            module,
+            tuple(encoded[n] for n in inputs),
+            out / f"{selector_name(keep)}.onnx",
+            input_names=inputs,
+            output_names=["kept_indices", token_output],
+            dynamic_shapes={"tensors": tuple({0: batch} for _ in inputs)},
+            axis_names={n: {0: "batch"} for n in inputs},
+        )
     if method.stage != POST_PROJECTOR:
         tokens = torch.zeros(2, 3, encoded["patches"].shape[-1])
         count = torch.export.Dim("tokens", min=1, max=layout.num_patches)
         paths[PROJECTOR] = export_onnx(
-            adapter.model.model.multi_modal_projector, (tokens,), out / f"{PROJECTOR}.onnx", input_names=["tokens"],
-            output_names=["image_features"], dynamic_shapes=({0: batch_dim(), 1: count},),
-            axis_names={"tokens": {0: "batch", 1: "tokens"}})
+            adapter.model.model.multi_modal_projector,
+            (tokens,),
+            out / f"{PROJECTOR}.onnx",
+            input_names=["tokens"],
+            output_names=["image_features"],
+            dynamic_shapes=({0: batch_dim(), 1: count},),
+            axis_names={"tokens": {0: "batch", 1: "tokens"}},
+        )
     return paths

@@ -21,12 +21,22 @@ def cache_key(settings: CompileSettings) -> str:
     if Path(model).is_dir():  # a local checkpoint: key on its resolved path and config contents
         config = Path(model, "config.json")
         model = f"{Path(model).resolve()}:{hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else ''}"
-    fields = {"model": model, "method": settings.method, "method_args": settings.method_args,
-              "ratio": settings.ratio if settings.keep is None else None, "keep": settings.keep,
-              "target": settings.target, "tpc": tpc.__version__}
+    fields = {
+        "model": model,
+        "method": settings.method,
+        "method_args": settings.method_args,
+        "ratio": settings.ratio if settings.keep is None else None,
+        "keep": settings.keep,
+        "target": settings.target,
+        "tpc": tpc.__version__,
+    }
     if settings.llm_method or settings.select_layer is not None:  # keys of plain artifacts stay as they were
-        fields.update(llm_method=settings.llm_method, llm_method_args=settings.llm_method_args,
-                      llm_ratio=settings.llm_ratio, select_layer=settings.select_layer)
+        fields.update(
+            llm_method=settings.llm_method,
+            llm_method_args=settings.llm_method_args,
+            llm_ratio=settings.llm_ratio,
+            select_layer=settings.select_layer,
+        )
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

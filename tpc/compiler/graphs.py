@@ -25,8 +25,11 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
 def export_vision(gm: GraphModule, layout: VisionLayout, out_dir: Path) -> Path:
     sample = torch.zeros(2, 3, layout.image_size, layout.image_size)
     return export_onnx(
-        gm, (sample,), out_dir / f"{VISION}.onnx",
-        input_names=["pixel_values"], output_names=["image_features", "kept_indices"],
+        gm,
+        (sample,),
+        out_dir / f"{VISION}.onnx",
+        input_names=["pixel_values"],
+        output_names=["image_features", "kept_indices"],
         dynamic_shapes={"pixel_values": {0: batch_dim()}},
         axis_names={"pixel_values": {0: "batch"}},
     )
@@ -40,8 +43,11 @@ def export_embedding(module: torch.nn.Module, text: TextLayout, feature_dim: int
     image_tokens = torch.export.Dim("image_tokens", min=1, max=4096)
     batch = batch_dim()
     return export_onnx(
-        module, (ids, feats), out_dir / f"{EMBED}.onnx",
-        input_names=["input_ids", "image_features"], output_names=["inputs_embeds"],
+        module,
+        (ids, feats),
+        out_dir / f"{EMBED}.onnx",
+        input_names=["input_ids", "image_features"],
+        output_names=["inputs_embeds"],
         dynamic_shapes={"input_ids": {0: batch, 1: seq}, "image_features": {0: batch, 1: image_tokens}},
         axis_names={"input_ids": {0: "batch", 1: "seq"}, "image_features": {1: "image_tokens"}},
     )
@@ -62,7 +68,9 @@ def export_decoder(module: torch.nn.Module, text: TextLayout, out_dir: Path) -> 
     axis_names = {"inputs_embeds": {0: "batch", 1: "seq"}, "attention_mask": {1: "total_seq"}}
     axis_names.update({name: {2: "past_seq"} for name in past_names})
     return export_onnx(
-        module, (embeds, mask, positions, past), out_dir / f"{DECODER}.onnx",
+        module,
+        (embeds, mask, positions, past),
+        out_dir / f"{DECODER}.onnx",
         input_names=["inputs_embeds", "attention_mask", "position_ids", *past_names],
         output_names=["logits", *kv_names(text.num_layers, "present")],
         dynamic_shapes={
@@ -75,5 +83,14 @@ def export_decoder(module: torch.nn.Module, text: TextLayout, out_dir: Path) -> 
     )
 
 
-__all__ = ["GRAPH_NAMES", "VISION", "EMBED", "DECODER", "MAX_BATCH", "kv_names",
-           "export_vision", "export_embedding", "export_decoder"]
+__all__ = [
+    "GRAPH_NAMES",
+    "VISION",
+    "EMBED",
+    "DECODER",
+    "MAX_BATCH",
+    "kv_names",
+    "export_vision",
+    "export_embedding",
+    "export_decoder",
+]

@@ -42,8 +42,16 @@ def export_onnx(
         with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, str(path), dynamo=True, input_names=input_names, output_names=output_names,
-                dynamic_shapes=dynamic_shapes, optimize=True, external_data=True, verbose=False,
+                module,
+                args,
+                str(path),
+                dynamo=True,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                external_data=True,
+                verbose=False,
             )
     except Exception as exc:
         raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {_first(exc)}") from exc
@@ -81,8 +89,11 @@ def graph_signature(path: Path) -> dict[str, list[dict[str, Any]]]:
             out.append({"name": v.name, "shape": shape, "dtype": dtype})
         return out
 
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output),
-            "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)}
+    return {
+        "inputs": describe(model.graph.input),
+        "outputs": describe(model.graph.output),
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+    }
 
 
 def _first(exc: BaseException) -> str:

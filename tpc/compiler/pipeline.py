@@ -10,84 +10,49 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tpc.compiler import graphs as G
 from tpc.compiler.onnx_export import graph_signature
+from tpc.compiler.settings import CompileSettings, Progress, budget_given, check_settings
 from tpc.compiler.trace import trace_vision
-from tpc.compiler.trt_plan import BUILD_SCRIPT, PlanSettings, build_script, make_plan
+from tpc.compiler.trt_plan import BUILD_SCRIPT, build_script, make_plan
 from tpc.errors import ExportError, UsageError
 from tpc.manifest import package_versions, write_manifest
 from tpc.methods import get_method, keep_count
 from tpc.methods.in_llm import LLM_METHODS
+from tpc.outputs import user_mode
 from tpc.passes import BUCKETED_PASSES, DEFAULT_PASSES, PassContext, run_passes
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("onnx", "ort", "trt")
-# Session settings recorded in the manifest and used by `tpc run`. For "ort" the graph
-# optimisations ran offline at compile time, so loading applies only the
-# hardware-specific ones that cannot be saved portably.
 SESSION_SETTINGS = {
     "onnx": {"optimization": "all", "intra_op_num_threads": 0, "inter_op_num_threads": 0},
-    "ort": {"optimization": "all", "offline_optimization": "extended", "intra_op_num_threads": 0,
-            "inter_op_num_threads": 0},
+    "ort": {
+        "optimization": "all",
+        "offline_optimization": "extended",
+        "intra_op_num_threads": 0,
+        "inter_op_num_threads": 0,
+    },
 }
 SESSION_SETTINGS["trt"] = SESSION_SETTINGS["onnx"]  # ONNX Runtime on the portable graphs, when asked
 
 
-@dataclass
-class CompileSettings:
-    model: str
-    output: Path
-    method: str = "fastervlm"
-    ratio: float | None = None
-    keep: int | None = None
-    target: str = "ort"
-    verify: bool = True
-    force: bool = False
-    dump_graphs: Path | None = None
-    method_args: dict[str, Any] = field(default_factory=dict)
-    buckets: list[int] | None = None   # kept-token counts one artifact serves (--buckets)
-    select_layer: int | None = None    # select inside the ViT at this layer (--select-layer)
-    llm_method: str | None = None      # in-LLM pruning after the pre-LLM method (--llm-method)
-    llm_method_args: dict[str, Any] = field(default_factory=dict)
-    llm_ratio: float | None = None
-    implied_vision: bool = False       # --method fastv/pdrop: no pre-LLM selection asked for
-    plan: PlanSettings = field(default_factory=PlanSettings)   # --target trt
-    build_engines: bool = True   # --target trt: build here when TensorRT and a GPU are present
-
-
-Progress = Callable[[str], None]
-
-
 def compile_model(settings: CompileSettings, progress: Progress | None = None) -> Path:
     progress = progress or (lambda stage: log.info("compile: %s", stage))
-    if settings.target not in TARGETS:
-        raise UsageError(f"unknown target {settings.target!r}; choose one of: {', '.join(TARGETS)}")
-    settings = _split_llm_method(settings)
-    if settings.llm_method is not None:
-        LLM_METHODS.get(settings.llm_method)
+    settings = check_settings(settings)
     method = get_method(settings.method)
     params = method.parse_args({k: str(v) for k, v in settings.method_args.items()})
-    if settings.keep is None:
-        keep_count(1 << 20, settings.ratio)  # range-check the ratio before loading anything
-    if settings.target == "trt":
-        settings.plan.validate(model_context=1 << 30)
-    if settings.select_layer is not None and settings.buckets:
-        raise UsageError("--select-layer and --buckets cannot be combined yet")
     output = Path(settings.output)
-    if output.exists() and not settings.force:
-        raise UsageError(f"{output} already exists; pass --force to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         manifest = _build(settings, method, params, staging, progress)
         progress("manifest")
         write_manifest(staging, manifest)
+        staging.chmod(user_mode())  # mkdtemp makes it 0700; an artifact is as readable as any output
         _replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,6 +68,16 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     progress("load model")
     loaded = load_model(settings.model)
     adapter = LlavaAdapter(loaded.model, loaded.processor)
+    notes: list[str] = []
+    if method.resolve_params is not None:
+        params, method_notes = method.resolve_params(adapter.vision, params, set(settings.method_args))
+        notes += method_notes
+    if not budget_given(settings) and method.resolve_keep is None:
+        n = adapter.vision.num_patches
+        notes.append(
+            f"no --ratio/--keep given: compiled UNPRUNED ({n} -> {n} visual tokens, the ratio 0 reference); "
+            "pass --ratio R or --keep K to prune"
+        )
     keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
     if method.resolve_keep is not None:
         keep = keep_count(adapter.vision.num_patches, keep=method.resolve_keep(keep, params))
@@ -124,8 +99,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
     progress("graph passes")
-    ctx = PassContext(layout=adapter.vision, method=method, keep=keep, params=params,
-                      select_layer=settings.select_layer)
+    ctx = PassContext(
+        layout=adapter.vision, method=method, keep=keep, params=params, select_layer=settings.select_layer
+    )
     gm, pass_log = run_passes(gm, ctx, BUCKETED_PASSES if buckets else DEFAULT_PASSES, dump_dir=settings.dump_graphs)
 
     progress("export vision")
@@ -135,9 +111,14 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.passes.expose_selection_inputs import selection_input_names
 
         paths = export_bucketed_vision(gm, adapter, method, params, buckets, out)
-        bucket_info = {"sizes": buckets, "form": FORM, "graphs": list(paths),
-                       "encoder_outputs": selection_input_names(method),
-                       "adaptive": bool(method.extra.get("adaptive")), "default": keep}
+        bucket_info = {
+            "sizes": buckets,
+            "form": FORM,
+            "graphs": list(paths),
+            "encoder_outputs": selection_input_names(method),
+            "adaptive": bool(method.extra.get("adaptive")),
+            "default": keep,
+        }
     else:
         paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
     progress("export embedding")
@@ -147,10 +128,12 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         llm_method = LLM_METHODS.get(settings.llm_method)
         args = {k: str(v) for k, v in settings.llm_method_args.items()}
         # keyed by bucket size for a bucketed artifact, by None for a fixed budget
-        llm_plans = {size if buckets else None: llm_method.plan(args, adapter.text.num_layers, size,
-                                                                settings.llm_ratio,
-                                                                composed=not settings.implied_vision)
-                     for size in (buckets or [keep])}
+        llm_plans = {
+            size if buckets else None: llm_method.plan(
+                args, adapter.text.num_layers, size, settings.llm_ratio, composed=not settings.implied_vision
+            )
+            for size in (buckets or [keep])
+        }
         llm_plan = llm_plans[keep if buckets else None]
     progress("export decoder")
     if llm_plan is None:
@@ -192,19 +175,26 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
             from tpc.methods.in_vit import in_vit_reference
 
-            checked = dataclasses.replace(method, reference=functools.partial(in_vit_reference,
-                                                                              layer=settings.select_layer))
-        verification = verify_graphs(graphs, adapter, checked, keep, params, bucket_info or None, runtime,
-                                     llm_plans or None)
+            checked = dataclasses.replace(
+                method, reference=functools.partial(in_vit_reference, layer=settings.select_layer)
+            )
+        verification = verify_graphs(
+            graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
+        )
         del graphs
 
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "model": dict(loaded.source, family=adapter.family, architecture=type(loaded.model).__name__),
-        "method": {"name": _method_label(method.name, llm_plan, settings), "parameters": params,
-                   "prunes_at": method.prunes_at, "stage": method.stage, "select_layer": settings.select_layer,
-                   "vision_method": method.name},
+        "method": {
+            "name": _method_label(method.name, llm_plan, settings),
+            "parameters": params,
+            "prunes_at": method.prunes_at,
+            "stage": method.stage,
+            "select_layer": settings.select_layer,
+            "vision_method": method.name,
+        },
         **({"llm_pruning": llm_plan.as_dict()} if llm_plan is not None else {}),
         **({"llm_pruning_buckets": runtime["llm_pruning_buckets"]} if "llm_pruning_buckets" in runtime else {}),
         "ratio": settings.ratio if settings.keep is None else None,
@@ -218,25 +208,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "runtime": runtime,
         "verification": verification,
         **extra,
+        "notes": notes,
         "compile_seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def _split_llm_method(settings: CompileSettings) -> CompileSettings:
-    """``--method fastv --ratio R`` means: every visual token reaches the LLM, FastV prunes R there."""
-    import dataclasses
-
-    if settings.method not in LLM_METHODS:
-        return settings
-    if settings.llm_method is not None:
-        raise UsageError(f"--method {settings.method} is an in-LLM method; give a pre-LLM --method with "
-                         "--llm-method, or use it alone")
-    if settings.keep is not None:
-        raise UsageError(f"--method {settings.method} prunes inside the LLM and takes --ratio (or its "
-                         "--method-arg budgets); --keep is for pre-LLM methods")
-    return dataclasses.replace(settings, method="fastervlm", method_args={}, ratio=None, keep=None,
-                               llm_method=settings.method, llm_method_args=dict(settings.method_args),
-                               llm_ratio=settings.ratio, implied_vision=True)
 
 
 def _method_label(vision: str, llm_plan, settings: CompileSettings) -> str:
@@ -245,21 +219,29 @@ def _method_label(vision: str, llm_plan, settings: CompileSettings) -> str:
     return llm_plan.method if settings.implied_vision else f"{vision}+{llm_plan.method}"
 
 
-def _prepare_trt(settings: CompileSettings, runtime: dict, paths: dict[str, Path], signatures: dict,
-                 out: Path) -> dict[str, Any]:
+def _prepare_trt(
+    settings: CompileSettings, runtime: dict, paths: dict[str, Path], signatures: dict, out: Path
+) -> dict[str, Any]:
     """Plan, build script, static check (blockers fail compile), and engines where possible."""
     import onnx
 
     from tpc.compiler.trt_build import build_engines, tensorrt_usable
     from tpc.compiler.trt_check import check_graph
 
-    plan = make_plan(runtime, {name: path.name for name, path in paths.items()}, settings.plan,
-                     sorted(set(settings.buckets or [])), signatures)
+    plan = make_plan(
+        runtime,
+        {name: path.name for name, path in paths.items()},
+        settings.plan,
+        sorted(set(settings.buckets or [])),
+        signatures,
+    )
     script = out / BUILD_SCRIPT
     script.write_text(build_script(plan))
     script.chmod(0o755)
-    reports = [check_graph(onnx.load(str(paths[name]), load_external_data=False), name,
-                           plan["engines"][name]["profiles"]) for name in paths]
+    reports = [
+        check_graph(onnx.load(str(paths[name]), load_external_data=False), name, plan["engines"][name]["profiles"])
+        for name in paths
+    ]
     blockers = [f"{r.graph}: {b}" for r in reports for b in r.blockers]
     if blockers:
         raise ExportError(f"TensorRT check failed ({len(blockers)} blocker(s)): " + "; ".join(blockers[:3]))

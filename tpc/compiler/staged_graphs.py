@@ -44,8 +44,10 @@ def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
     first = "inputs_embeds" if index == 0 else "hidden_states"
     last = index == len(plan.stages)
     outputs = ["logits"] if last else ["hidden", "score"]
-    return ([first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
-            [*outputs, *segment_kv_names(start, end, "present")])
+    return (
+        [first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
+        [*outputs, *segment_kv_names(start, end, "present")],
+    )
 
 
 def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_dir: Path) -> Path:
@@ -65,11 +67,17 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
     axis_names = {inputs[0]: {0: "batch", 1: "seq"}, "attention_mask": {1: f"total_seq_{index}"}}
     axis_names.update({name: {2: f"past_seq_{index}"} for name in inputs[3:]})
     return export_onnx(
-        module, (embeds, mask, positions, past), out_dir / f"{segment_name(index)}.onnx",
-        input_names=inputs, output_names=outputs,
-        dynamic_shapes={"hidden": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
-                        "position_ids": {0: batch, 1: seq},
-                        "past": tuple({0: batch, 2: past_seq} for _ in inputs[3:])},
+        module,
+        (embeds, mask, positions, past),
+        out_dir / f"{segment_name(index)}.onnx",
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_shapes={
+            "hidden": {0: batch, 1: seq},
+            "attention_mask": {0: batch, 1: total},
+            "position_ids": {0: batch, 1: seq},
+            "past": tuple({0: batch, 2: past_seq} for _ in inputs[3:]),
+        },
         axis_names=axis_names,
     )
 
@@ -79,29 +87,43 @@ def stage_inputs(plan: PruningPlan, stage: int) -> int:
     return plan.image_tokens if stage == 1 else plan.stages[stage - 2].keep
 
 
-def export_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path,
-                  bucket: int | None = None) -> Path:
+def export_select(
+    plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path, bucket: int | None = None
+) -> Path:
     spec = plan.stages[stage - 1]
     n_in = stage_inputs(plan, stage)
     module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
     b, t = 2, n_in + 7
     generator = torch.Generator().manual_seed(stage)
-    args = (torch.randn(b, t, hidden_size, generator=generator), torch.rand(b, t, generator=generator),
-            torch.arange(t).expand(b, t).contiguous(), torch.ones(b, t, dtype=torch.int64),
-            torch.tensor([2, 3], dtype=torch.int64))
+    args = (
+        torch.randn(b, t, hidden_size, generator=generator),
+        torch.rand(b, t, generator=generator),
+        torch.arange(t).expand(b, t).contiguous(),
+        torch.ones(b, t, dtype=torch.int64),
+        torch.tensor([2, 3], dtype=torch.int64),
+    )
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=n_in + 1, max=max_context)
     return export_onnx(
-        module, args, out_dir / f"{select_name(stage, bucket)}.onnx", input_names=SELECT_INPUTS,
+        module,
+        args,
+        out_dir / f"{select_name(stage, bucket)}.onnx",
+        input_names=SELECT_INPUTS,
         output_names=SELECT_OUTPUTS,
-        dynamic_shapes={"hidden": {0: batch, 1: seq}, "score": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq},
-                        "attention_mask": {0: batch, 1: seq}, "image_start": {0: batch}},
+        dynamic_shapes={
+            "hidden": {0: batch, 1: seq},
+            "score": {0: batch, 1: seq},
+            "position_ids": {0: batch, 1: seq},
+            "attention_mask": {0: batch, 1: seq},
+            "image_start": {0: batch},
+        },
         axis_names={name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]},
     )
 
 
-def export_staged_decoder(model, plans: dict[int | None, PruningPlan], text: TextLayout,
-                          out_dir: Path) -> dict[str, Path]:
+def export_staged_decoder(
+    model, plans: dict[int | None, PruningPlan], text: TextLayout, out_dir: Path
+) -> dict[str, Path]:
     """Segments once; selectors per stage, and per bucket when the keys are bucket sizes (None: fixed K).
 
     The segments depend only on the stage layers, which every bucket's plan shares.
@@ -112,6 +134,7 @@ def export_staged_decoder(model, plans: dict[int | None, PruningPlan], text: Tex
         paths[segment_name(index)] = export_segment(model, first, index, text, out_dir)
         if index < len(first.stages):
             for bucket, plan in plans.items():
-                paths[select_name(index + 1, bucket)] = export_select(plan, index + 1, text.hidden_size,
-                                                                      text.max_context, out_dir, bucket)
+                paths[select_name(index + 1, bucket)] = export_select(
+                    plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket
+                )
     return paths

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tpc.compiler.trt_plan import ENGINE_DIR, trtexec_command
 from tpc.errors import ArtifactError, ExportError
@@ -57,8 +58,9 @@ def build_with_python_api(root: Path, plan: dict[str, Any], progress: Callable[[
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
 
 
-def build_with_trtexec(root: Path, plan: dict[str, Any], progress: Callable[[str], None],
-                       trtexec: str = "trtexec") -> None:
+def build_with_trtexec(
+    root: Path, plan: dict[str, Any], progress: Callable[[str], None], trtexec: str = "trtexec"
+) -> None:
     if shutil.which(trtexec) is None:
         raise ArtifactError(f"{trtexec} not found on PATH (it ships with TensorRT; on Jetson: /usr/src/tensorrt/bin)")
     for name in plan["engines"]:
@@ -69,8 +71,9 @@ def build_with_trtexec(root: Path, plan: dict[str, Any], progress: Callable[[str
             raise ExportError(f"trtexec failed for the {name} engine: {tail[0]}")
 
 
-def build_engines(root: Path, manifest: dict[str, Any], use_trtexec: bool = False,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def build_engines(
+    root: Path, manifest: dict[str, Any], use_trtexec: bool = False, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Build every engine of the plan into ``root/engines``; returns the manifest's ``engines`` record."""
     from tpc.runtimes.trt import current_device
 

@@ -18,10 +18,14 @@ from onnx import numpy_helper
 
 MIN_OPSET, MAX_OPSET = 9, 20  # the opsets TensorRT 10.x's ONNX parser documents
 TOPK_MAX_K = 3840
-FORBIDDEN = {"NonZero": "data-dependent output shape (needs an output allocator)", "Unique": "unsupported by TensorRT",
-             "Compress": "unsupported by TensorRT"}
+FORBIDDEN = {
+    "NonZero": "data-dependent output shape (needs an output allocator)",
+    "Unique": "unsupported by TensorRT",
+    "Compress": "unsupported by TensorRT",
+}
 # Operators the TensorRT 10 ONNX parser imports (onnx-tensorrt operators list).
-SUPPORTED_OPS = frozenset("""
+SUPPORTED_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Bernoulli
 BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu Clip Concat
 ConcatFromSequence Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DFT DepthToSpace
@@ -38,16 +42,66 @@ ReverseSequence RoiAlign Round STFT ScaledTanh Scan Scatter ScatterElements Scat
 SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength Shape Shrink Sigmoid Sign
 Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitToSequence Sqrt Squeeze Sub Sum
 Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 # Inputs (by position) whose *values* set an output shape; they must come from shapes/constants.
-SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
-                "Slice": (1, 2, 3, 4), "TopK": (1,), "Resize": (3,), "Pad": (1,), "OneHot": (1,),
-                "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,)}
+SHAPE_INPUTS = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Slice": (1, 2, 3, 4),
+    "TopK": (1,),
+    "Resize": (3,),
+    "Pad": (1,),
+    "OneHot": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Split": (1,),
+}
 # Ops through which "derived from shapes or constants" propagates.
-SHAPE_ARITHMETIC = {"Shape", "Size", "Constant", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
-                    "Mul", "Div", "Slice", "Reshape", "Min", "Max", "Equal", "Where", "Identity", "Mod", "Neg",
-                    "ConstantOfShape", "Range", "Expand", "ReduceProd", "Abs", "Less", "Greater", "Not", "And",
-                    "Or", "CumSum", "Floor", "Ceil", "Sqrt", "Clip", "LessOrEqual", "GreaterOrEqual", "Tile"}
+SHAPE_ARITHMETIC = {
+    "Shape",
+    "Size",
+    "Constant",
+    "Gather",
+    "Concat",
+    "Unsqueeze",
+    "Squeeze",
+    "Cast",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Slice",
+    "Reshape",
+    "Min",
+    "Max",
+    "Equal",
+    "Where",
+    "Identity",
+    "Mod",
+    "Neg",
+    "ConstantOfShape",
+    "Range",
+    "Expand",
+    "ReduceProd",
+    "Abs",
+    "Less",
+    "Greater",
+    "Not",
+    "And",
+    "Or",
+    "CumSum",
+    "Floor",
+    "Ceil",
+    "Sqrt",
+    "Clip",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "Tile",
+}
 
 
 @dataclass
@@ -64,13 +118,23 @@ class GraphReport:
         return not self.blockers
 
     def as_dict(self) -> dict[str, Any]:
-        return {"graph": self.graph, "ok": self.ok, "opset": self.opset, "blockers": self.blockers,
-                "warnings": self.warnings, "int64_tensors": self.int64, "ops": self.ops}
+        return {
+            "graph": self.graph,
+            "ok": self.ok,
+            "opset": self.opset,
+            "blockers": self.blockers,
+            "warnings": self.warnings,
+            "int64_tensors": self.int64,
+            "ops": self.ops,
+        }
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, Any]:
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer
-              if init.data_location != onnx.TensorProto.EXTERNAL}
+    values = {
+        init.name: numpy_helper.to_array(init)
+        for init in graph.initializer
+        if init.data_location != onnx.TensorProto.EXTERNAL
+    }
     for node in graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
@@ -86,7 +150,8 @@ def _static_names(graph: onnx.GraphProto) -> set[str]:
     static = {init.name for init in graph.initializer}
     for node in graph.node:  # nodes are topologically sorted in a valid ONNX graph
         if node.op_type in ("Shape", "Size", "Constant") or (
-                node.op_type in SHAPE_ARITHMETIC and all(i in static or i == "" for i in node.input)):
+            node.op_type in SHAPE_ARITHMETIC and all(i in static or i == "" for i in node.input)
+        ):
             static.update(node.output)
     return static
 
@@ -115,13 +180,15 @@ def check_graph(model: onnx.ModelProto, name: str, profiles: list[dict] | None =
             k = constants.get(node.input[1]) if len(node.input) > 1 else None
             if k is None:
                 report.blockers.append(f"{label}: K is computed at run time (needs a constant K)")
-            elif int(getattr(k, "max", lambda: k)()) > TOPK_MAX_K:
-                report.blockers.append(f"{label}: K = {int(k.max())} exceeds TensorRT's limit of {TOPK_MAX_K}")
+            elif (largest := int(k.max()) if hasattr(k, "max") else int(k)) > TOPK_MAX_K:
+                report.blockers.append(f"{label}: K = {largest} exceeds TensorRT's limit of {TOPK_MAX_K}")
             continue
         for position in SHAPE_INPUTS.get(node.op_type, ()):
             if position < len(node.input) and node.input[position] and node.input[position] not in static:
-                report.blockers.append(f"{label}: data-dependent output shape (input {position} "
-                                       f"{node.input[position]!r} comes from tensor values)")
+                report.blockers.append(
+                    f"{label}: data-dependent output shape (input {position} "
+                    f"{node.input[position]!r} comes from tensor values)"
+                )
         if node.op_type == "Loop":
             body = next((a.g for a in node.attribute if a.name == "body"), None)
             scans = len(body.output) - 1 - (len(node.input) - 2) if body is not None else 0
@@ -152,14 +219,20 @@ def _check_profiles(graph: onnx.GraphProto, profiles: list[dict], report: GraphR
                 lo, hi = shape["min"][axis], shape["max"][axis]
                 if axis in dynamic:
                     if not lo <= shape["opt"][axis] <= hi:
-                        report.blockers.append(f"input {value.name!r} axis {axis}: profile {profile['name']!r} "
-                                               f"has min/opt/max out of order")
+                        report.blockers.append(
+                            f"input {value.name!r} axis {axis}: profile {profile['name']!r} "
+                            f"has min/opt/max out of order"
+                        )
                 elif not lo == hi == d.dim_value:
-                    report.blockers.append(f"input {value.name!r} axis {axis} is fixed at {d.dim_value} but profile "
-                                           f"{profile['name']!r} asks for {lo}..{hi}")
+                    report.blockers.append(
+                        f"input {value.name!r} axis {axis} is fixed at {d.dim_value} but profile "
+                        f"{profile['name']!r} asks for {lo}..{hi}"
+                    )
             if len(shape["min"]) != len(dims):
-                report.blockers.append(f"input {value.name!r}: profile {profile['name']!r} has rank "
-                                       f"{len(shape['min'])}, the graph {len(dims)}")
+                report.blockers.append(
+                    f"input {value.name!r}: profile {profile['name']!r} has rank "
+                    f"{len(shape['min'])}, the graph {len(dims)}"
+                )
 
 
 def check_artifact(root: Path, manifest: dict) -> list[GraphReport]:

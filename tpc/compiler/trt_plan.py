@@ -30,7 +30,7 @@ BUILD_SCRIPT = "build_engines.sh"
 class PlanSettings:
     precision: str = "fp16"
     max_batch: int = 1
-    max_prompt_tokens: int = 512   # text tokens; prefill adds the K image tokens
+    max_prompt_tokens: int = 512  # text tokens; prefill adds the K image tokens
     max_context: int | None = None  # default: the model's context
     workspace_mb: int = 4096
 
@@ -67,33 +67,53 @@ def bucket_engines(signatures: dict[str, dict], buckets: list[int], settings: Pl
     for name, signature in signatures.items():
         if name == "projector":
             width = signature["inputs"][0]["shape"][2]
-            engines[name] = [{"name": f"k{k}", "shapes": {"tokens": _range((1, k, width), (1, k, width),
-                                                                            (b, k, width))}} for k in buckets]
+            engines[name] = [
+                {"name": f"k{k}", "shapes": {"tokens": _range((1, k, width), (1, k, width), (b, k, width))}}
+                for k in buckets
+            ]
         elif name == "vision_encoder" or name.startswith("select_k"):
             engines[name] = [{"name": name, "shapes": _batch_profile(signature, b)}]
     return engines
 
 
-def decoder_profiles(first: str, past_names: list[str], dims: tuple[int, int, int], b: int, max_prefill: int,
-                     opt_prefill: int, opt_past: int, context: int) -> list[dict]:
+def decoder_profiles(
+    first: str,
+    past_names: list[str],
+    dims: tuple[int, int, int],
+    b: int,
+    max_prefill: int,
+    opt_prefill: int,
+    opt_past: int,
+    context: int,
+) -> list[dict]:
     """Profile 0 ``prefill`` (empty past, up to ``max_prefill`` rows) and 1 ``decode`` (one row,
     past up to the context) of a decoder graph whose first input is ``first``."""
     hidden, heads, head_dim = dims
-    prefill = {first: _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
-               "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
-               "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill))}
-    prefill.update({n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim))
-                    for n in past_names})
-    decode = {first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
-              "attention_mask": _range((1, 2), (1, opt_past + 1), (b, context)),
-              "position_ids": _range((1, 1), (1, 1), (b, 1))}
-    decode.update({n: _range((1, heads, 1, head_dim), (1, heads, opt_past, head_dim), (b, heads, context - 1, head_dim))
-                   for n in past_names})
+    prefill = {
+        first: _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
+        "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+        "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+    }
+    prefill.update(
+        {n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim)) for n in past_names}
+    )
+    decode = {
+        first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
+        "attention_mask": _range((1, 2), (1, opt_past + 1), (b, context)),
+        "position_ids": _range((1, 1), (1, 1), (b, 1)),
+    }
+    decode.update(
+        {
+            n: _range((1, heads, 1, head_dim), (1, heads, opt_past, head_dim), (b, heads, context - 1, head_dim))
+            for n in past_names
+        }
+    )
     return [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}]
 
 
-def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill: int, opt_past: int,
-                   context: int) -> dict[str, list]:
+def staged_engines(
+    runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill: int, opt_past: int, context: int
+) -> dict[str, list]:
     """Profiles of the segments and stage selectors of an in-LLM pruning artifact.
 
     Segment s's prefill input is shorter by the image tokens dropped before it; its past
@@ -105,34 +125,41 @@ def staged_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefil
 
     plan = PruningPlan.from_dict(runtime["llm_pruning"])
     per_bucket = runtime.get("llm_pruning_buckets")
-    plans = ({int(k): PruningPlan.from_dict(v) for k, v in per_bucket.items()} if per_bucket else {None: plan})
+    plans = {int(k): PruningPlan.from_dict(v) for k, v in per_bucket.items()} if per_bucket else {None: plan}
     hidden, heads, head_dim = runtime["hidden_size"], runtime["num_kv_heads"], runtime["head_dim"]
     engines: dict[str, list] = {}
     for index in range(len(plan.segments())):
         # the longest prefill a segment sees: the bucket that dropped the fewest image tokens
-        dropped = min(p.image_tokens - (p.stages[index - 1].keep if index else p.image_tokens)
-                      for p in plans.values())
+        dropped = min(p.image_tokens - (p.stages[index - 1].keep if index else p.image_tokens) for p in plans.values())
         opt_dropped = plan.image_tokens - (plan.stages[index - 1].keep if index else plan.image_tokens)
         hi, opt = max(1, max_prefill - dropped), max(1, min(opt_prefill - opt_dropped, max_prefill - dropped))
         inputs, _ = segment_io(plan, index)
-        engines[segment_name(index)] = decoder_profiles(inputs[0], inputs[3:], (hidden, heads, head_dim), b, hi, opt,
-                                                        max(1, opt_past - opt_dropped), context)
+        engines[segment_name(index)] = decoder_profiles(
+            inputs[0], inputs[3:], (hidden, heads, head_dim), b, hi, opt, max(1, opt_past - opt_dropped), context
+        )
         if index == len(plan.stages):
             continue
         for bucket, bucket_plan in plans.items():
             n_in = stage_inputs(bucket_plan, index + 1)
             lo, top = n_in + 1, max(n_in + 1, hi)
             mid = min(max(lo, opt), top)
-            shapes = {"hidden": _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden)),
-                      **{n: _range((1, lo), (1, mid), (b, top)) for n in ("score", "position_ids", "attention_mask")},
-                      "image_start": _range((1,), (1,), (b,))}
+            shapes = {
+                "hidden": _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden)),
+                **{n: _range((1, lo), (1, mid), (b, top)) for n in ("score", "position_ids", "attention_mask")},
+                "image_start": _range((1,), (1,), (b,)),
+            }
             name = select_name(index + 1, bucket)
             engines[name] = [{"name": name, "shapes": shapes}]
     return engines
 
 
-def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: PlanSettings,
-              buckets: list[int] | None = None, signatures: dict[str, dict] | None = None) -> dict[str, Any]:
+def make_plan(
+    runtime: dict[str, Any],
+    graph_files: dict[str, str],
+    settings: PlanSettings,
+    buckets: list[int] | None = None,
+    signatures: dict[str, dict] | None = None,
+) -> dict[str, Any]:
     settings.validate(runtime["max_context"])
     b, d = settings.max_batch, runtime["feature_dim"]
     # a bucketed artifact's default bucket may not be its largest: profiles reach the largest
@@ -147,13 +174,16 @@ def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: Pl
     past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
 
     vision = {"pixel_values": _range((1, 3, size, size), (1, 3, size, size), (b, 3, size, size))}
-    embed = {"input_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
-             "image_features": _range((1, 1, d), (1, k_opt, d), (b, k, d))}
+    embed = {
+        "input_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+        "image_features": _range((1, 1, d), (1, k_opt, d), (b, k, d)),
+    }
     engines = {
         "vision": [{"name": "vision", "shapes": vision}],
         "embed": [{"name": "embed", "shapes": embed}],
-        "decoder": decoder_profiles("inputs_embeds", past_names, (hidden, heads, head_dim), b, max_prefill,
-                                    opt_prefill, opt_past, context),
+        "decoder": decoder_profiles(
+            "inputs_embeds", past_names, (hidden, heads, head_dim), b, max_prefill, opt_prefill, opt_past, context
+        ),
     }
     if runtime.get("llm_pruning"):
         del engines["decoder"]
@@ -166,8 +196,11 @@ def make_plan(runtime: dict[str, Any], graph_files: dict[str, str], settings: Pl
         "workspace_mb": settings.workspace_mb,
         "timing_cache": TIMING_CACHE,
         "limits": {"max_batch": b, "max_prefill_tokens": max_prefill, "max_context": context},
-        "engines": {name: {"onnx": graph_files[name], "engine": f"{ENGINE_DIR}/{name}.plan", "profiles": profiles}
-                    for name, profiles in engines.items() if name in graph_files},
+        "engines": {
+            name: {"onnx": graph_files[name], "engine": f"{ENGINE_DIR}/{name}.plan", "profiles": profiles}
+            for name, profiles in engines.items()
+            if name in graph_files
+        },
     }
 
 
@@ -177,8 +210,13 @@ def _dims(shape: list[int]) -> str:
 
 def trtexec_command(plan: dict[str, Any], name: str, trtexec: str = "trtexec") -> list[str]:
     engine = plan["engines"][name]
-    cmd = [trtexec, f"--onnx={engine['onnx']}", f"--saveEngine={engine['engine']}",
-           f"--memPoolSize=workspace:{plan['workspace_mb']}M", f"--timingCacheFile={plan['timing_cache']}"]
+    cmd = [
+        trtexec,
+        f"--onnx={engine['onnx']}",
+        f"--saveEngine={engine['engine']}",
+        f"--memPoolSize=workspace:{plan['workspace_mb']}M",
+        f"--timingCacheFile={plan['timing_cache']}",
+    ]
     if plan["precision"] != "fp32":
         cmd.append(f"--{plan['precision']}")
     for index, profile in enumerate(engine["profiles"]):

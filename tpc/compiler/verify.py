@@ -12,33 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tpc.compiler.parity import ATOL, RTOL, close, compare_indices
 from tpc.errors import ParityError
 from tpc.methods.selection import gather_tokens
-
-RTOL = 1e-3
-ATOL = 1e-4
-TIE_RTOL = 1e-6  # scores this close to the k-th score count as tied
-
-
-def close(actual: np.ndarray, expected: np.ndarray) -> tuple[bool, float]:
-    diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
-    return diff <= ATOL + RTOL * float(np.max(np.abs(expected), initial=0.0)), diff
-
-
-def compare_indices(actual: np.ndarray, expected: np.ndarray, scores: np.ndarray | None) -> str:
-    """'exact', 'tie-equivalent' (differs only among scores tied at the k-th), or 'mismatch'."""
-    if np.array_equal(actual, expected):
-        return "exact"
-    if scores is None or actual.shape != expected.shape:
-        return "mismatch"
-    for got, want, row in zip(actual, expected, scores):
-        if np.array_equal(got, want):
-            continue
-        kth = np.sort(row)[::-1][len(want) - 1]
-        differing = np.setxor1d(got, want)
-        if len(set(got.tolist())) != len(got) or np.any(np.abs(row[differing] - kth) > TIE_RTOL * abs(kth)):
-            return "mismatch"
-    return "tie-equivalent"
 
 
 @torch.no_grad()
@@ -54,11 +30,13 @@ def verify_vision(graphs, adapter, method, keep: int, params: dict | None = None
         if verdict == "tie-equivalent" and not method.extra.get("gathers"):
             verdict = "mismatch"  # a tie changes merged tokens: nothing to compare against
         if verdict == "tie-equivalent":  # compare features against the reference at the graph's own picks
-            ref_features = adapter.project(gather_tokens(adapter.reference_vision(pixels)["patches"],
-                                                         torch.from_numpy(kept)))
+            ref_features = adapter.project(
+                gather_tokens(adapter.reference_vision(pixels)["patches"], torch.from_numpy(kept))
+            )
         ok, diff = close(features, ref_features.numpy())
-        results.append({"batch": batch, "indices": verdict, "features_max_abs_diff": diff,
-                        "passed": ok and verdict != "mismatch"})
+        results.append(
+            {"batch": batch, "indices": verdict, "features_max_abs_diff": diff, "passed": ok and verdict != "mismatch"}
+        )
     return results
 
 
@@ -68,7 +46,7 @@ def verify_embedding(graphs, adapter, keep: int, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, min(text.vocab_size, 256), size=(2, keep + 6)).astype(np.int64)
     ids[ids == text.image_token_id] = 0
-    ids[:, 3:3 + keep] = text.image_token_id
+    ids[:, 3 : 3 + keep] = text.image_token_id
     features = rng.standard_normal((2, keep, adapter.vision.feature_dim)).astype(np.float32)
     actual = graphs.embed(ids, features)
     expected = adapter.embedding_step()(torch.from_numpy(ids), torch.from_numpy(features)).numpy()
@@ -77,12 +55,13 @@ def verify_embedding(graphs, adapter, keep: int, seed: int = 1) -> dict:
 
 
 @torch.no_grad()
-def verify_decoder(graphs, adapter, runtime: dict | None = None, seed: int = 2, prompt_len: int = 6,
-                   steps: int = 2) -> dict:
+def verify_decoder(
+    graphs, adapter, runtime: dict | None = None, seed: int = 2, prompt_len: int = 6, steps: int = 2
+) -> dict:
     """Text-only prefill + decode against HF's language model (a staged decoder does not prune here)."""
     from transformers import DynamicCache
 
-    from tpc.models.decoder_segments import cache_kwargs
+    from tpc.models.decoder_common import cache_kwargs
     from tpc.runtimes.decoders import make_decoder
 
     text = adapter.text
@@ -93,15 +72,24 @@ def verify_decoder(graphs, adapter, runtime: dict | None = None, seed: int = 2, 
     mask[1, :2] = 0  # left padding on the second sample
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config.text_config)
-    decoder = make_decoder(graphs, runtime or {"num_kv_heads": text.num_kv_heads, "head_dim": text.head_dim,
-                                               "num_layers": text.num_layers})
+    decoder = make_decoder(
+        graphs, runtime or {"num_kv_heads": text.num_kv_heads, "head_dim": text.head_dim, "num_layers": text.num_layers}
+    )
     worst, greedy_equal, passed = 0.0, True, True
     for step in range(steps + 1):
-        out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                         use_cache=True, **cache_kwargs(model.model.language_model, cache))
+        out = model.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **cache_kwargs(model.model.language_model, cache),
+        )
         expected = model.lm_head(out.last_hidden_state[:, -1]).numpy()
-        logits = (decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy()) if step == 0
-                  else decoder.step(embeds.numpy()))
+        logits = (
+            decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy())
+            if step == 0
+            else decoder.step(embeds.numpy())
+        )
         ok, diff = close(logits, expected)
         worst, passed = max(worst, diff), passed and ok
         greedy_equal &= bool(np.array_equal(logits.argmax(-1), expected.argmax(-1)))
@@ -126,8 +114,9 @@ def verify_buckets(graphs, adapter, method, params: dict, info: dict, runtime: d
         sizes = info["sizes"]
         if info.get("adaptive"):
             _, _, scores = method.reference(adapter, pixels, sizes[-1], **params)
-            wanted = [min(bucket_for(c, sizes + [10**9]), sizes[-1])
-                      for c in reference_mass_count(scores, params["mass"])]
+            wanted = [
+                min(bucket_for(c, sizes + [10**9]), sizes[-1]) for c in reference_mass_count(scores, params["mass"])
+            ]
             plans = [(None, wanted)]
         else:
             plans = [(k, [k] * batch) for k in sizes]
@@ -135,28 +124,45 @@ def verify_buckets(graphs, adapter, method, params: dict, info: dict, runtime: d
             if keep is not None:
                 vision.request(keep=keep)
             features, kept, counts = vision(pixels.numpy())
-            entry = {"batch": batch, "bucket": keep if keep is not None else "adaptive", "counts": counts,
-                     "passed": counts == wanted}
+            entry = {
+                "batch": batch,
+                "bucket": keep if keep is not None else "adaptive",
+                "counts": counts,
+                "passed": counts == wanted,
+            }
             worst, verdicts = 0.0, []
             for row, size in enumerate(counts):
-                ref_idx, ref_feat, ref_scores = method.reference(adapter, pixels[row:row + 1], size, **params)
-                verdict = compare_indices(kept[row:row + 1, :size], ref_idx.numpy(),
-                                          None if ref_scores is None else ref_scores.numpy())
-                ok, diff = close(features[row:row + 1, :size], ref_feat.numpy())
+                ref_idx, ref_feat, ref_scores = method.reference(adapter, pixels[row : row + 1], size, **params)
+                verdict = compare_indices(
+                    kept[row : row + 1, :size], ref_idx.numpy(), None if ref_scores is None else ref_scores.numpy()
+                )
+                ok, diff = close(features[row : row + 1, :size], ref_feat.numpy())
                 verdicts.append(verdict)
                 worst = max(worst, diff)
                 entry["passed"] = entry["passed"] and ok and verdict == "exact"
-            entry.update(indices="exact" if all(v == "exact" for v in verdicts) else "mismatch",
-                         features_max_abs_diff=worst)
+            entry.update(
+                indices="exact" if all(v == "exact" for v in verdicts) else "mismatch", features_max_abs_diff=worst
+            )
             results.append(entry)
     return results
 
 
-def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None, buckets: dict | None = None,
-                  runtime: dict | None = None, llm_plans: dict | None = None) -> dict:
+def verify_graphs(
+    graphs,
+    adapter,
+    method,
+    keep: int,
+    params: dict | None = None,
+    buckets: dict | None = None,
+    runtime: dict | None = None,
+    llm_plans: dict | None = None,
+) -> dict:
     """``llm_plans``: in-LLM plans by bucket size (None: the fixed-K artifact's only plan)."""
-    vision = (verify_buckets(graphs, adapter, method, params or {}, buckets, runtime) if buckets
-              else verify_vision(graphs, adapter, method, keep, params))
+    vision = (
+        verify_buckets(graphs, adapter, method, params or {}, buckets, runtime)
+        if buckets
+        else verify_vision(graphs, adapter, method, keep, params)
+    )
     report = {
         "vision": vision,
         "embed": verify_embedding(graphs, adapter, keep),
@@ -166,20 +172,34 @@ def verify_graphs(graphs, adapter, method, keep: int, params: dict | None = None
     if llm_plans:
         from tpc.compiler.verify_llm import verify_staged_decoder
 
-        report["llm_pruning"] = [entry for bucket, plan in llm_plans.items()
-                                 for entry in verify_staged_decoder(graphs, adapter, plan, runtime, bucket=bucket)]
-    report["passed"] = all(r["passed"] for r in report["vision"]) and report["embed"]["passed"] \
-        and report["decoder"]["passed"] and all(r["passed"] for r in report.get("llm_pruning", []))
+        report["llm_pruning"] = [
+            entry
+            for bucket, plan in llm_plans.items()
+            for entry in verify_staged_decoder(graphs, adapter, plan, runtime, bucket=bucket)
+        ]
+    report["passed"] = (
+        all(r["passed"] for r in report["vision"])
+        and report["embed"]["passed"]
+        and report["decoder"]["passed"]
+        and all(r["passed"] for r in report.get("llm_pruning", []))
+    )
     if not report["passed"]:
         raise ParityError("compiled graphs disagree with the PyTorch reference: " + summarize(report))
     return report
 
 
 def summarize(report: dict) -> str:
-    parts = [f"vision b{r['batch']}{' k' + str(r['bucket']) if 'bucket' in r else ''}: indices {r['indices']}, "
-             f"features diff {r['features_max_abs_diff']:.2e}" for r in report["vision"]]
+    parts = [
+        f"vision b{r['batch']}{' k' + str(r['bucket']) if 'bucket' in r else ''}: indices {r['indices']}, "
+        f"features diff {r['features_max_abs_diff']:.2e}"
+        for r in report["vision"]
+    ]
     parts.append(f"embed diff {report['embed']['max_abs_diff']:.2e}")
     parts.append(f"decoder logits diff {report['decoder']['logits_max_abs_diff']:.2e}")
-    parts += [f"{r['method']} b{r['batch']}{' k' + str(r['bucket']) if r.get('bucket') else ''}: kept {'/'.join(r['kept'])}, logits diff {r['logits_max_abs_diff']:.2e}, "
-              f"kv lengths {'ok' if r['kv_lengths_ok'] else 'WRONG'}" for r in report.get("llm_pruning", [])]
+    parts += [
+        f"{r['method']} b{r['batch']}{' k' + str(r['bucket']) if r.get('bucket') else ''}: "
+        f"kept {'/'.join(r['kept'])}, logits diff {r['logits_max_abs_diff']:.2e}, "
+        f"kv lengths {'ok' if r['kv_lengths_ok'] else 'WRONG'}"
+        for r in report.get("llm_pruning", [])
+    ]
     return "; ".join(parts)

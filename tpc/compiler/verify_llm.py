@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tpc.compiler.verify import close, compare_indices
+from tpc.compiler.parity import close, compare_indices
 from tpc.methods.in_llm import RENUMBERED, PruningPlan
 from tpc.methods.in_llm_reference import reference_generate
 
@@ -21,8 +21,9 @@ def expected_kv_lengths(plan: PruningPlan, prompt_len: int, steps: int) -> list[
 
 
 @torch.no_grad()
-def verify_staged_decoder(graphs, adapter, plan: PruningPlan, runtime: dict, seed: int = 3,
-                          steps: int = 2, bucket: int | None = None) -> list[dict]:
+def verify_staged_decoder(
+    graphs, adapter, plan: PruningPlan, runtime: dict, seed: int = 3, steps: int = 2, bucket: int | None = None
+) -> list[dict]:
     from tpc.runtimes.decoders import StagedDecoder
 
     hidden = adapter.text.hidden_size
@@ -43,24 +44,39 @@ def verify_staged_decoder(graphs, adapter, plan: PruningPlan, runtime: dict, see
         logits = [decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy(), image_start.numpy())]
         logits += [decoder.step(e.numpy()) for e in step_embeds]
 
-        verdicts = [compare_indices(got, want.numpy(), score.numpy())
-                    for got, want, score in zip(decoder.stage_kept, ref.kept, ref.scores)]
+        verdicts = [
+            compare_indices(got, want.numpy(), score.numpy())
+            for got, want, score in zip(decoder.stage_kept, ref.kept, ref.scores, strict=True)
+        ]
         worst, ok = 0.0, True
-        for got, want in zip(logits, ref.logits):
+        for got, want in zip(logits, ref.logits, strict=True):
             good, diff = close(got, want.numpy())
             worst, ok = max(worst, diff), ok and good
-        greedy = all(np.array_equal(got.argmax(-1), want.numpy().argmax(-1)) for got, want in zip(logits, ref.logits))
+        greedy = all(
+            np.array_equal(got.argmax(-1), want.numpy().argmax(-1))
+            for got, want in zip(logits, ref.logits, strict=True)
+        )
         firsts = [start for start, _ in plan.segments()]
-        positions_ok = all(np.array_equal(decoder.stage_positions[s], ref.positions[first].numpy())
-                           for s, first in enumerate(firsts))
+        positions_ok = all(
+            np.array_equal(decoder.stage_positions[s], ref.positions[first].numpy()) for s, first in enumerate(firsts)
+        )
         if any(stage.positions == RENUMBERED for stage in plan.stages):
             last = decoder.stage_positions[-1]
-            positions_ok &= bool(np.all(np.diff(last[:, -plan.stages[-1].keep - 1:], axis=1) == 1))
+            positions_ok &= bool(np.all(np.diff(last[:, -plan.stages[-1].keep - 1 :], axis=1) == 1))
         kv = decoder.kv_lengths()
         kv_ok = kv == ref.kv_lengths == expected_kv_lengths(plan, prompt_len, steps)
-        results.append({
-            "method": plan.method, "batch": batch, **({"bucket": bucket} if bucket else {}), "kept": verdicts, "logits_max_abs_diff": worst,
-            "greedy_equal": greedy, "positions_ok": positions_ok, "kv_lengths": kv, "kv_lengths_ok": kv_ok,
-            "passed": ok and greedy and positions_ok and kv_ok and "mismatch" not in verdicts,
-        })
+        results.append(
+            {
+                "method": plan.method,
+                "batch": batch,
+                **({"bucket": bucket} if bucket else {}),
+                "kept": verdicts,
+                "logits_max_abs_diff": worst,
+                "greedy_equal": greedy,
+                "positions_ok": positions_ok,
+                "kv_lengths": kv,
+                "kv_lengths_ok": kv_ok,
+                "passed": ok and greedy and positions_ok and kv_ok and "mismatch" not in verdicts,
+            }
+        )
     return results

@@ -1,4 +1,13 @@
-"""Budget files: which metric, which bound, absolute or relative to a baseline profile.
+"""Budget files: which metric, which bound, absolute or relative to another profile.
+
+Two other profiles can be compared against, and every relative gate names its own:
+
+* the **reference** (``tpc gate --reference R.json``): a reference configuration measured
+  in the same job, typically the unpruned model (ratio 0). Ratio gates use it:
+  ``"ttft_p50 <= 0.5 * reference"``, ``max_ratio_to_reference: 0.5``.
+* the **baseline** (``tpc gate --baseline B.json``): the previous release's profile of the
+  same configuration. Regression gates use it: ``"ttft_ms.p90 regression <= 10 %"``,
+  ``max_regression_pct: 10``.
 
 ```yaml
 version: 1
@@ -10,11 +19,15 @@ gates:
     max: 8000                       # absolute, in the metric's unit (ms, tokens/s, MB)
   - metric: decode_tokens_per_s
     min: 5
-  - check: "ttft_p50 <= 0.5 * baseline"
-  - check: "ttft_ms.p90 regression <= 10 %"
+  - check: "ttft_p50 <= 0.5 * reference"      # vs --reference (same job, ratio 0)
+  - check: "ttft_ms.p90 regression <= 10 %"   # vs --baseline (the last release)
   - metric: prefill_ms
-    max_ratio_to_baseline: 0.7
+    max_ratio_to_reference: 0.7
 ```
+
+Budgets written before the two were separated compared ratio gates (``* baseline``,
+``max_ratio_to_baseline``) with the one ``--baseline``; those gates are refused with a
+message saying how to migrate, since the old meaning cannot be told from the file.
 """
 
 from __future__ import annotations
@@ -27,18 +40,32 @@ from tpc.errors import TpcError
 
 
 class GateError(TpcError):
-    """A malformed budget, a missing metric or baseline, or too few runs: exit 2."""
+    """A malformed budget, a missing metric or profile, or too few runs: exit 2."""
 
     exit_code = 2
+
+
+# Which profile each kind of relative gate compares against, and the flag that gives it.
+AGAINST = {"ratio": "reference", "regression": "baseline"}
+FLAGS = {"reference": "--reference", "baseline": "--baseline"}
+ROLE_HELP = {
+    "reference": "a reference configuration measured in the same job, e.g. the unpruned model (ratio 0)",
+    "baseline": "the previous release's profile of this same configuration",
+}
 
 
 @dataclass(frozen=True)
 class Gate:
     name: str
     metric: str
-    op: str                       # "<=", ">=", "<", ">"
+    op: str  # "<=", ">=", "<", ">"
     bound: float
-    relative: str | None = None   # None (absolute), "ratio" (bound * baseline), "regression" (percent)
+    relative: str | None = None  # None (absolute), "ratio" (bound * reference), "regression" (percent vs baseline)
+
+    @property
+    def against(self) -> str | None:
+        """The profile this gate compares against: "reference", "baseline" or None (absolute)."""
+        return AGAINST.get(self.relative) if self.relative else None
 
 
 @dataclass(frozen=True)
@@ -48,26 +75,56 @@ class Budget:
     statistic: str = "p50"
     retries: int = 0
 
+    def gates_against(self, role: str) -> list[Gate]:
+        return [g for g in self.gates if g.against == role]
+
     @property
     def needs_baseline(self) -> bool:
-        return any(g.relative for g in self.gates)
+        return bool(self.gates_against("baseline"))
+
+    @property
+    def needs_reference(self) -> bool:
+        return bool(self.gates_against("reference"))
 
 
 _CHECK = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][\w.]*)\s+(?P<reg>regression\s+)?(?P<op><=|>=|<|>)\s*"
-    r"(?P<num>[0-9]*\.?[0-9]+)\s*(?P<pct>%)?\s*(?:\*\s*(?P<base>baseline))?\s*$"
+    r"(?P<num>[-+]?[0-9]*\.?[0-9]+)\s*(?P<pct>%)?\s*(?:\*\s*(?P<base>[A-Za-z_]\w*))?\s*$"
 )
-_KEYS = {"max": ("<=", None), "min": (">=", None), "max_ratio_to_baseline": ("<=", "ratio"),
-         "min_ratio_to_baseline": (">=", "ratio"), "max_regression_pct": ("<=", "regression")}
+_KEYS = {
+    "max": ("<=", None),
+    "min": (">=", None),
+    "max_ratio_to_reference": ("<=", "ratio"),
+    "min_ratio_to_reference": (">=", "ratio"),
+    "max_regression_pct": ("<=", "regression"),
+}
+_OLD_KEYS = {"max_ratio_to_baseline": "max_ratio_to_reference", "min_ratio_to_baseline": "min_ratio_to_reference"}
+_MIGRATE = (
+    "ratio gates now compare against --reference (a reference configuration measured in the same job, "
+    "e.g. ratio 0) and regression gates against --baseline (the last release of this configuration)"
+)
 
 
 def parse_check(text: str, name: str | None = None) -> Gate:
     match = _CHECK.match(text)
     if not match:
-        raise GateError(f"malformed check {text!r}: expected 'METRIC <= NUMBER', 'METRIC <= NUMBER * baseline' "
-                        "or 'METRIC regression <= NUMBER %'")
+        raise GateError(
+            f"malformed check {text!r}: expected 'METRIC <= NUMBER', 'METRIC <= NUMBER * reference' "
+            "or 'METRIC regression <= NUMBER %'"
+        )
+    if match["base"] == "baseline":
+        fixed = text[: match.start("base")].strip() + " reference"
+        raise GateError(
+            f"check {text!r}: '* baseline' is ambiguous: {_MIGRATE}; for the unpruned model write "
+            f"'{fixed}' and pass --reference, for the last release write "
+            f"'{match['metric']} regression <= N %' and pass --baseline"
+        )
+    if match["base"] not in (None, "reference"):
+        raise GateError(f"malformed check {text!r}: a ratio reads 'METRIC <= NUMBER * reference'")
     if match["reg"] and (match["op"] not in ("<=", "<") or match["base"]):
-        raise GateError(f"malformed check {text!r}: a regression bound reads 'METRIC regression <= N %'")
+        raise GateError(
+            f"malformed check {text!r}: a regression bound reads 'METRIC regression <= N %' (against --baseline)"
+        )
     relative = "regression" if match["reg"] else ("ratio" if match["base"] else None)
     if match["pct"] and relative != "regression":
         raise GateError(f"malformed check {text!r}: '%' only applies to a regression bound")
@@ -79,7 +136,7 @@ def parse_budget(data: object) -> Budget:
         raise GateError("malformed budget: expected a mapping with a non-empty 'gates' list")
     unknown = set(data) - {"version", "min_runs", "statistic", "retries", "gates"}
     if unknown:
-        raise GateError(f"malformed budget: unknown keys {sorted(unknown)}")
+        raise GateError(f"malformed budget: unknown keys {sorted(unknown, key=str)}")
     if data.get("version", 1) != 1:
         raise GateError(f"budget version {data.get('version')!r} is not supported (1)")
     gates = []
@@ -88,12 +145,23 @@ def parse_budget(data: object) -> Budget:
         if not isinstance(entry, dict):
             raise GateError(f"malformed budget: {where} must be a mapping")
         name = entry.get("name")
+        if name is not None and not isinstance(name, str):
+            name = str(name)
         if "check" in entry:
             extra = set(entry) - {"check", "name"}
             if extra:
-                raise GateError(f"malformed budget: {where} mixes 'check' with {sorted(extra)}")
-            gates.append(parse_check(str(entry["check"]), name))
+                raise GateError(f"malformed budget: {where} mixes 'check' with {sorted(extra, key=str)}")
+            try:
+                gates.append(parse_check(str(entry["check"]), name))
+            except GateError as exc:
+                raise GateError(f"{where}: {exc}") from None
             continue
+        old = [k for k in entry if k in _OLD_KEYS]
+        if old:
+            raise GateError(
+                f"{where}: '{old[0]}' is ambiguous: {_MIGRATE}; write '{_OLD_KEYS[old[0]]}' and pass --reference "
+                "for the unpruned model, or 'max_regression_pct' with --baseline for the last release"
+            )
         bounds = [k for k in entry if k in _KEYS]
         extra = set(entry) - set(_KEYS) - {"metric", "name"}
         if "metric" not in entry or len(bounds) != 1 or extra:
@@ -115,12 +183,28 @@ def parse_budget(data: object) -> Budget:
 
 
 def load_budget(path: str | Path) -> Budget:
+    """Read and parse a budget YAML; every failure is one line (GateError or UsageError, exit 2)."""
     import yaml
 
+    from tpc.outputs import read_text
+
+    text = read_text(path, "budget")
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise GateError(f"budget file {path} not found") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise GateError(f"malformed budget {path}: {str(exc).splitlines()[0]}") from None
-    return parse_budget(data)
+        raise GateError(f"malformed budget {path}: {_yaml_reason(exc)}") from None
+    except RecursionError:
+        raise GateError(f"malformed budget {path}: nested too deeply") from None
+    try:
+        return parse_budget(data)
+    except GateError as exc:
+        raise GateError(f"budget {path}: {exc}") from None
+
+
+def _yaml_reason(exc: Exception) -> str:
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__

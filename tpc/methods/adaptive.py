@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from tpc.methods.base import Param, SelectionMethod
+from tpc.methods.base import SelectionMethod
 from tpc.methods.fastervlm import fastervlm_reference, fastervlm_select
+from tpc.methods.params import PARAMS
 
 
 def mass_count(cls_attention, mass: float):
@@ -29,12 +30,13 @@ def reference_mass_count(scores: torch.Tensor, mass: float) -> list[int]:
     counts = []
     for row in scores:
         values = sorted(row.tolist(), reverse=True)
-        total, running = sum(values), 0.0
+        total, running, count = sum(values), 0.0, len(values)
         for n, value in enumerate(values, start=1):
             running += value
             if running >= mass * total:
+                count = n
                 break
-        counts.append(n)
+        counts.append(count)
     return counts
 
 
@@ -52,6 +54,6 @@ CLS_MASS = SelectionMethod(
     needs=("cls_attention",),
     select=cls_mass_select,
     reference=cls_mass_reference,
-    params=(Param("mass", float, 0.9, "share of the [CLS] attention mass to keep (0, 1]", 0.0),),
+    params=PARAMS["cls-mass"],
     extra={"gathers": True, "adaptive": mass_count, "needs_buckets": True},
 )

@@ -14,31 +14,15 @@ recomputes the method eagerly from the model's own modules (scores may be None).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from tpc.errors import UsageError
+from tpc.methods.params import Param, parse_params
 
 PRE_PROJECTOR = "pre_projector"
 POST_PROJECTOR = "post_projector"
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    kind: type
-    default: Any
-    help: str
-    minimum: float | None = None
-
-    def parse(self, text: str) -> Any:
-        try:
-            value = self.kind(text)
-        except ValueError:
-            raise UsageError(f"--method-arg {self.name}={text!r}: expected {self.kind.__name__}") from None
-        if self.minimum is not None and value < self.minimum:
-            raise UsageError(f"--method-arg {self.name}={text}: must be >= {self.minimum}")
-        return value
+__all__ = ["POST_PROJECTOR", "PRE_PROJECTOR", "Param", "SelectionMethod"]
 
 
 @dataclass(frozen=True)
@@ -55,17 +39,12 @@ class SelectionMethod:
     prunes_at: str = "vision/LLM boundary"
     # kept-token count from the user's budget and the method's parameters (default: the budget)
     resolve_keep: Callable[[int, dict], int] | None = None
+    # parameters that depend on the model: (layout, params, names the user gave) -> (params, notes)
+    resolve_params: Callable[[Any, dict, set], tuple[dict, list[str]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def parse_args(self, pairs: dict[str, str]) -> dict[str, Any]:
-        known = {p.name: p for p in self.params}
-        unknown = sorted(set(pairs) - set(known))
-        if unknown:
-            valid = ", ".join(known) or "none"
-            raise UsageError(f"method {self.name} has no parameter {unknown[0]!r} (parameters: {valid})")
-        values = {p.name: p.default for p in self.params}
-        values.update({k: known[k].parse(v) for k, v in pairs.items()})
-        return values
+        return parse_params(self.name, self.params, pairs)
 
     def layers(self, layout, params: dict) -> list[int]:
         if self.attention_layers is None:

@@ -12,7 +12,8 @@ import random
 import torch
 
 from tpc.errors import UsageError
-from tpc.methods.base import Param, SelectionMethod
+from tpc.methods.base import SelectionMethod
+from tpc.methods.params import PARAMS
 from tpc.methods.selection import gather_tokens
 
 
@@ -32,8 +33,9 @@ def uniform_indices(num_patches: int, keep: int) -> list[int]:
     height, width = grid_shape(num_patches)
     rows = max(1, round(math.sqrt(keep)))
     cols = math.ceil(keep / rows)
-    points = [int((i + 0.5) * height / rows) * width + int((j + 0.5) * width / cols)
-              for i in range(rows) for j in range(cols)]
+    points = [
+        int((i + 0.5) * height / rows) * width + int((j + 0.5) * width / cols) for i in range(rows) for j in range(cols)
+    ]
     return sorted(points[:keep])
 
 
@@ -98,7 +100,7 @@ def pool_select(values, keep: int):
 def _window_mean(grid, window: list[int], width: int):
     r0, c0 = divmod(window[0], width)
     r1, c1 = divmod(window[-1], width)
-    return grid[:, r0:r1 + 1, c0:c1 + 1].mean(dim=(1, 2)).unsqueeze(1)
+    return grid[:, r0 : r1 + 1, c0 : c1 + 1].mean(dim=(1, 2)).unsqueeze(1)
 
 
 @torch.no_grad()
@@ -107,6 +109,7 @@ def _reference(indices_fn):
         patches = adapter.reference_vision(pixel_values)["patches"]
         indices = torch.tensor(indices_fn(patches.shape[1], keep, **params)).expand(patches.shape[0], -1)
         return indices, adapter.project(gather_tokens(patches, indices)), None
+
     return reference
 
 
@@ -121,13 +124,25 @@ def pool_reference(adapter, pixel_values, keep: int):
 
 
 UNIFORM = SelectionMethod(
-    name="uniform", description="uniform grid sampling of the patch grid (baseline)", needs=(),
-    select=uniform_select, reference=_reference(lambda n, k: uniform_indices(n, k)))
+    name="uniform",
+    description="uniform grid sampling of the patch grid (baseline)",
+    needs=(),
+    select=uniform_select,
+    reference=_reference(lambda n, k: uniform_indices(n, k)),
+)
 POOL = SelectionMethod(
-    name="pool", description="average pooling of the patch grid to sqrt(K) x sqrt(K) (baseline; K square)",
-    needs=(), select=pool_select, reference=pool_reference,
-    extra={"validate_keep": lambda n, keep, params: pool_windows(n, keep)})
+    name="pool",
+    description="average pooling of the patch grid to sqrt(K) x sqrt(K) (baseline; K square)",
+    needs=(),
+    select=pool_select,
+    reference=pool_reference,
+    extra={"validate_keep": lambda n, keep, params: pool_windows(n, keep)},
+)
 RANDOM = SelectionMethod(
-    name="random", description="seeded random subset of patches, the same for every image (baseline)", needs=(),
-    select=random_select, reference=_reference(lambda n, k, seed=0: random_indices(n, k, seed)),
-    params=(Param("seed", int, 0, "random seed", 0),))
+    name="random",
+    description="seeded random subset of patches, the same for every image (baseline)",
+    needs=(),
+    select=random_select,
+    reference=_reference(lambda n, k, seed=0: random_indices(n, k, seed)),
+    params=PARAMS["random"],
+)

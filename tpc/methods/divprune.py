@@ -22,15 +22,15 @@ _BIG = 4.0  # above any cosine distance (<= 2)
 
 def cosine_distance(features):
     unit = torch.nn.functional.normalize(features, dim=-1)
-    return 1.0 - torch.matmul(unit, unit.transpose(1, 2))          # [B, N, N]
+    return 1.0 - torch.matmul(unit, unit.transpose(1, 2))  # [B, N, N]
 
 
 def divprune_select(values, keep: int):
     features = values["features"]
     distance = cosine_distance(features)
-    eye = torch.diag_embed(torch.ones_like(distance[:, 0]))          # [B, N, N]
-    nearest_other = (distance + eye * _BIG).amin(dim=-1)             # [B, N]
-    pick = torch.argmax(nearest_other, dim=-1, keepdim=True)         # [B, 1], first index on ties
+    eye = torch.diag_embed(torch.ones_like(distance[:, 0]))  # [B, N, N]
+    nearest_other = (distance + eye * _BIG).amin(dim=-1)  # [B, N]
+    pick = torch.argmax(nearest_other, dim=-1, keepdim=True)  # [B, 1], first index on ties
     picks = [pick]
     chosen = torch.zeros_like(nearest_other).scatter(1, pick, 1.0)
     running = torch.gather(distance, 1, pick.unsqueeze(-1).expand(-1, 1, distance.shape[-1])).squeeze(1)

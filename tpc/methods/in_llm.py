@@ -16,8 +16,10 @@ segments at the stage layers, the runtime follows it, the reference applies it e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 from tpc.errors import UsageError
 from tpc.registry import Registry
@@ -38,14 +40,14 @@ class Stage:
 class PruningPlan:
     method: str
     parameters: dict[str, Any]
-    image_tokens: int            # image tokens the decoder receives (after any pre-LLM selection)
+    image_tokens: int  # image tokens the decoder receives (after any pre-LLM selection)
     num_layers: int
     stages: tuple[Stage, ...]
 
     def segments(self) -> list[tuple[int, int]]:
         """Decoder layer ranges [start, end) between stage boundaries."""
         cuts = [0, *(s.layer for s in self.stages), self.num_layers]
-        return list(zip(cuts[:-1], cuts[1:]))
+        return list(pairwise(cuts))
 
     def layer_keep(self) -> list[int]:
         """Image tokens each decoder layer sees (the KV-length deficit of that layer)."""
@@ -64,14 +66,20 @@ class PruningPlan:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PruningPlan":
-        return cls(method=data["method"], parameters=dict(data["parameters"]), image_tokens=data["image_tokens"],
-                   num_layers=data["num_layers"], stages=tuple(Stage(**s) for s in data["stages"]))
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        return cls(
+            method=data["method"],
+            parameters=dict(data["parameters"]),
+            image_tokens=data["image_tokens"],
+            num_layers=data["num_layers"],
+            stages=tuple(Stage(**s) for s in data["stages"]),
+        )
 
 
 @dataclass(frozen=True)
 class Flags:
     """The command-line names errors use: the method's own flags, or the ``--llm-*`` ones."""
+
     method: str
     arg: str
     ratio: str
@@ -85,21 +93,23 @@ COMPOSED = Flags("--llm-method", "--llm-method-arg", "--llm-ratio")
 class LlmMethod:
     name: str
     description: str
-    params: tuple[tuple[str, str, str], ...]    # (name, default text, help)
+    params: tuple[tuple[str, str, str], ...]  # (name, default text, help)
     build: Callable[[dict[str, str], int, int, float | None, Flags], PruningPlan]
     prunes_at: str = "inside the LLM decoder"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def plan(self, args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None,
-             composed: bool = False) -> PruningPlan:
+    def plan(
+        self, args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None, composed: bool = False
+    ) -> PruningPlan:
         """``composed``: given as ``--llm-method`` after a pre-LLM method; errors then name the
         ``--llm-method-arg``/``--llm-ratio`` flags the user typed."""
         flags = COMPOSED if composed else ALONE
         known = {p[0] for p in self.params}
         unknown = sorted(set(args) - known)
         if unknown:
-            raise UsageError(f"{flags.method} {self.name} has no parameter {unknown[0]!r} "
-                             f"(parameters: {', '.join(sorted(known))})")
+            raise UsageError(
+                f"{flags.method} {self.name} has no parameter {unknown[0]!r} (parameters: {', '.join(sorted(known))})"
+            )
         return self.build(dict(args), num_layers, image_tokens, ratio, flags)
 
 
@@ -123,8 +133,9 @@ def _list(name: str, text: str, kind: type, flags: Flags) -> list:
 
 def _check_layer(name: str, layer: int, num_layers: int, flags: Flags) -> None:
     if not 1 <= layer < num_layers:
-        raise UsageError(f"{flags.arg} {name}={layer}: must be in [1, {num_layers - 1}] "
-                         f"(the decoder has {num_layers} layers)")
+        raise UsageError(
+            f"{flags.arg} {name}={layer}: must be in [1, {num_layers - 1}] (the decoder has {num_layers} layers)"
+        )
 
 
 def fastv_keep(image_tokens: int, ratio: float) -> int:
@@ -132,8 +143,7 @@ def fastv_keep(image_tokens: int, ratio: float) -> int:
     return max(1, int(round(image_tokens * (1.0 - ratio) + 1e-9)))
 
 
-def _fastv(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None,
-          flags: Flags) -> PruningPlan:
+def _fastv(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None, flags: Flags) -> PruningPlan:
     layer = _int("layer", args.get("layer", "2"), flags)
     _check_layer("layer", layer, num_layers, flags)
     ratio = 0.5 if ratio is None else ratio
@@ -148,11 +158,10 @@ def default_pdrop_layers(num_layers: int) -> list[int]:
     return sorted({max(1, min(num_layers - 1, round(num_layers * q / 4))) for q in (1, 2, 3)})
 
 
-def _pdrop(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None,
-          flags: Flags) -> PruningPlan:
+def _pdrop(args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None, flags: Flags) -> PruningPlan:
     if ratio is not None:
         raise UsageError(f"pdrop takes its budgets from {flags.arg} keep=...; {flags.ratio} does not apply")
-    layers = (_list("layers", args["layers"], int, flags) if "layers" in args else default_pdrop_layers(num_layers))
+    layers = _list("layers", args["layers"], int, flags) if "layers" in args else default_pdrop_layers(num_layers)
     fractions = _list("keep", args.get("keep", "0.5,0.25,0.125"), float, flags)
     if "keep" not in args and len(layers) != 3:
         fractions = [0.5 ** (i + 1) for i in range(len(layers))]
@@ -160,12 +169,12 @@ def _pdrop(args: dict[str, str], num_layers: int, image_tokens: int, ratio: floa
         raise UsageError(f"pdrop: {len(layers)} layers but {len(fractions)} keep fractions; give one per stage")
     for layer in layers:
         _check_layer("layers", layer, num_layers, flags)
-    if any(b <= a for a, b in zip(layers, layers[1:])):
+    if any(b <= a for a, b in pairwise(layers)):
         raise UsageError(f"{flags.arg} layers={','.join(map(str, layers))}: layers must increase")
-    if any(not 0.0 < f <= 1.0 for f in fractions) or any(b > a for a, b in zip(fractions, fractions[1:])):
+    if any(not 0.0 < f <= 1.0 for f in fractions) or any(b > a for a, b in pairwise(fractions)):
         raise UsageError(f"{flags.arg} keep=...: fractions in (0, 1], not increasing from stage to stage")
     stages, previous = [], image_tokens
-    for layer, fraction in zip(layers, fractions):
+    for layer, fraction in zip(layers, fractions, strict=True):
         keep = min(previous, max(1, int(image_tokens * fraction)))  # counts with int() (METHODS.md)
         stages.append(Stage(layer=layer, score_layer=layer, keep=keep, positions=RENUMBERED))
         previous = keep
@@ -175,7 +184,7 @@ def _pdrop(args: dict[str, str], num_layers: int, image_tokens: int, ratio: floa
 FASTV = LlmMethod(
     name="fastv",
     description="FastV: at decoder layer K keep the image tokens the last prompt token attends to most "
-                "(layer K-1's attention), original position ids",
+    "(layer K-1's attention), original position ids",
     params=(("layer", "2", "first decoder layer that runs on the pruned sequence"),),
     build=_fastv,
 )
@@ -183,9 +192,11 @@ FASTV = LlmMethod(
 PDROP = LlmMethod(
     name="pdrop",
     description="PyramidDrop: drop image tokens in stages by the last token's attention (the next layer's "
-                "q/k), positions renumbered",
-    params=(("layers", "quarter points (8,16,24 of 32)", "stage layers, increasing"),
-            ("keep", "0.5,0.25,0.125", "image-token fraction kept after each stage (of the input count)")),
+    "q/k), positions renumbered",
+    params=(
+        ("layers", "quarter points (8,16,24 of 32)", "stage layers, increasing"),
+        ("keep", "0.5,0.25,0.125", "image-token fraction kept after each stage (of the input count)"),
+    ),
     build=_pdrop,
 )
 

@@ -15,17 +15,17 @@ import torch
 
 from tpc.methods.in_llm import RENUMBERED, PruningPlan
 from tpc.methods.selection import reference_topk_ascending
-from tpc.models.decoder_segments import cache_kwargs
+from tpc.models.decoder_common import cache_kwargs
 
 
 @dataclass
 class ReferenceRun:
-    logits: list[torch.Tensor] = field(default_factory=list)          # per call, [B,V] of the last position
-    tokens: list[list[int]] = field(default_factory=list)             # greedy ids per sample
-    kept: list[torch.Tensor] = field(default_factory=list)            # per stage, [B,keep] (stage-relative)
-    scores: list[torch.Tensor] = field(default_factory=list)          # per stage, [B,n_in] image scores
-    kv_lengths: list[int] = field(default_factory=list)               # per layer, after the run
-    positions: list[torch.Tensor] = field(default_factory=list)       # per layer, prefill position ids
+    logits: list[torch.Tensor] = field(default_factory=list)  # per call, [B,V] of the last position
+    tokens: list[list[int]] = field(default_factory=list)  # greedy ids per sample
+    kept: list[torch.Tensor] = field(default_factory=list)  # per stage, [B,keep] (stage-relative)
+    scores: list[torch.Tensor] = field(default_factory=list)  # per stage, [B,n_in] image scores
+    kv_lengths: list[int] = field(default_factory=list)  # per layer, after the run
+    positions: list[torch.Tensor] = field(default_factory=list)  # per layer, prefill position ids
 
 
 def _additive_mask(key_mask: torch.Tensor, query_len: int, dtype) -> torch.Tensor:
@@ -50,9 +50,15 @@ def _attention_weights(layer, hidden, cos, sin, mask4) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_generate(model, embeds: torch.Tensor, mask: torch.Tensor, image_start: torch.Tensor | None,
-                       plan: PruningPlan, max_new_tokens: int = 1,
-                       step_embeds: list[torch.Tensor] | None = None) -> ReferenceRun:
+def reference_generate(
+    model,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    image_start: torch.Tensor | None,
+    plan: PruningPlan,
+    max_new_tokens: int = 1,
+    step_embeds: list[torch.Tensor] | None = None,
+) -> ReferenceRun:
     """Prefill (pruning at each stage when an image is present), then greedy decode steps.
 
     ``step_embeds``: the embeddings fed at each decode step; default: the embedding of
@@ -74,14 +80,19 @@ def reference_generate(model, embeds: torch.Tensor, mask: torch.Tensor, image_st
             stage = stages[i]
             src = inputs[stage.score_layer] if stage.score_layer < i else h
             cos, sin = lm.rotary_emb(src, pos)
-            weights = _attention_weights(lm.layers[stage.score_layer], src, cos, sin,
-                                         _additive_mask(m, src.shape[1], src.dtype))
+            weights = _attention_weights(
+                lm.layers[stage.score_layer], src, cos, sin, _additive_mask(m, src.shape[1], src.dtype)
+            )
             row = weights[:, :, -1, :].mean(dim=1)
             ids = image_start[:, None] + torch.arange(n_img)[None]
             image_scores = torch.gather(row, 1, ids)
             kept = reference_topk_ascending(image_scores, stage.keep)
-            index = torch.stack([torch.cat([torch.arange(s), s + k, torch.arange(s + n_img, h.shape[1])])
-                                 for s, k in zip(image_start.tolist(), kept)])
+            index = torch.stack(
+                [
+                    torch.cat([torch.arange(s), s + k, torch.arange(s + n_img, h.shape[1])])
+                    for s, k in zip(image_start.tolist(), kept, strict=True)
+                ]
+            )
             h = h[torch.arange(h.shape[0])[:, None], index]
             m = torch.gather(m, 1, index)
             pos = (m.cumsum(-1) - 1).clamp(min=0) if stage.positions == RENUMBERED else torch.gather(pos, 1, index)
@@ -90,8 +101,14 @@ def reference_generate(model, embeds: torch.Tensor, mask: torch.Tensor, image_st
             n_img = stage.keep
         inputs.append(h)
         cos, sin = lm.rotary_emb(h, pos)
-        h = layer(h, attention_mask=_additive_mask(m, h.shape[1], h.dtype), position_ids=pos, use_cache=True,
-                  position_embeddings=(cos, sin), **cache_kwargs(layer, cache))
+        h = layer(
+            h,
+            attention_mask=_additive_mask(m, h.shape[1], h.dtype),
+            position_ids=pos,
+            use_cache=True,
+            position_embeddings=(cos, sin),
+            **cache_kwargs(layer, cache),
+        )
         layer_mask.append(m)
         layer_last.append(pos[:, -1:])
         run.positions.append(pos)
@@ -105,8 +122,14 @@ def reference_generate(model, embeds: torch.Tensor, mask: torch.Tensor, image_st
             layer_mask[i] = torch.cat([layer_mask[i], torch.ones_like(layer_mask[i][:, :1])], dim=1)
             layer_last[i] = layer_last[i] + 1
             cos, sin = lm.rotary_emb(h, layer_last[i])
-            h = layer(h, attention_mask=_additive_mask(layer_mask[i], 1, h.dtype), position_ids=layer_last[i],
-                      use_cache=True, position_embeddings=(cos, sin), **cache_kwargs(layer, cache))
+            h = layer(
+                h,
+                attention_mask=_additive_mask(layer_mask[i], 1, h.dtype),
+                position_ids=layer_last[i],
+                use_cache=True,
+                position_embeddings=(cos, sin),
+                **cache_kwargs(layer, cache),
+            )
         logits = model.lm_head(lm.norm(h)[:, -1])
         run.logits.append(logits)
         ids = logits.argmax(-1)

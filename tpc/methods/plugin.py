@@ -16,8 +16,8 @@ eagerly on the original model. An entry point may also provide a whole
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib import metadata
-from typing import Callable
 
 import torch
 
@@ -39,15 +39,20 @@ def score_method(name: str, score: Callable[..., torch.Tensor], description: str
     def reference(adapter, pixel_values, keep: int):
         ref = adapter.reference_vision(pixel_values)
         cls = reference_cls_rows(adapter, ref, [adapter.vision.feature_layer])[0]
-        side = int(round(adapter.vision.num_patches ** 0.5))
+        side = int(round(adapter.vision.num_patches**0.5))
         scores = score(patches=ref["patches"], cls_attention=cls, grid=(side, side))
         indices = reference_topk_ascending(scores, keep)
         return indices, adapter.project(gather_tokens(ref["patches"], indices)), scores
 
     doc = (score.__doc__ or "").strip().splitlines()
-    return SelectionMethod(name=name, description=description or (doc[0] if doc else f"user score {name}"),
-                           needs=("cls_attention",), select=select, reference=reference,
-                           extra={"plugin": True, "gathers": True})
+    return SelectionMethod(
+        name=name,
+        description=description or (doc[0] if doc else f"user score {name}"),
+        needs=("cls_attention",),
+        select=select,
+        reference=reference,
+        extra={"plugin": True, "gathers": True},
+    )
 
 
 def load_spec(spec: str) -> SelectionMethod:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from tpc.errors import UsageError
-from tpc.methods.base import Param, SelectionMethod
+from tpc.methods.base import SelectionMethod
+from tpc.methods.params import PARAMS
 from tpc.methods.reference import reference_cls_rows
 from tpc.methods.selection import gather_tokens, reference_topk_ascending, topk_ascending
 
@@ -35,7 +36,9 @@ def split_budget(keep: int, params: dict) -> tuple[int, int]:
         contextual = max(1, round(keep * PUBLISHED[1] / sum(PUBLISHED))) if keep > 1 else 0
         dominant = keep - contextual
     if dominant < 2 or contextual < 0:
-        raise UsageError(f"visionzip: {keep} kept tokens cannot split into dominant {dominant} + contextual {contextual}")
+        raise UsageError(
+            f"visionzip: {keep} kept tokens cannot split into dominant {dominant} + contextual {contextual}"
+        )
     return int(dominant), int(contextual)
 
 
@@ -56,7 +59,7 @@ def visionzip_select(values, keep: int, dominant: int = 0, contextual: int = 0):
     patches, patch_keys = hidden[:, 1:], keys[:, 1:]
     rows, cols = values["grid"]
     num_patches = rows * cols  # static: TopK needs a constant K
-    top = topk_ascending(scores, dominant - 1)                        # patch indices [B, d-1]
+    top = topk_ascending(scores, dominant - 1)  # patch indices [B, d-1]
     dominant_tokens = torch.cat([hidden[:, 0:1], gather_tokens(patches, top)], dim=1)
     cls_index = torch.zeros_like(top[:, :1]) - 1
     if contextual == 0:
@@ -66,15 +69,15 @@ def visionzip_select(values, keep: int, dominant: int = 0, contextual: int = 0):
     marker = torch.zeros_like(scores).scatter(1, top, 1.0)
     rest = torch.topk(marker * num_patches + _counter(scores), rest_count, dim=-1, largest=False).indices
     step = max(1, rest_count // contextual)
-    targets = rest[:, ::step][:, :contextual]                         # [B, c] patch indices
+    targets = rest[:, ::step][:, :contextual]  # [B, c] patch indices
     rest_keys = torch.nn.functional.normalize(gather_tokens(patch_keys, rest), dim=-1)
     target_keys = torch.nn.functional.normalize(gather_tokens(patch_keys, targets), dim=-1)
-    similarity = torch.matmul(rest_keys, target_keys.transpose(1, 2))   # [B, R, c]
-    assign = torch.argmax(similarity, dim=-1, keepdim=True)             # first target on ties
-    position = _counter(rest[:, :].to(hidden.dtype))                    # position in the rest list
+    similarity = torch.matmul(rest_keys, target_keys.transpose(1, 2))  # [B, R, c]
+    assign = torch.argmax(similarity, dim=-1, keepdim=True)  # first target on ties
+    position = _counter(rest[:, :].to(hidden.dtype))  # position in the rest list
     is_member = 1.0 - ((torch.remainder(position, step) == 0) & (position < contextual * step)).to(hidden.dtype)
     members = (assign == _counter(similarity[:, :1, :]).to(assign.dtype)).to(hidden.dtype) * is_member.unsqueeze(-1)
-    sums = torch.matmul(members.transpose(1, 2), gather_tokens(patches, rest))   # [B, c, Dv]
+    sums = torch.matmul(members.transpose(1, 2), gather_tokens(patches, rest))  # [B, c, Dv]
     counts = members.sum(dim=1).clamp(min=1.0).unsqueeze(-1)
     contextual_tokens = gather_tokens(patches, targets) + sums / counts
     return torch.cat([cls_index, top, targets], dim=1), torch.cat([dominant_tokens, contextual_tokens], dim=1)
@@ -86,12 +89,12 @@ def visionzip_reference(adapter, pixel_values, keep: int, dominant: int = 0, con
     dominant, contextual = split_budget(keep, {"dominant": dominant, "contextual": contextual})
     ref = adapter.reference_vision(pixel_values)
     scores = reference_cls_rows(adapter, ref, [adapter.vision.feature_layer])[0]
-    keys = ref["keys"].mean(dim=1)                                     # [B, T, hd]
+    keys = ref["keys"].mean(dim=1)  # [B, T, hd]
     hidden = ref["hidden"]
     n = scores.shape[-1]
     out_tokens, out_indices = [], []
     for b in range(hidden.shape[0]):
-        top = reference_topk_ascending(scores[b:b + 1], dominant - 1)[0].tolist()
+        top = reference_topk_ascending(scores[b : b + 1], dominant - 1)[0].tolist()
         tokens = [hidden[b, 0]] + [hidden[b, 1 + i] for i in top]
         indices = [-1] + top
         chosen = set(top)
@@ -121,8 +124,7 @@ VISIONZIP = SelectionMethod(
     needs=("cls_attention", "hidden", "keys"),
     select=visionzip_select,
     reference=visionzip_reference,
-    params=(Param("dominant", int, 0, "dominant tokens incl. [CLS] (0: keep - contextual)", 0),
-            Param("contextual", int, 0, "merged contextual tokens (0: 10/64 of keep)", 0)),
+    params=PARAMS["visionzip"],
     resolve_keep=resolve_keep,
     extra={"validate_keep": lambda n, keep, params: split_budget(keep, params)},
 )

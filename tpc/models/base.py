@@ -25,16 +25,16 @@ class VisionLayout:
     to the boundary module the adapter traces.
     """
 
-    layers_path: str          # e.g. "vision_tower.encoder.layers"
-    projector_path: str       # e.g. "multi_modal_projector"
+    layers_path: str  # e.g. "vision_tower.encoder.layers"
+    projector_path: str  # e.g. "multi_modal_projector"
     num_layers: int
-    feature_layer: int        # 0-based index of the layer whose output is the feature
+    feature_layer: int  # 0-based index of the layer whose output is the feature
     num_heads: int
     head_dim: int
-    num_patches: int          # N: patch tokens after dropping [CLS]
+    num_patches: int  # N: patch tokens after dropping [CLS]
     has_cls: bool
     image_size: int
-    feature_dim: int          # width of the projected features (the LLM's hidden size)
+    feature_dim: int  # width of the projected features (the LLM's hidden size)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,7 @@ import torch
 from torch import nn
 
 from tpc.methods.selection import topk_ascending
-from tpc.models.llava import causal_padding_mask
-
-
-def cache_kwargs(module: nn.Module, cache) -> dict:
-    """The keyword a transformers layer/model takes its cache by (``cache`` from 5.24, before
-    that ``past_key_values``)."""
-    import inspect
-
-    params = inspect.signature(module.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+from tpc.models.decoder_common import cache_kwargs, causal_padding_mask
 
 
 class SegmentCache:
@@ -41,8 +32,9 @@ class SegmentCache:
         return key, value
 
 
-def last_token_attention(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                         key_mask: torch.Tensor) -> torch.Tensor:
+def last_token_attention(
+    layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+) -> torch.Tensor:
     """[B,T]: softmax of the last position's query against all T keys of ``layer``, mean over heads.
 
     ``hidden`` is the layer's input; q/k come from its own input norm and projections with
@@ -94,8 +86,14 @@ class DecoderSegment(nn.Module):
         for n, layer in enumerate(self.layers):
             if self.start + n == self.score_layer:
                 score_input = hidden
-            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=True,
-                           position_embeddings=(cos, sin), **cache_kwargs(layer, cache))
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                position_embeddings=(cos, sin),
+                **cache_kwargs(layer, cache),
+            )
         present = []
         for n in range(len(self.layers)):
             present += list(cache.present[self.start + n])

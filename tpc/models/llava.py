@@ -19,6 +19,7 @@ from torch import nn
 
 from tpc.errors import ModelLoadError
 from tpc.models.base import TextLayout, VisionLayout
+from tpc.models.decoder_common import cache_kwargs, causal_padding_mask
 
 
 class LlavaVisionBoundary(nn.Module):
@@ -55,16 +56,6 @@ class LlavaEmbeddingStep(nn.Module):
         return torch.where(is_image.unsqueeze(-1), placed.to(text.dtype), text)
 
 
-def causal_padding_mask(attention_mask: torch.Tensor, query_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive 4-D mask [B,1,S,P+S]: key j visible to query i iff j <= P+i and not padding."""
-    total = attention_mask.shape[1]
-    past = total - query_len
-    q_pos = torch.arange(query_len, device=attention_mask.device) + past
-    k_pos = torch.arange(total, device=attention_mask.device)
-    visible = (k_pos[None, :] <= q_pos[:, None])[None, None] & attention_mask[:, None, None, :].bool()
-    return torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)
-
-
 class LlavaDecoderStep(nn.Module):
     """One decoder call with a flat KV cache: prefill when past is empty, else decode."""
 
@@ -85,8 +76,6 @@ class LlavaDecoderStep(nn.Module):
             ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)],
             config=self.text_config,
         )
-        from tpc.models.decoder_segments import cache_kwargs
-
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=mask,
@@ -109,9 +98,7 @@ class LlavaAdapter:
     def __init__(self, model, processor):
         config = model.config
         if getattr(config, "model_type", None) != "llava":
-            raise ModelLoadError(
-                f"model type {getattr(config, 'model_type', None)!r} is not LLaVA-1.5 ('llava')"
-            )
+            raise ModelLoadError(f"model type {getattr(config, 'model_type', None)!r} is not LLaVA-1.5 ('llava')")
         if not isinstance(config.vision_feature_layer, int):
             raise ModelLoadError("multi-layer vision features are not supported (vision_feature_layer is a list)")
         if config.vision_feature_select_strategy != "default":
@@ -177,8 +164,14 @@ class LlavaAdapter:
         out = tower(pixel_values, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states[self.feature_hidden_index]
         q, k, scale = self.reference_qk(out.hidden_states, self.vision.feature_layer)
-        return {"hidden_states": out.hidden_states, "hidden": hidden, "patches": hidden[:, 1:],
-                "cls_q": q[:, :, :1], "keys": k, "scale": scale}
+        return {
+            "hidden_states": out.hidden_states,
+            "hidden": hidden,
+            "patches": hidden[:, 1:],
+            "cls_q": q[:, :, :1],
+            "keys": k,
+            "scale": scale,
+        }
 
     @torch.no_grad()
     def reference_qk(self, hidden_states, layer_index: int):

@@ -6,45 +6,29 @@ import hashlib
 import logging
 from pathlib import Path
 
-from tpc.errors import ModelLoadError, UsageError
+from tpc.errors import ModelLoadError
 from tpc.models.base import LoadedModel
 from tpc.models.presets import PRESETS, build_preset
+from tpc.models.source import OFFLINE_HINT, hub_location, resolve_model_arg
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llava",)
-_OFFLINE_HINT = (
-    "pass a local directory written by save_pretrained (config.json, *.safetensors, "
-    "tokenizer and processor files) or a built-in preset: "
-    + ", ".join(name for name, p in PRESETS.items() if p.builtin)
-)
 
 
 def load_model(model_arg: str) -> LoadedModel:
     """Load ``model_arg`` in float32 with SDPA attention, with its processor."""
-    if model_arg in PRESETS:
+    source = resolve_model_arg(model_arg)
+    if source.kind == "preset":
         preset = PRESETS[model_arg]
         if preset.builtin:
             model, processor = build_preset(preset)
             source = {"kind": "preset", "id": model_arg, "revision": f"seed={preset.seed}"}
             return LoadedModel(model, processor, source)
-        return _load_pretrained(preset.hub_id, kind="hub", alias=model_arg)
-    path = Path(model_arg).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(f"{model_arg}: not a checkpoint directory (no config.json); {_OFFLINE_HINT}")
-        return _load_pretrained(str(path.resolve()), kind="local")
-    if _looks_like_hub_id(model_arg):
-        return _load_pretrained(model_arg, kind="hub")
-    raise UsageError(
-        f"unknown model {model_arg!r}: not a preset ({', '.join(PRESETS)}), "
-        "an existing directory, or a hub id of the form owner/name"
-    )
-
-
-def _looks_like_hub_id(arg: str) -> bool:
-    parts = arg.split("/")
-    return len(parts) == 2 and all(parts) and not arg.startswith((".", "~"))
+        return _load_pretrained(hub_location(preset.hub_id), kind="hub", alias=model_arg)
+    if source.kind == "local":
+        return _load_pretrained(source.location, kind="local")
+    return _load_pretrained(hub_location(model_arg, local_hint=True), kind="hub")
 
 
 def _load_pretrained(location: str, kind: str, alias: str | None = None) -> LoadedModel:
@@ -55,7 +39,7 @@ def _load_pretrained(location: str, kind: str, alias: str | None = None) -> Load
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
         if kind == "hub":
-            raise ModelLoadError(f"cannot fetch {location!r} from the model hub (offline?); {_OFFLINE_HINT}") from exc
+            raise ModelLoadError(f"cannot fetch {location!r} from the model hub (offline?); {OFFLINE_HINT}") from exc
         raise ModelLoadError(f"{location}: unreadable config.json ({_first_line(exc)})") from exc
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -67,9 +51,7 @@ def _load_pretrained(location: str, kind: str, alias: str | None = None) -> Load
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"{location}: no usable tokenizer/processor files ({_first_line(exc)})") from exc
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(
-            location, dtype=torch.float32, attn_implementation="sdpa"
-        )
+        model = LlavaForConditionalGeneration.from_pretrained(location, dtype=torch.float32, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{location}: cannot load the weights ({_first_line(exc)})") from exc
     model.eval()

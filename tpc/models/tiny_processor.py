@@ -55,7 +55,8 @@ def build_byte_tokenizer():
 
 def build_llava_processor(image_size: int = 336, patch_size: int = 14):
     """A ``LlavaProcessor`` with CLIP preprocessing at ``image_size`` and the LLaVA template."""
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor, LlavaProcessor
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    from transformers import LlavaProcessor
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},

@@ -32,7 +32,7 @@ def _row(gm: GraphModule, ctx: PassContext, layer: int):
     sdpa = find_attention(gm, ctx.layout.layers_path, layer)
     scale = sdpa.kwargs.get("scale")
     if scale is None:
-        scale = ctx.layout.head_dim ** -0.5
+        scale = ctx.layout.head_dim**-0.5
     # inserting_before(next) keeps the recorded ops in order (inserting_after would reverse them)
     with gm.graph.inserting_before(sdpa.next):
         row = call_in_graph(gm, cls_attention_row, sdpa.args[0], sdpa.args[1], scale=float(scale))

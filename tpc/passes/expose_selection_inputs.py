@@ -42,8 +42,9 @@ def expose_selection_inputs(gm: GraphModule, ctx: PassContext) -> PassResult:
         if node is None:
             raise ExportError(f"method {method.name} needs graph value {name!r}, which no earlier pass exposed")
         values.append(node)
-    values.append(output_values(gm)[0] if method.stage == POST_PROJECTOR
-                  else projector_entry(gm, ctx.layout.projector_path)[1])
+    values.append(
+        output_values(gm)[0] if method.stage == POST_PROJECTOR else projector_entry(gm, ctx.layout.projector_path)[1]
+    )
     adaptive = method.extra.get("adaptive")
     if adaptive is not None:
         with gm.graph.inserting_before(output_node(gm)):
@@ -54,4 +55,6 @@ def expose_selection_inputs(gm: GraphModule, ctx: PassContext) -> PassResult:
     gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
     gm.delete_all_unused_submodules()
     output_node(gm).meta[TPC_VALUE] = "encoder_outputs"
-    return PassResult(gm, True, {"outputs": selection_input_names(method), "removed_nodes": before - len(gm.graph.nodes)})
+    return PassResult(
+        gm, True, {"outputs": selection_input_names(method), "removed_nodes": before - len(gm.graph.nodes)}
+    )

@@ -8,7 +8,8 @@ values they create with ``node.meta["tpc_value"]`` so later passes can find them
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
@@ -83,8 +84,9 @@ def call_in_graph(gm: GraphModule, fn: Callable[..., Any], *nodes: Node, **const
     return result.node
 
 
-def record_select(gm: GraphModule, fn: Callable[..., Any], inputs: dict[str, Node], static: dict[str, Any],
-                  **constants: Any):
+def record_select(
+    gm: GraphModule, fn: Callable[..., Any], inputs: dict[str, Node], static: dict[str, Any], **constants: Any
+):
     """Record a method's ``select(values, **constants)`` into the graph; returns result nodes.
 
     ``values`` maps each input name to a proxy of its node, plus the static entries

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from torch.fx import GraphModule
 
@@ -34,8 +35,8 @@ class PassContext:
     layout: VisionLayout
     method: SelectionMethod
     keep: int
-    params: dict[str, Any] = field(default_factory=dict)   # the method's parsed parameters
-    select_layer: int | None = None   # select inside the ViT at this layer (None: at the feature layer)
+    params: dict[str, Any] = field(default_factory=dict)  # the method's parsed parameters
+    select_layer: int | None = None  # select inside the ViT at this layer (None: at the feature layer)
 
 
 GraphPass = Callable[[GraphModule, PassContext], PassResult]
@@ -74,8 +75,12 @@ def run_passes(
         except Exception as exc:  # a bug in a pass, reported with its context
             raise ExportError(f"pass {name} failed (after {_ran(records)}): {type(exc).__name__}: {exc}") from exc
         gm = result.graph_module
-        record = {"name": name, "modified": result.modified, "seconds": round(time.perf_counter() - start, 4),
-                  "stats": result.stats}
+        record = {
+            "name": name,
+            "modified": result.modified,
+            "seconds": round(time.perf_counter() - start, 4),
+            "stats": result.stats,
+        }
         records.append(record)
         log.info("pass %s: modified=%s %s", name, result.modified, result.stats)
         if dump is not None:

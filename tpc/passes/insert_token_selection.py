@@ -47,7 +47,7 @@ def insert_token_selection(gm: GraphModule, ctx: PassContext) -> PassResult:
         if node is None:
             raise ExportError(f"method {method.name} needs graph value {name!r}, which no earlier pass exposed")
         inputs[name] = node
-    side = int(round(ctx.layout.num_patches ** 0.5))
+    side = int(round(ctx.layout.num_patches**0.5))
     static = {"grid": (side, side)}
     outputs = output_values(gm)
     if method.stage == POST_PROJECTOR:
@@ -65,8 +65,18 @@ def insert_token_selection(gm: GraphModule, ctx: PassContext) -> PassResult:
         set_output_values(gm, outputs + [kept])
         boundary = entry.name
     kept.meta[TPC_VALUE] = VALUE_NAME
-    return PassResult(gm, True, {"method": method.name, "keep": ctx.keep, "tokens_before": ctx.layout.num_patches,
-                                 "stage": method.stage, "boundary_node": boundary, "params": dict(ctx.params)})
+    return PassResult(
+        gm,
+        True,
+        {
+            "method": method.name,
+            "keep": ctx.keep,
+            "tokens_before": ctx.layout.num_patches,
+            "stage": method.stage,
+            "boundary_node": boundary,
+            "params": dict(ctx.params),
+        },
+    )
 
 
 def projector_entry(gm: GraphModule, projector_path: str):

@@ -38,6 +38,9 @@ def remove_dead_vision_layers(gm: GraphModule, ctx: PassContext) -> PassResult:
     return PassResult(
         gm,
         removed_nodes > 0,
-        {"removed_layers": removed_layers, "removed_nodes": removed_nodes,
-         "live_layers_after_feature": [i for i in later if after[i]]},
+        {
+            "removed_layers": removed_layers,
+            "removed_nodes": removed_nodes,
+            "live_layers_after_feature": [i for i in later if after[i]],
+        },
     )

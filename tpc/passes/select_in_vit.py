@@ -34,8 +34,12 @@ from tpc.passes.graph_lookup import (
 )
 from tpc.passes.infra import PassContext, PassResult
 
-_SHAPE_OPS = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
-              torch.ops.aten.expand.default}
+_SHAPE_OPS = {
+    torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.expand.default,
+}
 
 
 def _with_cls(values, keep: int, method=None, params=None):
@@ -61,20 +65,22 @@ def select_in_vit(gm: GraphModule, ctx: PassContext) -> PassResult:
         patches = gm.graph.call_function(torch.ops.aten.slice.Tensor, (out, 1, 1, 2**63 - 1))
     with gm.graph.inserting_before(patches.next):  # keeps recorded ops in order
         values = {"cls_attention": row, "hidden": out, "patches": patches}
-        kept, shortened = record_select(gm, _with_cls, values, {"grid": _grid(layout)}, keep=ctx.keep,
-                                        method=ctx.method, params=ctx.params)
+        kept, shortened = record_select(
+            gm, _with_cls, values, {"grid": _grid(layout)}, keep=ctx.keep, method=ctx.method, params=ctx.params
+        )
     for user in users:
         user.replace_input_with(out, shortened)
     rewritten = _rewrite_token_count(gm, layout, layer, layout.num_patches + 1, ctx.keep + 1)
     kept.meta[TPC_VALUE] = "kept_indices"
     set_output_values(gm, output_values(gm) + [kept])
     gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
-    return PassResult(gm, True, {"select_layer": layer, "keep": ctx.keep, "tokens_after": ctx.keep + 1,
-                                 "rewritten_shapes": rewritten})
+    return PassResult(
+        gm, True, {"select_layer": layer, "keep": ctx.keep, "tokens_after": ctx.keep + 1, "rewritten_shapes": rewritten}
+    )
 
 
 def _grid(layout) -> tuple[int, int]:
-    side = int(round(layout.num_patches ** 0.5))
+    side = int(round(layout.num_patches**0.5))
     return side, side
 
 
@@ -88,4 +94,3 @@ def _rewrite_token_count(gm: GraphModule, layout, layer: int, old: int, new: int
                     node.args = (node.args[0], shape, *node.args[2:])
                     count += 1
     return count
-

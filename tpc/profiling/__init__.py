@@ -1,1 +1,1 @@
-"""The single timing path shared by every runtime."""
+"""Profiling: the one stage timer every runtime shares, the profiler, its JSON schema and plots."""

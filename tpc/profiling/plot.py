@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGE_COLOURS = {"preprocess_ms": "#9e9e9e", "vision_ms": "#3f51b5", "embed_ms": "#00bcd4",
-                 "prefill_ms": "#ff9800", "decode_ms": "#4caf50"}
+STAGE_COLOURS = {
+    "preprocess_ms": "#9e9e9e",
+    "vision_ms": "#3f51b5",
+    "embed_ms": "#00bcd4",
+    "prefill_ms": "#ff9800",
+    "decode_ms": "#4caf50",
+}
 
 
 def _pyplot():
@@ -30,8 +35,10 @@ def plot_profile(profile: dict, path: str | Path) -> Path:
         ax.barh([0], [width], left=left, color=colour, label=f"{stage[:-3]} {width:.1f} ms")
         left += width
     art = profile["artifact"]
-    ax.set_title(f"{art['model']} {art['method']} keep={art['keep']} ({profile['device']['execution_provider']}): "
-                 f"TTFT p50 {metrics['ttft_ms']['p50']:.1f} ms")
+    ax.set_title(
+        f"{art['model']} {art['method']} keep={art['keep']} ({profile['device']['execution_provider']}): "
+        f"TTFT p50 {metrics['ttft_ms']['p50']:.1f} ms"
+    )
     ax.set_xlabel("milliseconds (p50 per stage)")
     ax.set_yticks([])
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8, frameon=False)

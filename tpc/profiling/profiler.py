@@ -11,10 +11,10 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -25,8 +25,16 @@ from tpc.profiling.timer import StageTimer
 
 PROFILE_SCHEMA = "tpc.profile"
 PROFILE_SCHEMA_VERSION = 1
-STAGE_METRICS = ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "ttft_ms", "decode_ms",
-                 "decode_ms_per_token", "e2e_ms")
+STAGE_METRICS = (
+    "preprocess_ms",
+    "vision_ms",
+    "embed_ms",
+    "prefill_ms",
+    "ttft_ms",
+    "decode_ms",
+    "decode_ms_per_token",
+    "e2e_ms",
+)
 RATE_METRICS = ("decode_tokens_per_s",)
 # Stages that partition the end-to-end time (ttft_ms is their prefix sum, not a part).
 E2E_PARTS = ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms", "decode_ms")
@@ -38,13 +46,13 @@ class ProfileConfig:
     warmup: int = 3
     batch: int = 1
     new_tokens: int = 32
-    prompt: str | None = None      # None: a synthetic prompt of prompt_tokens tokens
+    prompt: str | None = None  # None: a synthetic prompt of prompt_tokens tokens
     prompt_tokens: int = 64
-    image: str | None = None       # None: a synthetic image; "none": text only
+    image: str | None = None  # None: a synthetic image; "none": text only
     provider: str = "cpu"
     threads: int | None = None
     seed: int = 0
-    runtime: str = "auto"           # auto | ort | trt
+    runtime: str = "auto"  # auto | ort | trt
 
     def validate(self) -> None:
         for name in ("runs", "batch", "new_tokens", "prompt_tokens"):
@@ -56,8 +64,10 @@ class ProfileConfig:
 
 def synthetic_prompt(tokenizer, tokens: int) -> str:
     """Text of about ``tokens`` tokens under ``tokenizer`` (deterministic)."""
-    words = ("describe the objects colours and layout of this picture in careful detail and explain "
-             "what each part could mean ").split()
+    words = (
+        "describe the objects colours and layout of this picture in careful detail and explain "
+        "what each part could mean "
+    ).split()
     text, ids = "", []
     while len(ids) < tokens:
         text = " ".join(words * (1 + tokens // len(words)))
@@ -96,8 +106,9 @@ def peak_memory_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
-def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] | None = None,
-                  artifact_path: str | None = None) -> dict:
+def profile_model(
+    model, config: ProfileConfig, progress: Callable[[str], None] | None = None, artifact_path: str | None = None
+) -> dict:
     """Profile a loaded ``CompiledModel``; returns the profile document."""
     from tpc.runtimes.prompting import load_image
 
@@ -136,8 +147,11 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
     if manifest_buckets:
         from tpc.runtimes.buckets import bucket_histogram
 
-        buckets = {"sizes": manifest_buckets["sizes"], "adaptive": manifest_buckets["adaptive"],
-                   "histogram": bucket_histogram(image_tokens, manifest_buckets["sizes"])}
+        buckets = {
+            "sizes": manifest_buckets["sizes"],
+            "adaptive": manifest_buckets["adaptive"],
+            "histogram": bucket_histogram(image_tokens, manifest_buckets["sizes"]),
+        }
     counts = [image_tokens[-1]] if images and image_tokens else None
     prompt_length = int(model.encoder.tokens(prompts[:1], counts).input_ids.shape[1])
     manifest = model.artifact.manifest
@@ -156,8 +170,10 @@ def profile_model(model, config: ProfileConfig, progress: Callable[[str], None] 
         },
         "config": dict(asdict(config), prompt=None if config.prompt is None else config.prompt),
         "device": describe_device(model.graphs.describe(), config.threads),
-        "visual_tokens": {"before": manifest["visual_tokens"]["before"],
-                          "after": (max(image_tokens) if image_tokens else 0) if images else 0},
+        "visual_tokens": {
+            "before": manifest["visual_tokens"]["before"],
+            "after": (max(image_tokens) if image_tokens else 0) if images else 0,
+        },
         **({"buckets": buckets} if buckets else {}),
         "prompt_length": prompt_length,
         "decode_steps": config.new_tokens - 1,

@@ -1,1 +1,1 @@
-"""Runtimes that execute compiled artifacts (ONNX Runtime; TensorRT later)."""
+"""Runtimes that execute compiled artifacts: ONNX Runtime sessions, TensorRT engines, the generate loop."""

@@ -16,8 +16,10 @@ def bucket_for(count: int, buckets: list[int]) -> int:
     for size in buckets:
         if size >= count:
             return size
-    raise UsageError(f"{count} visual tokens is more than the largest compiled bucket ({buckets[-1]}); "
-                     f"compiled buckets: {', '.join(map(str, buckets))}")
+    raise UsageError(
+        f"{count} visual tokens is more than the largest compiled bucket ({buckets[-1]}); "
+        f"compiled buckets: {', '.join(map(str, buckets))}"
+    )
 
 
 def bucket_histogram(counts: list[int], buckets: list[int]) -> dict[str, int]:
@@ -51,7 +53,7 @@ class BucketedVision:
         return self.keep
 
     def __call__(self, pixel_values: np.ndarray):
-        encoded = dict(zip(self.names, self.graphs.run_graph(ENCODER, {"pixel_values": pixel_values})))
+        encoded = dict(zip(self.names, self.graphs.run_graph(ENCODER, {"pixel_values": pixel_values}), strict=True))
         batch = pixel_values.shape[0]
         if self.adaptive:
             counts = [min(bucket_for(int(c), self.buckets + [10**9]), self.buckets[-1]) for c in encoded[ADAPTIVE]]

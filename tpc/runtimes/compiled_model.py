@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tpc.errors import ArtifactError, UsageError
 from tpc.manifest import Artifact, load_artifact
@@ -30,8 +30,14 @@ class CompiledModel:
             self.bucketed = BucketedVision(graphs, artifact.manifest["buckets"], artifact.runtime)
 
     @classmethod
-    def load(cls, path: str | Path, provider: str = "cpu", threads: int | None = None,
-             check_hashes: bool = True, runtime: str = "auto") -> "CompiledModel":
+    def load(
+        cls,
+        path: str | Path,
+        provider: str = "cpu",
+        threads: int | None = None,
+        check_hashes: bool = True,
+        runtime: str = "auto",
+    ) -> CompiledModel:
         """``runtime``: ``auto`` (TensorRT engines when the artifact has them, else ONNX
         Runtime), ``ort``, or ``trt``."""
         artifact = load_artifact(path, check_hashes=check_hashes)
@@ -42,8 +48,10 @@ class CompiledModel:
             if artifact.target != "trt":
                 raise UsageError(f"{path}: compiled for {artifact.target!r}; TensorRT needs --target trt")
             if not artifact.manifest.get("engines"):
-                raise ArtifactError(f"{path}: TensorRT engines are not built; run `tpc build {path}` on the target "
-                                    "GPU, or pass --runtime ort to run the ONNX graphs with ONNX Runtime")
+                raise ArtifactError(
+                    f"{path}: TensorRT engines are not built; run `tpc build {path}` on the target "
+                    "GPU, or pass --runtime ort to run the ONNX graphs with ONNX Runtime"
+                )
             from tpc.runtimes.trt import TrtGraphs
 
             graphs = TrtGraphs(artifact)
@@ -58,8 +66,10 @@ class CompiledModel:
         """Pick the compiled bucket for ``--keep`` / ``--ratio`` (bucketed artifacts only)."""
         if self.bucketed is None:
             if keep is not None or ratio is not None:
-                raise UsageError(f"{self.artifact.root}: compiled for {self.runtime['keep']} visual tokens; "
-                                 "--keep/--ratio at run time need an artifact compiled with --buckets")
+                raise UsageError(
+                    f"{self.artifact.root}: compiled for {self.runtime['keep']} visual tokens; "
+                    "--keep/--ratio at run time need an artifact compiled with --buckets"
+                )
             return self.runtime["keep"]
         return self.bucketed.request(keep, ratio, self.runtime["num_patches"])
 

@@ -32,12 +32,14 @@ def image_block(input_ids: np.ndarray, image_token_id: int) -> tuple[int | None,
         return None, None
     if len(set(counts.tolist())) > 1:
         listed = ", ".join(map(str, sorted(set(counts.tolist()))))
-        raise UsageError(f"samples carry {listed} image tokens; in-LLM pruning runs a batch on one bucket: "
-                         "send samples with different budgets separately")
+        raise UsageError(
+            f"samples carry {listed} image tokens; in-LLM pruning runs a batch on one bucket: "
+            "send samples with different budgets separately"
+        )
     count = int(counts[0])
     starts = is_image.argmax(axis=1).astype(np.int64)
     for row, start in enumerate(starts):
-        if not is_image[row, start:start + count].all():
+        if not is_image[row, start : start + count].all():
             raise UsageError(f"sample {row}: its image tokens are not one contiguous block; in-LLM pruning needs one")
     return count, starts
 
@@ -51,8 +53,10 @@ class FlatDecoder:
 
     def prefill(self, embeds, mask, positions, image_start=None) -> np.ndarray:
         rt = self.runtime
-        past = [np.zeros((embeds.shape[0], rt["num_kv_heads"], 0, rt["head_dim"]), np.float32)
-                for _ in range(2 * rt["num_layers"])]
+        past = [
+            np.zeros((embeds.shape[0], rt["num_kv_heads"], 0, rt["head_dim"]), np.float32)
+            for _ in range(2 * rt["num_layers"])
+        ]
         self.mask, self.last = mask, positions[:, -1:]
         logits, self.past = self.graphs.decoder(embeds, mask, positions, past)
         return logits
@@ -72,8 +76,8 @@ class FlatDecoder:
 
 @dataclass
 class _StageState:
-    mask: np.ndarray       # [B, P_s] keys this stage's layers hold (1 = real token)
-    last: np.ndarray       # [B, 1] position id of the newest token in this stage
+    mask: np.ndarray  # [B, P_s] keys this stage's layers hold (1 = real token)
+    last: np.ndarray  # [B, 1] position id of the newest token in this stage
     past: list[np.ndarray]
 
 
@@ -86,13 +90,13 @@ class StagedDecoder:
         self.io = [segment_io(plan, i) for i in range(len(plan.segments()))]
         self.states: list[_StageState] = []
         self.kept_image_indices: np.ndarray | None = None  # [B, keep of last stage], of the decoder's image tokens
-        self.stage_kept: list[np.ndarray] = []        # per stage: kept rows of that stage's input image block
-        self.stage_positions: list[np.ndarray] = []   # per segment: prefill position ids its layers saw
+        self.stage_kept: list[np.ndarray] = []  # per stage: kept rows of that stage's input image block
+        self.stage_positions: list[np.ndarray] = []  # per segment: prefill position ids its layers saw
 
     def _run_segment(self, index: int, hidden, mask, positions, past) -> tuple[list[np.ndarray], list[np.ndarray]]:
         inputs, outputs = self.io[index]
         feeds = {inputs[0]: hidden, "attention_mask": mask, "position_ids": positions}
-        feeds.update(zip(inputs[3:], past))
+        feeds.update(zip(inputs[3:], past, strict=True))
         values = self.graphs.run_graph(segment_name(index), feeds)
         heads = len(outputs) - len(inputs[3:])
         return values[:heads], values[heads:]
@@ -104,8 +108,7 @@ class StagedDecoder:
         original = np.broadcast_to(np.arange(self.plan.image_tokens), (b, self.plan.image_tokens))
         self.states, self.stage_kept, self.stage_positions = [], [], []
         for index, (start, end) in enumerate(self.plan.segments()):
-            empty = [np.zeros((b, rt["num_kv_heads"], 0, rt["head_dim"]), np.float32)
-                     for _ in range(2 * (end - start))]
+            empty = [np.zeros((b, rt["num_kv_heads"], 0, rt["head_dim"]), np.float32) for _ in range(2 * (end - start))]
             heads, present = self._run_segment(index, hidden, mask, positions, empty)
             self.stage_positions.append(positions)
             self.states.append(_StageState(mask, positions[:, -1:], present))
@@ -114,9 +117,16 @@ class StagedDecoder:
                 return heads[0]
             hidden, score = heads
             if image_start is not None:
-                hidden, positions, mask, kept = self.graphs.run_graph(select_name(index + 1, self.bucket), {
-                    "hidden": hidden, "score": score, "position_ids": positions, "attention_mask": mask,
-                    "image_start": image_start})
+                hidden, positions, mask, kept = self.graphs.run_graph(
+                    select_name(index + 1, self.bucket),
+                    {
+                        "hidden": hidden,
+                        "score": score,
+                        "position_ids": positions,
+                        "attention_mask": mask,
+                        "image_start": image_start,
+                    },
+                )
                 self.stage_kept.append(kept)
                 original = np.take_along_axis(original, kept.astype(np.int64), axis=1)
         raise AssertionError("unreachable: the last segment returns the logits")
@@ -143,8 +153,10 @@ def llm_plan_for(runtime: dict, image_tokens: int | None) -> tuple[PruningPlan, 
     if not per_bucket:
         plan = PruningPlan.from_dict(runtime["llm_pruning"])
         if image_tokens is not None and image_tokens != plan.image_tokens:
-            raise UsageError(f"the prompt has {image_tokens} image tokens; this artifact prunes inside the LLM "
-                             f"and needs one contiguous block of {plan.image_tokens}")
+            raise UsageError(
+                f"the prompt has {image_tokens} image tokens; this artifact prunes inside the LLM "
+                f"and needs one contiguous block of {plan.image_tokens}"
+            )
         return plan, None
     bucket = image_tokens if image_tokens is not None else runtime["keep"]
     if str(bucket) not in per_bucket:
@@ -157,4 +169,3 @@ def make_decoder(graphs, runtime: dict, image_tokens: int | None = None):
         plan, bucket = llm_plan_for(runtime, image_tokens)
         return StagedDecoder(graphs, runtime, plan, bucket)
     return FlatDecoder(graphs, runtime)
-

@@ -28,14 +28,14 @@ class GraphRunner(Protocol):
 
 @dataclass
 class Generation:
-    token_ids: list[list[int]]          # generated ids only, per sample (EOS included if reached)
-    kept_indices: np.ndarray | None     # [B, K] visual tokens the vision graph kept
+    token_ids: list[list[int]]  # generated ids only, per sample (EOS included if reached)
+    kept_indices: np.ndarray | None  # [B, K] visual tokens the vision graph kept
     timings_ms: dict[str, float] = field(default_factory=dict)
-    decode_steps: int = 0               # decoder calls after prefill
+    decode_steps: int = 0  # decoder calls after prefill
     decode_tokens_per_s: float = 0.0
     kv_cache_bytes: int = 0
     image_tokens: list[int] | None = None  # visual tokens per sample (bucketed artifacts may differ)
-    kv_lengths: list[int] | None = None    # per decoder layer, at the end (in-LLM pruning shortens later layers)
+    kv_lengths: list[int] | None = None  # per decoder layer, at the end (in-LLM pruning shortens later layers)
     llm_kept_indices: np.ndarray | None = None  # [B, K'] image tokens an in-LLM method kept (of those it got)
 
 
@@ -97,5 +97,13 @@ def generate(
     timer.ms["decode_ms_per_token"] = decode_ms / steps if steps else 0.0
     timer.ms["total_ms"] = ttft + decode_ms
     tokens_per_s = 1e3 * steps / decode_ms if steps and decode_ms > 0 else 0.0
-    return Generation(tokens, kept, dict(timer.ms), steps, tokens_per_s, decoder.kv_bytes(),
-                      kv_lengths=decoder.kv_lengths(), llm_kept_indices=decoder.kept_image_indices)
+    return Generation(
+        tokens,
+        kept,
+        dict(timer.ms),
+        steps,
+        tokens_per_s,
+        decoder.kv_bytes(),
+        kv_lengths=decoder.kv_lengths(),
+        llm_kept_indices=decoder.kept_image_indices,
+    )

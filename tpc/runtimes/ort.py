@@ -48,8 +48,9 @@ def session_options(settings: dict[str, Any]):
 
 def shape_list(profiles: list[dict], bound: str) -> str:
     """ORT TensorRT-EP profile string: ``name:1x3x336x336,...``; a name repeats once per profile."""
-    return ",".join(f"{name}:{'x'.join(str(v) for v in r[bound])}"
-                    for profile in profiles for name, r in profile["shapes"].items())
+    return ",".join(
+        f"{name}:{'x'.join(str(v) for v in r[bound])}" for profile in profiles for name, r in profile["shapes"].items()
+    )
 
 
 def provider_options(provider: str, plan: dict | None, graph: str, cache_dir: Path | None) -> list:
@@ -57,9 +58,12 @@ def provider_options(provider: str, plan: dict | None, graph: str, cache_dir: Pa
     chain: list = []
     for name in PROVIDERS[provider]:
         if name == "TensorrtExecutionProvider":
-            options: dict[str, Any] = {"trt_engine_cache_enable": True, "trt_timing_cache_enable": True,
-                                       "trt_fp16_enable": bool(plan and plan["precision"] == "fp16"),
-                                       "trt_bf16_enable": bool(plan and plan["precision"] == "bf16")}
+            options: dict[str, Any] = {
+                "trt_engine_cache_enable": True,
+                "trt_timing_cache_enable": True,
+                "trt_fp16_enable": bool(plan and plan["precision"] == "fp16"),
+                "trt_bf16_enable": bool(plan and plan["precision"] == "bf16"),
+            }
             if cache_dir is not None:
                 options["trt_engine_cache_path"] = str(cache_dir)
                 options["trt_timing_cache_path"] = str(cache_dir)
@@ -77,9 +81,16 @@ def provider_options(provider: str, plan: dict | None, graph: str, cache_dir: Pa
 class OrtGraphs:
     """The vision, embedding and decoder sessions of one artifact."""
 
-    def __init__(self, paths: dict[str, Path], settings: dict[str, Any], num_layers: int,
-                 provider: str = "cpu", threads: int | None = None, plan: dict | None = None,
-                 cache_dir: Path | None = None):
+    def __init__(
+        self,
+        paths: dict[str, Path],
+        settings: dict[str, Any],
+        num_layers: int,
+        provider: str = "cpu",
+        threads: int | None = None,
+        plan: dict | None = None,
+        cache_dir: Path | None = None,
+    ):
         import onnxruntime as ort
 
         if provider not in PROVIDERS:
@@ -91,8 +102,11 @@ class OrtGraphs:
         available = set(ort.get_available_providers())
         self.sessions = {}
         for name in paths:
-            chain = [p for p in provider_options(provider, plan, name, cache_dir)
-                     if (p[0] if isinstance(p, tuple) else p) in available] or ["CPUExecutionProvider"]
+            chain = [
+                p
+                for p in provider_options(provider, plan, name, cache_dir)
+                if (p[0] if isinstance(p, tuple) else p) in available
+            ] or ["CPUExecutionProvider"]
             self.sessions[name] = ort.InferenceSession(str(paths[name]), session_options(settings), providers=chain)
         main = DECODER if DECODER in self.sessions else next(n for n in self.sessions if n.startswith("decoder"))
         self.provider = self.sessions[main].get_providers()[0]
@@ -102,7 +116,7 @@ class OrtGraphs:
         self._past_names = kv_names(num_layers, "past")
 
     @classmethod
-    def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> "OrtGraphs":
+    def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> OrtGraphs:
         paths = {name: artifact.graph_path(name) for name in artifact.manifest["graphs"]}
         plan = artifact.manifest.get("trt_plan")
         if plan is None and provider == "tensorrt":  # profiles matching what tpc would plan for this artifact
@@ -116,8 +130,9 @@ class OrtGraphs:
             digest = hashlib.sha256(json.dumps(artifact.manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
             cache = Path.home() / ".cache" / "tpc" / "ort-trt" / digest
             cache.mkdir(parents=True, exist_ok=True)
-        return cls(paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads,
-                   plan, cache)
+        return cls(
+            paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads, plan, cache
+        )
 
     def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.sessions[name].run(None, feeds)
@@ -132,13 +147,17 @@ class OrtGraphs:
 
     def decoder(self, embeds, attention_mask, position_ids, past: list[np.ndarray]):
         feed = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
-        feed.update(zip(self._past_names, past))
+        feed.update(zip(self._past_names, past, strict=True))
         logits, *present = self.sessions[DECODER].run(None, feed)
         return logits, present
 
     def describe(self) -> dict[str, Any]:
-        return {"runtime": "onnxruntime", "provider": self.provider, "requested_provider": self.requested_provider,
-                "fell_back": self.fell_back}
+        return {
+            "runtime": "onnxruntime",
+            "provider": self.provider,
+            "requested_provider": self.requested_provider,
+            "fell_back": self.fell_back,
+        }
 
 
 def optimize_offline(source: Path, target: Path, level: str = "extended") -> Path:
@@ -158,6 +177,7 @@ def optimize_offline(source: Path, target: Path, level: str = "extended") -> Pat
 
         free = shutil.disk_usage(target.parent).free / 2**30
         detail = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"ONNX Runtime could not optimise {source.name} ({free:.1f} GiB free in "
-                          f"{target.parent.parent}): {detail}") from exc
+        raise ExportError(
+            f"ONNX Runtime could not optimise {source.name} ({free:.1f} GiB free in {target.parent.parent}): {detail}"
+        ) from exc
     return target

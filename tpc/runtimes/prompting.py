@@ -8,9 +8,9 @@ the artifact's K kept-token placeholders. Batches are left-padded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -21,8 +21,8 @@ FALLBACK_TEMPLATE = "USER: {image}{text} ASSISTANT:"  # LLaVA-1.5's format, for 
 
 @dataclass
 class PromptBatch:
-    input_ids: np.ndarray        # [B, S] int64, left-padded
-    attention_mask: np.ndarray   # [B, S] int64
+    input_ids: np.ndarray  # [B, S] int64, left-padded
+    attention_mask: np.ndarray  # [B, S] int64
     pixel_values: np.ndarray | None  # [B, 3, H, W] float32, or None for text-only prompts
     prompt_lengths: list[int]
 
@@ -54,12 +54,13 @@ class PromptEncoder:
         self.image_token = self.tokenizer.convert_ids_to_tokens(image_token_id)
 
     @classmethod
-    def from_dir(cls, processor_dir: Path, runtime: dict) -> "PromptEncoder":
+    def from_dir(cls, processor_dir: Path, runtime: dict) -> PromptEncoder:
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(str(processor_dir))
-        return cls(processor, runtime["image_token_id"], runtime["keep"], runtime["max_context"],
-                   runtime["pad_token_id"])
+        return cls(
+            processor, runtime["image_token_id"], runtime["keep"], runtime["max_context"], runtime["pad_token_id"]
+        )
 
     def template(self, text: str, with_image: bool) -> str:
         content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
@@ -77,7 +78,7 @@ class PromptEncoder:
             raise UsageError(f"the chat template produced {count} image tokens, expected {int(with_image)}")
         if with_image:
             at = ids.index(self.image_token_id)
-            ids = ids[:at] + [self.image_token_id] * (image_tokens or self.image_tokens) + ids[at + 1:]
+            ids = ids[:at] + [self.image_token_id] * (image_tokens or self.image_tokens) + ids[at + 1 :]
         return ids
 
     def pixels(self, images: Sequence[object] | None, count: int) -> np.ndarray | None:
@@ -92,8 +93,9 @@ class PromptEncoder:
         pixel_values = self.processor.image_processor(loaded, return_tensors="np")["pixel_values"]
         return np.asarray(pixel_values, dtype=np.float32)
 
-    def tokens(self, prompts: Sequence[str], image_counts: Sequence[int] | None,
-               max_new_tokens: int = 0) -> PromptBatch:
+    def tokens(
+        self, prompts: Sequence[str], image_counts: Sequence[int] | None, max_new_tokens: int = 0
+    ) -> PromptBatch:
         """Token ids with each sample's ``<image>`` expanded to its own count (None: text only)."""
         with_image = image_counts is not None
         encoded = [self.encode(p, with_image, image_counts[i] if with_image else None) for i, p in enumerate(prompts)]
@@ -106,12 +108,13 @@ class PromptEncoder:
         input_ids = np.full((len(encoded), longest), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(encoded), longest), dtype=np.int64)
         for row, ids in enumerate(encoded):
-            input_ids[row, longest - len(ids):] = ids
-            attention_mask[row, longest - len(ids):] = 1
+            input_ids[row, longest - len(ids) :] = ids
+            attention_mask[row, longest - len(ids) :] = 1
         return PromptBatch(input_ids, attention_mask, None, [len(ids) for ids in encoded])
 
-    def __call__(self, prompts: Sequence[str], images: Sequence[object] | None = None,
-                 max_new_tokens: int = 0) -> PromptBatch:
+    def __call__(
+        self, prompts: Sequence[str], images: Sequence[object] | None = None, max_new_tokens: int = 0
+    ) -> PromptBatch:
         pixel_values = self.pixels(images, len(prompts))
         counts = None if pixel_values is None else [self.image_tokens] * len(prompts)
         batch = self.tokens(prompts, counts, max_new_tokens)

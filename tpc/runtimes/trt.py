@@ -29,8 +29,11 @@ def current_device() -> dict[str, Any]:
     if not torch.cuda.is_available():
         raise ArtifactError("no CUDA device: TensorRT engines need a GPU")
     major, minor = torch.cuda.get_device_capability(0)
-    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(0),
-            "compute_capability": f"{major}.{minor}"}
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": torch.cuda.get_device_name(0),
+        "compute_capability": f"{major}.{minor}",
+    }
 
 
 class _Engine:
@@ -43,10 +46,16 @@ class _Engine:
         self.profiles = profiles
         # one execution context per optimization profile, bound to it on first use
         self.contexts = [self.engine.create_execution_context() for _ in range(self.engine.num_optimization_profiles)]
-        self.inputs = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
-                       if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT]
-        self.outputs = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
-                        if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT]
+        self.inputs = [
+            self.engine.get_tensor_name(i)
+            for i in range(self.engine.num_io_tensors)
+            if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT
+        ]
+        self.outputs = [
+            self.engine.get_tensor_name(i)
+            for i in range(self.engine.num_io_tensors)
+            if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT
+        ]
         self._activated: set[int] = set()
 
     def run(self, feeds: dict[str, np.ndarray], stream) -> list[np.ndarray]:
@@ -74,8 +83,9 @@ class _Engine:
         if not context.execute_async_v3(stream.cuda_stream):
             raise ArtifactError("TensorRT execution failed")
         stream.synchronize()
-        return [o.float().cpu().numpy() if o.dtype in (torch.float16, torch.bfloat16) else o.cpu().numpy()
-                for o in outputs]
+        return [
+            o.float().cpu().numpy() if o.dtype in (torch.float16, torch.bfloat16) else o.cpu().numpy() for o in outputs
+        ]
 
 
 class TrtGraphs:
@@ -86,8 +96,10 @@ class TrtGraphs:
         check_engine_compat(artifact.manifest.get("engines"), current_device())
         plan = artifact.manifest["trt_plan"]
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines = {name: _Engine(self._runtime, artifact.root / spec["engine"], spec["profiles"])
-                        for name, spec in plan["engines"].items()}
+        self.engines = {
+            name: _Engine(self._runtime, artifact.root / spec["engine"], spec["profiles"])
+            for name, spec in plan["engines"].items()
+        }
         self.stream = torch.cuda.Stream()
         self._past = kv_names(artifact.runtime["num_layers"], "past")
         self.device = artifact.manifest["engines"]
@@ -109,10 +121,15 @@ class TrtGraphs:
 
     def decoder(self, embeds, attention_mask, position_ids, past):
         feeds = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
-        feeds.update(zip(self._past, past))
+        feeds.update(zip(self._past, past, strict=True))
         logits, *present = self.engines[DECODER].run(feeds, self.stream)
         return logits, present
 
     def describe(self) -> dict[str, Any]:
-        return {"runtime": "tensorrt", "provider": f"TensorRT {self.device.get('tensorrt_version')}",
-                "requested_provider": "tensorrt", "fell_back": False, "gpu": self.device.get("gpu_name")}
+        return {
+            "runtime": "tensorrt",
+            "provider": f"TensorRT {self.device.get('tensorrt_version')}",
+            "requested_provider": "tensorrt",
+            "fell_back": False,
+            "gpu": self.device.get("gpu_name"),
+        }

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tpc.errors import ArtifactError, UsageError
 
@@ -15,7 +16,7 @@ def profile_fits(profile: dict, shapes: Mapping[str, Sequence[int]]) -> bool:
         bounds = profile["shapes"].get(name)
         if bounds is None or len(bounds["min"]) != len(shape):
             return False
-        if any(not lo <= v <= hi for v, lo, hi in zip(shape, bounds["min"], bounds["max"])):
+        if any(not lo <= v <= hi for v, lo, hi in zip(shape, bounds["min"], bounds["max"], strict=True)):
             return False
     return True
 
@@ -25,12 +26,16 @@ def select_profile(profiles: list[dict], shapes: Mapping[str, Sequence[int]]) ->
     for index, profile in enumerate(profiles):
         if profile_fits(profile, shapes):
             return index
-    described = ", ".join(f"{n}={list(s)}" for n, s in shapes.items() if n in ("inputs_embeds", "attention_mask",
-                                                                                 "past_key_0", "pixel_values",
-                                                                                 "input_ids", "image_features"))
+    described = ", ".join(
+        f"{n}={list(s)}"
+        for n, s in shapes.items()
+        if n in ("inputs_embeds", "attention_mask", "past_key_0", "pixel_values", "input_ids", "image_features")
+    )
     names = ", ".join(p["name"] for p in profiles)
-    raise UsageError(f"no optimization profile ({names}) covers {described}; rebuild with larger limits "
-                     "(--max-batch, --max-prompt-tokens, --max-context)")
+    raise UsageError(
+        f"no optimization profile ({names}) covers {described}; rebuild with larger limits "
+        "(--max-batch, --max-prompt-tokens, --max-context)"
+    )
 
 
 def bind_symbols(signature: list[dict], shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
@@ -40,7 +45,7 @@ def bind_symbols(signature: list[dict], shapes: Mapping[str, Sequence[int]]) -> 
         shape = shapes.get(value["name"])
         if shape is None:
             continue
-        for dim, actual in zip(value["shape"], shape):
+        for dim, actual in zip(value["shape"], shape, strict=False):
             if isinstance(dim, str) and _TERM.match(dim):
                 bindings.setdefault(dim.strip(), int(actual))
     return bindings
@@ -85,10 +90,15 @@ def check_engine_compat(recorded: dict[str, Any] | None, current: dict[str, Any]
     if not recorded:
         raise ArtifactError("this artifact has no built engines; run `tpc build ARTIFACT` on the target GPU")
     if recorded.get("tensorrt_version") != current.get("tensorrt_version"):
-        raise ArtifactError(f"engines were built with TensorRT {recorded.get('tensorrt_version')}, this machine has "
-                            f"{current.get('tensorrt_version')}; rebuild them here with `tpc build`")
-    if recorded.get("compute_capability") != current.get("compute_capability") or \
-            recorded.get("gpu_name") != current.get("gpu_name"):
-        raise ArtifactError(f"engines were built for {recorded.get('gpu_name')} (sm {recorded.get('compute_capability')}),"
-                            f" this GPU is {current.get('gpu_name')} (sm {current.get('compute_capability')}); "
-                            "rebuild them here with `tpc build`")
+        raise ArtifactError(
+            f"engines were built with TensorRT {recorded.get('tensorrt_version')}, this machine has "
+            f"{current.get('tensorrt_version')}; rebuild them here with `tpc build`"
+        )
+    if recorded.get("compute_capability") != current.get("compute_capability") or recorded.get(
+        "gpu_name"
+    ) != current.get("gpu_name"):
+        raise ArtifactError(
+            f"engines were built for {recorded.get('gpu_name')} (sm {recorded.get('compute_capability')}),"
+            f" this GPU is {current.get('gpu_name')} (sm {current.get('compute_capability')}); "
+            "rebuild them here with `tpc build`"
+        )
