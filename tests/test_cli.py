@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -12,8 +13,11 @@ from tests.conftest import ASSETS, run_cli
 DEMO = str(ASSETS / "demo.png")
 
 
+PROGRESS_LINE = re.compile(r"^\w+ .*\[\d+/\d+\] ")  # "compile [1/9] load model (+0.0 s)"
+
+
 def _one_error_line(err: str, fragment: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line]
+    lines = [line for line in err.strip().splitlines() if line and not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert "Traceback" not in err
 
@@ -219,3 +223,70 @@ def test_methods_lists_the_in_llm_methods(capsys):
     code, out, _ = run_cli(["methods"], capsys)
     assert code == 0
     assert "\nfastv " in out and "\npdrop " in out and "--llm-method fastv" in out
+
+
+def test_compile_into_a_read_only_place_or_proc_fails_at_once(readonly_dir, tmp_path, capsys):
+    for target in (readonly_dir / "out", "/proc/out"):
+        code, out, err = run_cli(["compile", "llava-tiny", "--keep", "8", "-o", str(target)], capsys)
+        assert code == 2
+        _one_error_line(err, f"cannot write {target}")
+        assert "[1/" not in err  # refused before loading the model
+
+
+def test_profile_checks_its_outputs_before_measuring(readonly_dir, artifacts, capsys, monkeypatch):
+    import tpc.profiling.session as session
+
+    monkeypatch.setattr(session, "profile_artifact", lambda *a, **k: pytest.fail("measured before checking"))
+    art = str(artifacts(0.89, "ort"))
+    for flag in ("--json", "--plot"):
+        code, out, err = run_cli(["profile", art, flag, str(readonly_dir / "p.out")], capsys)
+        assert code == 2
+        _one_error_line(err, "cannot write")
+
+
+def test_force_never_deletes_user_files(tmp_path, capsys):
+    mine = tmp_path / "exists"
+    mine.mkdir()
+    (mine / "userfile.txt").write_text("keep me")
+    code, out, err = run_cli(["compile", "llava-tiny", "--keep", "8", "-o", str(mine), "--force"], capsys)
+    assert code == 2
+    _one_error_line(err, "not a tpc artifact")
+    assert (mine / "userfile.txt").read_text() == "keep me"
+
+
+def test_check_verifies_the_artifact_files(artifacts, tmp_path, capsys):
+    import shutil
+
+    source = artifacts(0.89, "trt")
+    for victim in ("vision.onnx", "decoder.onnx.data"):
+        copy = tmp_path / victim
+        shutil.copytree(source, copy)
+        (copy / victim).unlink()
+        code, out, err = run_cli(["check", str(copy)], capsys)
+        assert code == 4
+        _one_error_line(err, f"{victim} is missing")
+    code, out, err = run_cli(["check", str(source)], capsys)
+    assert code == 0, err
+
+
+def test_check_explains_which_artifacts_it_accepts(artifacts, capsys):
+    code, out, err = run_cli(["check", str(artifacts(0.89, "ort"))], capsys)
+    assert code == 2
+    _one_error_line(err, "was compiled with --target ort")
+    assert "accepts artifacts compiled with --target trt or onnx" in err
+
+
+def test_compile_without_a_budget_says_it_is_unpruned(tmp_path, capsys):
+    code, out, err = run_cli(
+        ["compile", "llava-tiny", "--target", "onnx", "--no-verify", "-o", str(tmp_path / "u")], capsys
+    )
+    assert code == 0, err
+    assert "576 -> 576 (unpruned) visual tokens" in out
+    assert "note: no --ratio/--keep given: compiled UNPRUNED" in err
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys):
+    code, out, err = run_cli(["compile", "llava-tiny", "--keep", "8", "--no-verify", "-o", str(tmp_path / "p")], capsys)
+    assert code == 0, err
+    stages = [line for line in err.splitlines() if PROGRESS_LINE.match(line)]
+    assert stages[0].startswith("compile [1/9] load model (+") and len(stages) >= 6

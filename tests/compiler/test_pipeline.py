@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import onnx
 import pytest
@@ -74,11 +76,63 @@ def test_one_decoder_graph_and_no_duplicated_weights(artifacts):
     assert data == ["decoder.ort.onnx.data", "embed.ort.onnx.data", "vision.ort.onnx.data"]
 
 
-def test_existing_output_needs_force(artifacts, tmp_path):
+def test_existing_artifact_needs_force(artifacts, tmp_path):
     out = tmp_path / "exists"
     out.mkdir()
+    (out / "manifest.json").write_text("{}")
     with pytest.raises(UsageError, match="--force"):
         compile_model(CompileSettings(model="llava-tiny", output=out, ratio=0.5))
+
+
+def test_force_never_replaces_a_directory_that_is_not_an_artifact(tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "userfile.txt").write_text("precious")
+    with pytest.raises(UsageError, match="not a tpc artifact"):
+        compile_model(CompileSettings(model="llava-tiny", output=out, keep=8, force=True, verify=False))
+    assert (out / "userfile.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]  # no staging left behind
+
+
+def test_a_file_in_place_of_the_output_is_refused(tmp_path):
+    out = tmp_path / "file"
+    out.write_text("mine")
+    with pytest.raises(UsageError, match="not a directory"):
+        compile_model(CompileSettings(model="llava-tiny", output=out, keep=8, force=True, verify=False))
+    assert out.read_text() == "mine"
+
+
+def test_an_empty_directory_is_used_and_the_artifact_follows_the_umask(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        compile_model(CompileSettings(model="llava-tiny", output=out, keep=8, target="onnx", verify=False))
+    finally:
+        os.umask(old)
+    assert (out / "manifest.json").is_file()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o044 == 0o044 for p in out.rglob("*"))  # group/other read
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_force_on_an_artifact_keeps_the_umask_mode(tmp_path):
+    out = tmp_path / "art"
+    old = os.umask(0o027)
+    try:
+        compile_model(CompileSettings(model="llava-tiny", output=out, keep=8, target="onnx", verify=False))
+        compile_model(CompileSettings(model="llava-tiny", output=out, keep=9, target="onnx", verify=False, force=True))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+
+
+def test_unwritable_output_fails_before_loading(readonly_dir, monkeypatch):
+    import tpc.compiler.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_build", lambda *a, **k: pytest.fail("built despite an unwritable output"))
+    with pytest.raises(UsageError, match="cannot write"):
+        compile_model(CompileSettings(model="llava-tiny", output=readonly_dir / "out", keep=8))
 
 
 def test_failure_leaves_no_partial_directory(tmp_path, monkeypatch):
@@ -108,3 +162,27 @@ def test_offline_optimisation_failure_is_an_export_error(tmp_path):
     broken.write_bytes(b"not an onnx file")
     with pytest.raises(ExportError, match="could not optimise broken.onnx"):
         optimize_offline(broken, tmp_path / "out.onnx")
+
+
+def test_vtc_cls_start_layer_past_the_feature_layer_is_refused(tmp_path):
+    settings = CompileSettings(
+        model="llava-tiny", output=tmp_path / "v", method="vtc-cls", method_args={"start_layer": "16"}, keep=8
+    )
+    with pytest.raises(UsageError, match="start_layer=16 is past this ViT's feature layer 1"):
+        compile_model(settings)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_vtc_cls_default_start_layer_records_what_was_used(tmp_path):
+    out = compile_model(
+        CompileSettings(model="llava-tiny", output=tmp_path / "v", method="vtc-cls", keep=8, target="onnx")
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"]["parameters"]["start_layer"] == 1
+    assert any("default start_layer=16 becomes 1" in note for note in manifest["notes"])
+
+
+def test_no_budget_compiles_unpruned_and_says_so(artifacts):
+    manifest = json.loads((artifacts(0.0, "ort").joinpath("manifest.json")).read_text())
+    assert manifest["visual_tokens"] == {"before": 576, "after": 576}
+    assert manifest["notes"] == []  # an explicit --ratio 0 needs no note

@@ -46,8 +46,14 @@ from tpc.cli.paths import OutputPath
     help="On failure, measure the profiled artifact again (budget 'retries' times) and pool the runs; "
     "the reference too when a ratio gate failed. The baseline is never re-measured.",
 )
+@click.option(
+    "--skip-missing",
+    is_flag=True,
+    help="Report gates whose --reference/--baseline profile was not given as skipped instead of an error "
+    "(e.g. before the first release has a baseline).",
+)
 @click.option("-q", "--quiet", is_flag=True)
-def gate_cmd(profile, budget_path, reference, baseline, junit, summary, reprofile, quiet):
+def gate_cmd(profile, budget_path, reference, baseline, junit, summary, reprofile, skip_missing, quiet):
     """Check PROFILE (from `tpc profile --json`) against a budget."""
     from tpc.gates import reports
     from tpc.gates.budget import load_budget
@@ -62,7 +68,7 @@ def gate_cmd(profile, budget_path, reference, baseline, junit, summary, reprofil
             click.echo(f"warning: --{role} given, but no gate of {budget_path} compares against it", err=True)
     for warning in configuration_warnings(current, base, ref):
         click.echo(f"warning: {warning}", err=True)
-    results = evaluate(budget, current, base, ref)
+    results = evaluate(budget, current, base, ref, skip_missing)
     attempts = 0
     while reprofile and attempts < budget.retries and not all(r.passed for r in results):
         attempts += 1
@@ -72,7 +78,7 @@ def gate_cmd(profile, budget_path, reference, baseline, junit, summary, reprofil
         current = merge_profiles(current, _measure_again(current, "profile"))
         if ref is not None and "reference" in failing:
             ref = merge_profiles(ref, _measure_again(ref, "reference"))
-        results = evaluate(budget, current, base, ref)
+        results = evaluate(budget, current, base, ref, skip_missing)
     if not quiet:
         reports.print_table(results)
     compared = {
@@ -88,8 +94,19 @@ def gate_cmd(profile, budget_path, reference, baseline, junit, summary, reprofil
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         reports.write(os.environ["GITHUB_STEP_SUMMARY"], markdown, append=True)
     failed = [r for r in results if not r.passed]
-    click.echo(f"{len(results) - len(failed)}/{len(results)} gates passed", err=True)
+    skipped = sum(r.skipped for r in results)
+    click.echo(
+        f"{len(results) - len(failed) - skipped}/{len(results)} gates passed"
+        + (f", {skipped} skipped (no {_missing_flags(results)})" if skipped else ""),
+        err=True,
+    )
     sys.exit(1 if failed else 0)
+
+
+def _missing_flags(results) -> str:
+    from tpc.gates.budget import FLAGS
+
+    return " or ".join(sorted({FLAGS[r.against] for r in results if r.skipped}))
 
 
 def _measure_again(profile: dict, role: str) -> dict:

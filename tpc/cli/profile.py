@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tpc.cli.paths import OutputPath
 from tpc.errors import UsageError
 
 
@@ -43,8 +44,8 @@ def _ratios(text: str) -> list[float]:
     default=None,
     help="Artifact cache for models and sweeps (default ~/.cache/tpc/artifacts or $TPC_CACHE_DIR).",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the profile JSON.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG plot.")
+@click.option("--json", "json_path", type=OutputPath(), default=None, help="Write the profile JSON.")
+@click.option("--plot", "plot_path", type=OutputPath(), default=None, help="Write a PNG plot.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or table.")
 def profile_cmd(
     target,

@@ -1,11 +1,20 @@
-"""`tpc run`."""
+"""`tpc run`.
+
+Arguments are checked before anything heavy is imported or loaded, so a bad flag costs the
+start of the interpreter, not the load of the model. On an ONNX Runtime artifact the run
+imports neither torch nor transformers (see ``tpc.runtimes.compiled_model``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import click
+
+from tpc.errors import UsageError
 
 
 @click.command("run")
@@ -32,6 +41,7 @@ def run_cmd(
     artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, keep, ratio, as_json
 ):
     """Generate a reply with a compiled ARTIFACT."""
+    check_run_args(prompt, image, max_new_tokens, temperature, top_p, threads, keep, ratio)
     from tpc.runtimes.compiled_model import CompiledModel
     from tpc.runtimes.prompting import load_image
     from tpc.runtimes.sampling import Sampler
@@ -82,6 +92,42 @@ def run_cmd(
             f"{_runs(result.kv_lengths)}",
             err=True,
         )
+
+
+def check_run_args(
+    prompt: str,
+    image: Path | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    threads: int | None,
+    keep: int | None,
+    ratio: float | None,
+) -> None:
+    """The checks that need no artifact: each failure is one ``UsageError`` line (exit 2)."""
+    if not prompt.strip():
+        raise UsageError("--prompt is empty; a prompt needs text (a question or an instruction)")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (0 < top_p <= 1):
+        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if keep is not None and ratio is not None:
+        raise UsageError("--keep and --ratio both set the visual-token budget; pass one of them")
+    if keep is not None and keep < 1:
+        raise UsageError(f"--keep must be at least 1 (visual tokens kept), got {keep}")
+    if ratio is not None and not (math.isfinite(ratio) and 0 <= ratio < 1):
+        raise UsageError(f"--ratio {ratio} is outside [0, 1): it is the fraction of visual tokens removed")
+    if image is not None:
+        if not image.exists():
+            raise UsageError(f"image {image}: no such file")
+        if not image.is_file():
+            raise UsageError(f"image {image}: not a file")
+        if not os.access(image, os.R_OK):
+            raise UsageError(f"image {image}: not readable (permission denied)")
 
 
 def _runs(values: list[int]) -> str:

@@ -1,4 +1,8 @@
-"""Export the vision, embedding and decoder graphs of one model into a directory."""
+"""Export the vision, embedding and decoder graphs of one model into a directory.
+
+The graph and input/output names are the artifact contract of ``tpc.artifact_layout``
+(re-exported here); the runtimes read them from there without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,10 @@ from pathlib import Path
 import torch
 from torch.fx import GraphModule
 
+from tpc.artifact_layout import DECODER, EMBED, GRAPH_NAMES, VISION, kv_names
 from tpc.compiler.onnx_export import export_onnx
 from tpc.compiler.trace import MAX_BATCH, batch_dim
 from tpc.models.base import TextLayout, VisionLayout
-
-VISION = "vision"
-EMBED = "embed"
-DECODER = "decoder"
-GRAPH_NAMES = (VISION, EMBED, DECODER)
-
-
-def kv_names(num_layers: int, prefix: str) -> list[str]:
-    """``past_key_0, past_value_0, past_key_1, ...`` (or ``present_...``)."""
-    return [f"{prefix}_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
 
 
 def export_vision(gm: GraphModule, layout: VisionLayout, out_dir: Path) -> Path:

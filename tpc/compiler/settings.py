@@ -56,8 +56,11 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
     settings = split_llm_method(settings)
     if settings.llm_method is not None:
         LLM_METHODS.get(settings.llm_method)
-    if settings.llm_ratio is not None:
-        keep_count(1 << 20, settings.llm_ratio)
+    if settings.llm_ratio is not None and not (
+        isinstance(settings.llm_ratio, (int, float)) and 0.0 <= settings.llm_ratio < 1.0
+    ):
+        flag = "--ratio" if settings.implied_vision else "--llm-ratio"
+        raise UsageError(f"{flag} {settings.llm_ratio} is outside [0, 1): it is the fraction of image tokens removed")
     if check_method_args(settings.method, {k: str(v) for k, v in settings.method_args.items()}) is None:
         from tpc.methods import get_method
 
@@ -65,7 +68,7 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
     if settings.keep is None:
         keep_count(1 << 20, settings.ratio)  # range-check the ratio before loading anything
     elif isinstance(settings.keep, bool) or not isinstance(settings.keep, int) or settings.keep < 1:
-        raise UsageError(f"--keep {settings.keep} must be a positive integer (visual tokens kept)")
+        raise UsageError(f"--keep {settings.keep} is outside [1, visual tokens]: it counts the visual tokens kept")
     if settings.buckets is not None and (not settings.buckets or min(settings.buckets) < 1):
         raise UsageError("--buckets: every bucket must be a positive integer")
     if settings.select_layer is not None and settings.select_layer < 0:

@@ -3,7 +3,8 @@
 ``decoder_s`` runs the layers of segment s for prefill and decode; stage s's ``select_s``
 (weightless) shortens the sequence between ``decoder_{s-1}`` and ``decoder_s`` at prefill.
 Each segment's past keys/values have their own length axis ``past_seq_s``: that is how
-the decode graphs take per-layer KV lengths.
+the decode graphs take per-layer KV lengths. The graph and input/output names live in
+``tpc.artifact_layout`` (shared with the runtimes, torch-free) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,42 +13,19 @@ from pathlib import Path
 
 import torch
 
+from tpc.artifact_layout import (
+    SELECT_INPUTS,
+    SELECT_OUTPUTS,
+    segment_io,
+    segment_kv_names,
+    segment_name,
+    select_name,
+)
 from tpc.compiler.onnx_export import export_onnx
 from tpc.compiler.trace import batch_dim
 from tpc.methods.in_llm import RENUMBERED, PruningPlan
 from tpc.models.base import TextLayout
 from tpc.models.decoder_segments import DecoderSegment, StageSelect
-
-SELECT_INPUTS = ["hidden", "score", "position_ids", "attention_mask", "image_start"]
-SELECT_OUTPUTS = ["kept_hidden", "kept_position_ids", "kept_attention_mask", "kept_image_indices"]
-
-
-def segment_name(index: int) -> str:
-    return f"decoder_{index}"
-
-
-def select_name(stage: int, bucket: int | None = None) -> str:
-    """Stage numbers start at 1: ``select_1`` sits between ``decoder_0`` and ``decoder_1``.
-
-    A bucketed artifact has one selector per stage and bucket: ``select_1_k64``.
-    """
-    return f"select_{stage}" if bucket is None else f"select_{stage}_k{bucket}"
-
-
-def segment_kv_names(start: int, end: int, prefix: str) -> list[str]:
-    return [f"{prefix}_{kind}_{i}" for i in range(start, end) for kind in ("key", "value")]
-
-
-def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
-    """(input names, output names) of segment ``index``."""
-    start, end = plan.segments()[index]
-    first = "inputs_embeds" if index == 0 else "hidden_states"
-    last = index == len(plan.stages)
-    outputs = ["logits"] if last else ["hidden", "score"]
-    return (
-        [first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
-        [*outputs, *segment_kv_names(start, end, "present")],
-    )
 
 
 def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_dir: Path) -> Path:
@@ -138,3 +116,17 @@ def export_staged_decoder(
                     plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket
                 )
     return paths
+
+
+__all__ = [
+    "SELECT_INPUTS",
+    "SELECT_OUTPUTS",
+    "export_segment",
+    "export_select",
+    "export_staged_decoder",
+    "segment_io",
+    "segment_kv_names",
+    "segment_name",
+    "select_name",
+    "stage_inputs",
+]

@@ -49,7 +49,7 @@ class GateError(TpcError):
 AGAINST = {"ratio": "reference", "regression": "baseline"}
 FLAGS = {"reference": "--reference", "baseline": "--baseline"}
 ROLE_HELP = {
-    "reference": "a reference configuration measured in the same job, e.g. the unpruned model (ratio 0)",
+    "reference": "a reference configuration measured in the same job, e.g. the unpruned model at ratio 0",
     "baseline": "the previous release's profile of this same configuration",
 }
 

@@ -21,6 +21,7 @@ class GateResult:
     limit: float
     compared: float | None  # the metric in the profile the gate compares against (reference or baseline)
     passed: bool
+    skipped: bool = False  # its reference/baseline was not given and the caller asked to skip such gates
 
     @property
     def against(self) -> str | None:
@@ -29,6 +30,8 @@ class GateResult:
     @property
     def detail(self) -> str:
         g = self.gate
+        if self.skipped:
+            return f"skipped: no {FLAGS[self.against]} profile given"
         if g.relative == "regression":
             return (
                 f"{self.value:.4g} vs baseline {self.compared:.4g}: regression {self.limit:.2f} % {g.op} {g.bound:g} %"
@@ -95,12 +98,14 @@ def _runs(profile: dict) -> int:
     return runs if isinstance(runs, int) and not isinstance(runs, bool) else 0
 
 
-def check_inputs(budget: Budget, profile: dict, baseline: dict | None, reference: dict | None) -> None:
+def check_inputs(
+    budget: Budget, profile: dict, baseline: dict | None, reference: dict | None, skip_missing: bool = False
+) -> None:
     """Every profile a gate compares against is given, and every profile used has enough runs."""
     others = {"reference": reference, "baseline": baseline}
     for role, other in others.items():
         needing = budget.gates_against(role)
-        if needing and other is None:
+        if needing and other is None and not skip_missing:
             names = ", ".join(repr(g.name) for g in needing)
             raise GateError(
                 f"gate{'s' if len(needing) > 1 else ''} {names} compare{'' if len(needing) > 1 else 's'} against "
@@ -116,15 +121,25 @@ def check_inputs(budget: Budget, profile: dict, baseline: dict | None, reference
 
 
 def evaluate(
-    budget: Budget, profile: dict, baseline: dict | None = None, reference: dict | None = None
+    budget: Budget,
+    profile: dict,
+    baseline: dict | None = None,
+    reference: dict | None = None,
+    skip_missing: bool = False,
 ) -> list[GateResult]:
-    """Ratio gates compare ``profile`` with ``reference``, regression gates with ``baseline``."""
-    check_inputs(budget, profile, baseline, reference)
+    """Ratio gates compare ``profile`` with ``reference``, regression gates with ``baseline``.
+
+    A gate whose profile is not given is an error, or with ``skip_missing`` a skipped result.
+    """
+    check_inputs(budget, profile, baseline, reference, skip_missing)
     others = {"reference": reference, "baseline": baseline}
     results = []
     for gate in budget.gates:
         value = metric_value(profile, gate.metric, budget.statistic)
         against = gate.against
+        if against and others[against] is None:
+            results.append(GateResult(gate, value, math.nan, None, passed=True, skipped=True))
+            continue
         base = metric_value(others[against], gate.metric, budget.statistic, against) if against else None
         if gate.relative == "ratio":
             limit = gate.bound * base

@@ -25,11 +25,24 @@ def _against(result: GateResult) -> str:
     return result.against or "absolute"
 
 
+def _outcome(result: GateResult) -> str:
+    return "skipped" if result.skipped else ("pass" if result.passed else "**FAIL**")
+
+
 def junit_xml(results: list[GateResult], suite: str = "tpc.gates", compared: dict[str, str] | None = None) -> str:
     compared = compared or {}
     failures = sum(not r.passed for r in results)
+    skipped = sum(r.skipped for r in results)
     root = ET.Element("testsuites", name=suite, tests=str(len(results)), failures=str(failures))
-    cases = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results)), failures=str(failures), errors="0")
+    cases = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(results)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+    )
     if compared:
         properties = ET.SubElement(cases, "properties")
         for role, text in compared.items():
@@ -41,7 +54,9 @@ def junit_xml(results: list[GateResult], suite: str = "tpc.gates", compared: dic
         if result.against in compared:
             ET.SubElement(properties, "property", name=f"{result.against}_profile", value=compared[result.against])
         against = f" (against the {result.against}: {compared.get(result.against, '?')})" if result.against else ""
-        if not result.passed:
+        if result.skipped:
+            ET.SubElement(case, "skipped", message=result.detail)
+        elif not result.passed:
             failure = ET.SubElement(case, "failure", message=result.detail, type="LatencyGateFailure")
             failure.text = f"{result.gate.metric}: {result.detail}{against}"
         else:
@@ -71,7 +86,7 @@ def markdown_summary(results: list[GateResult], profile: dict, compared: dict[st
     for r in results:
         lines.append(
             f"| {r.gate.name.replace('|', '/')} | `{r.gate.metric}` | {r.value:.4g} | {r.detail} | {_against(r)} | "
-            f"{'pass' if r.passed else '**FAIL**'} |"
+            f"{_outcome(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -90,7 +105,7 @@ def print_table(results: list[GateResult]) -> None:
             f"{r.value:.4g}",
             r.detail,
             _against(r),
-            "[green]pass" if r.passed else "[red]FAIL",
+            "[yellow]skipped" if r.skipped else ("[green]pass" if r.passed else "[red]FAIL"),
         )
     Console().print(table)
 

@@ -43,7 +43,7 @@ def plot_profile(profile: dict, path: str | Path) -> Path:
     ax.set_yticks([])
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -66,6 +66,24 @@ def plot_sweep(sweep: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{points[0]['artifact']['model']} {points[0]['artifact']['method']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+def _save(fig, path) -> None:
+    """Write the figure; an unwritable path is a one-line error, never a half-written file."""
+    import matplotlib.pyplot as plt
+
+    from tpc.outputs import check_writable
+
+    try:
+        check_writable(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        from tpc.errors import UsageError
+
+        raise UsageError(f"cannot write {path} ({exc.strerror or type(exc).__name__})") from None
+    finally:
+        plt.close(fig)

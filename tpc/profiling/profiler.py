@@ -189,4 +189,6 @@ def profile_model(
 def write_json(document: dict, path: str | Path) -> None:
     import json
 
-    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+    from tpc.outputs import write_text
+
+    write_text(path, json.dumps(document, indent=2) + "\n")

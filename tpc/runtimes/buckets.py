@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 
+from tpc.artifact_layout import ADAPTIVE, ENCODER, PROJECTOR, bucket_selector_name
 from tpc.errors import UsageError
-
-ENCODER, PROJECTOR, ADAPTIVE = "vision_encoder", "projector", "adaptive_keep"
 
 
 def bucket_for(count: int, buckets: list[int]) -> int:
@@ -65,7 +64,7 @@ class BucketedVision:
         for size in sorted(set(counts)):
             rows = [i for i, c in enumerate(counts) if c == size]
             feeds = {n: encoded[n][rows] for n in inputs}
-            indices, tokens = self.graphs.run_graph(f"select_k{size}", feeds)
+            indices, tokens = self.graphs.run_graph(bucket_selector_name(size), feeds)
             if self.has_projector:
                 (tokens,) = self.graphs.run_graph(PROJECTOR, {"tokens": tokens})
             if features is None:

@@ -1,18 +1,25 @@
-"""A loaded artifact: prompt encoding plus the runtime that executes its graphs."""
+"""A loaded artifact: prompt encoding plus the runtime that executes its graphs.
+
+Loading an ONNX Runtime artifact imports neither torch, transformers nor ``tpc.compiler``:
+the graph names come from ``tpc.artifact_layout`` and the processor is read by
+``tpc.runtimes.light_processor`` (transformers only as a fallback for files it does not
+handle). ``tests/test_cli_start.py`` checks this in a fresh interpreter.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from tpc.artifact_layout import PROCESSOR_DIR
 from tpc.errors import ArtifactError, UsageError
 from tpc.manifest import Artifact, load_artifact
 from tpc.profiling.timer import StageTimer
 from tpc.runtimes.generate import Generation, generate
-from tpc.runtimes.prompting import PromptEncoder
+from tpc.runtimes.prompting import PromptEncoder, check_prompts
 from tpc.runtimes.sampling import Sampler
 
-PROCESSOR_DIR = "processor"
+__all__ = ["PROCESSOR_DIR", "CompiledModel"]
 
 
 class CompiledModel:
@@ -86,10 +93,15 @@ class CompiledModel:
         timer: StageTimer | None = None,
         stop_at_eos: bool = True,
     ) -> Generation:
-        if max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-        timer = timer or StageTimer()
+        if isinstance(prompts, str):
+            prompts = [prompts]
         prompts = list(prompts)
+        if not prompts:
+            raise UsageError("no prompt given; pass at least one")
+        check_prompts(prompts)
+        timer = timer or StageTimer()
         with timer.stage("preprocess_ms"):
             pixels = self.encoder.pixels(images, len(prompts))
         counts = vision = None
@@ -108,4 +120,4 @@ class CompiledModel:
         return result
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.encoder.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return self.encoder.decode(token_ids)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tpc.compiler.staged_graphs import segment_io, segment_name, select_name
+from tpc.artifact_layout import segment_io, segment_name, select_name
 from tpc.errors import UsageError
 from tpc.methods.in_llm import PruningPlan
 

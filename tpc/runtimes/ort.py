@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tpc.compiler.graphs import DECODER, EMBED, VISION, kv_names
+from tpc.artifact_layout import DECODER, EMBED, VISION, kv_names
 from tpc.errors import UsageError
 from tpc.manifest import Artifact
 

@@ -43,6 +43,16 @@ def load_image(path: str | Path):
         raise UsageError(f"image {path}: cannot read it as an image ({type(exc).__name__})") from None
 
 
+def check_prompts(prompts: Sequence[str]) -> None:
+    """Refuse prompts that are not text, or are empty or whitespace only (one-line UsageError)."""
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise UsageError(f"prompt {index} is a {type(prompt).__name__}, not text")
+        if not prompt.strip():
+            where = "the prompt" if len(prompts) == 1 else f"prompt {index}"
+            raise UsageError(f"{where} is empty; a prompt needs text (a question or an instruction)")
+
+
 class PromptEncoder:
     def __init__(self, processor, image_token_id: int, image_tokens: int, max_context: int, pad_token_id: int):
         self.processor = processor
@@ -55,9 +65,10 @@ class PromptEncoder:
 
     @classmethod
     def from_dir(cls, processor_dir: Path, runtime: dict) -> PromptEncoder:
-        from transformers import AutoProcessor
+        """The saved processor, loaded without transformers where ``light_processor`` handles its files."""
+        from tpc.runtimes.light_processor import load_processor
 
-        processor = AutoProcessor.from_pretrained(str(processor_dir))
+        processor = load_processor(processor_dir)
         return cls(
             processor, runtime["image_token_id"], runtime["keep"], runtime["max_context"], runtime["pad_token_id"]
         )
@@ -97,6 +108,7 @@ class PromptEncoder:
         self, prompts: Sequence[str], image_counts: Sequence[int] | None, max_new_tokens: int = 0
     ) -> PromptBatch:
         """Token ids with each sample's ``<image>`` expanded to its own count (None: text only)."""
+        check_prompts(prompts)
         with_image = image_counts is not None
         encoded = [self.encode(p, with_image, image_counts[i] if with_image else None) for i, p in enumerate(prompts)]
         longest = max(len(ids) for ids in encoded)
@@ -120,3 +132,6 @@ class PromptEncoder:
         batch = self.tokens(prompts, counts, max_new_tokens)
         batch.pixel_values = pixel_values
         return batch
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tpc.compiler.graphs import DECODER, EMBED, VISION, kv_names
+from tpc.artifact_layout import DECODER, EMBED, VISION, kv_names
 from tpc.errors import ArtifactError
 from tpc.manifest import Artifact
 from tpc.runtimes.trt_shapes import check_engine_compat, select_profile

@@ -1,0 +1,71 @@
+"""The names an artifact's graphs and their inputs/outputs carry: the contract between writer and reader.
+
+The compiler (``tpc.compiler``) exports graphs under these names and the runtimes
+(``tpc.runtimes``) feed and read them by the same names. This module imports nothing
+heavy (no torch, no transformers), so that ``tpc run`` on an ONNX Runtime artifact
+never loads the compiler's dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # plain data, only for annotations
+    from tpc.methods.in_llm import PruningPlan
+
+# Where an artifact keeps the checkpoint's processor (tokenizer, chat template, image
+# preprocessing), written by ``save_pretrained``.
+PROCESSOR_DIR = "processor"
+
+# The three graphs of a fixed-budget artifact.
+VISION = "vision"
+EMBED = "embed"
+DECODER = "decoder"
+GRAPH_NAMES = (VISION, EMBED, DECODER)
+
+# Bucketed artifacts: one encoder, one selector per kept-token count, one projector.
+ENCODER = "vision_encoder"
+PROJECTOR = "projector"
+ADAPTIVE = "adaptive_keep"  # the encoder output an adaptive method (cls-mass) counts with
+
+# In-LLM pruning: the selector graphs between decoder segments.
+SELECT_INPUTS = ["hidden", "score", "position_ids", "attention_mask", "image_start"]
+SELECT_OUTPUTS = ["kept_hidden", "kept_position_ids", "kept_attention_mask", "kept_image_indices"]
+
+
+def kv_names(num_layers: int, prefix: str) -> list[str]:
+    """``past_key_0, past_value_0, past_key_1, ...`` (or ``present_...``)."""
+    return [f"{prefix}_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def bucket_selector_name(keep: int) -> str:
+    """The selector graph of a bucketed artifact that keeps ``keep`` tokens."""
+    return f"select_k{keep}"
+
+
+def segment_name(index: int) -> str:
+    return f"decoder_{index}"
+
+
+def select_name(stage: int, bucket: int | None = None) -> str:
+    """Stage numbers start at 1: ``select_1`` sits between ``decoder_0`` and ``decoder_1``.
+
+    A bucketed artifact has one selector per stage and bucket: ``select_1_k64``.
+    """
+    return f"select_{stage}" if bucket is None else f"select_{stage}_k{bucket}"
+
+
+def segment_kv_names(start: int, end: int, prefix: str) -> list[str]:
+    return [f"{prefix}_{kind}_{i}" for i in range(start, end) for kind in ("key", "value")]
+
+
+def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
+    """(input names, output names) of decoder segment ``index``."""
+    start, end = plan.segments()[index]
+    first = "inputs_embeds" if index == 0 else "hidden_states"
+    last = index == len(plan.stages)
+    outputs = ["logits"] if last else ["hidden", "score"]
+    return (
+        [first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
+        [*outputs, *segment_kv_names(start, end, "present")],
+    )
