@@ -167,7 +167,12 @@ def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
     assert code == 0
     for name in ("fastervlm", "vtc-cls", "visionzip", "divprune", "uniform", "pool", "random", "cls-mass"):
         assert f"\n{name} " in "\n" + out
-    assert "dominant=0, contextual=0" in out and "start_layer=16" in out and "mass=0.9" in out
+    assert (
+        "dominant=0 in [0, inf), contextual=0 in [0, inf)" in out
+        and "mass=0.9 in (0, 1]" in out
+        and "start_layer=16" in out
+        and "mass=0.9" in out
+    )
     code, _, err = run_cli(
         ["compile", "llava-tiny", "--method", "random", "--method-arg", "nope=1", "-o", str(tmp_path / "a")], capsys
     )

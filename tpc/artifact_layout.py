@@ -69,3 +69,8 @@ def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
         [first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
         [*outputs, *segment_kv_names(start, end, "present")],
     )
+
+
+def stage_inputs(plan: PruningPlan, stage: int) -> int:
+    """Image tokens entering stage ``stage`` (1-based)."""
+    return plan.image_tokens if stage == 1 else plan.stages[stage - 2].keep

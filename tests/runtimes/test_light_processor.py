@@ -2,7 +2,9 @@
 
 Every comparison loads the directory twice: with transformers' ``AutoProcessor`` (the path
 ``tpc run`` used before) and with ``LightProcessor``; ids must be identical and pixel
-values equal.
+values equal. The image reference is transformers' PIL backend, the one it picks without
+torchvision (this environment) and the one the presets build; ``backend="pil"`` keeps the
+comparison the same where torchvision is installed.
 """
 
 from __future__ import annotations
@@ -49,12 +51,16 @@ def processor_dir(tiny, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def encoders(processor_dir):
-    hf = AutoProcessor.from_pretrained(str(processor_dir))
+    hf = hf_processor(processor_dir)
     light = LightProcessor.from_dir(processor_dir)
     return (
         PromptEncoder(hf, image_token_id=4, image_tokens=64, max_context=4096, pad_token_id=3),
         PromptEncoder(light, image_token_id=4, image_tokens=64, max_context=4096, pad_token_id=3),
     )
+
+
+def hf_processor(path: Path):
+    return AutoProcessor.from_pretrained(str(path), backend="pil")
 
 
 def _copy(processor_dir: Path, tmp_path: Path) -> Path:
@@ -242,7 +248,7 @@ def test_chat_template_features_render_like_transformers(processor_dir, tmp_path
         (path / where).write_text(TEMPLATE)
     elif where == "chat_template.json":
         (path / where).write_text(json.dumps({"chat_template": TEMPLATE}))
-    hf = PromptEncoder(AutoProcessor.from_pretrained(str(path)), 4, 64, 4096, 3)
+    hf = PromptEncoder(hf_processor(path), 4, 64, 4096, 3)
     light = PromptEncoder(LightProcessor.from_dir(path), 4, 64, 4096, 3)
     for prompt in PROMPTS:
         for with_image in (True, False):
@@ -279,7 +285,7 @@ def test_image_processor_variants_match_transformers(processor_dir, tmp_path, ch
     config = json.loads((path / "processor_config.json").read_text())
     config["image_processor"].update(changes)
     (path / "processor_config.json").write_text(json.dumps(config))
-    hf = AutoProcessor.from_pretrained(str(path)).image_processor
+    hf = hf_processor(path).image_processor
     light = LightProcessor.from_dir(path).image_processor
     for name, image in _images().items():
         want = np.asarray(hf([image], return_tensors="np")["pixel_values"], dtype=np.float32)
@@ -293,7 +299,7 @@ def test_legacy_preprocessor_config_file(processor_dir, tmp_path):
     config = json.loads((path / "processor_config.json").read_text())
     (path / "preprocessor_config.json").write_text(json.dumps(config.pop("image_processor")))
     (path / "processor_config.json").write_text(json.dumps(config))
-    hf = AutoProcessor.from_pretrained(str(path)).image_processor
+    hf = hf_processor(path).image_processor
     light = LightProcessor.from_dir(path).image_processor
     image = _images()["tall"]
     np.testing.assert_array_equal(light([image])["pixel_values"], hf([image], return_tensors="np")["pixel_values"])

@@ -81,9 +81,10 @@ def test_every_compiled_graph_passes(artifacts, target, capsys):
     assert reports[0]["ops"]["TopK"] == 2
 
 
-def test_ort_target_graphs_are_reported_not_trt_ready(artifacts, capsys):
-    code, out, _ = run_cli(["check", str(artifacts(0.89, "ort"))], capsys)
-    assert code == 1 and "BLOCKER" in out and "com.microsoft" in out
+def test_ort_target_artifacts_are_refused_with_the_targets_check_accepts(artifacts, capsys):
+    code, out, err = run_cli(["check", str(artifacts(0.89, "ort"))], capsys)
+    assert code == 2 and out == ""
+    assert "optimised for ONNX Runtime" in err and "--target trt or onnx" in err
 
 
 def test_trt_artifact_contents(artifacts):

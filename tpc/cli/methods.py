@@ -13,7 +13,7 @@ def methods_cmd():
 
     for name in METHODS.names():
         method = METHODS.get(name)
-        params = ", ".join(f"{p.name}={p.default}" for p in method.params) or "-"
+        params = ", ".join(f"{p.name}={p.default} in {p.range_text()}" for p in method.params) or "-"
         click.echo(f"{name:10s} {method.description}")
         click.echo(f"{'':10s} parameters: {params}; prunes at: {method.prunes_at}")
     from tpc.methods.in_llm import LLM_METHODS

@@ -20,6 +20,7 @@ from tpc.artifact_layout import (
     segment_kv_names,
     segment_name,
     select_name,
+    stage_inputs,
 )
 from tpc.compiler.onnx_export import export_onnx
 from tpc.compiler.trace import batch_dim
@@ -58,11 +59,6 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
         },
         axis_names=axis_names,
     )
-
-
-def stage_inputs(plan: PruningPlan, stage: int) -> int:
-    """Image tokens entering stage ``stage`` (1-based)."""
-    return plan.image_tokens if stage == 1 else plan.stages[stage - 2].keep
 
 
 def export_select(

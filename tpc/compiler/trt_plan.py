@@ -120,7 +120,7 @@ def staged_engines(
     axis (``past_seq_s``) still reaches ``context - 1`` because a text-only prompt is not
     pruned. The selectors see the previous segment's sequence, image block included.
     """
-    from tpc.compiler.staged_graphs import segment_io, segment_name, select_name, stage_inputs
+    from tpc.artifact_layout import segment_io, segment_name, select_name, stage_inputs
     from tpc.methods.in_llm import PruningPlan
 
     plan = PruningPlan.from_dict(runtime["llm_pruning"])

@@ -93,10 +93,12 @@ class CompiledModel:
         timer: StageTimer | None = None,
         stop_at_eos: bool = True,
     ) -> Generation:
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-        if isinstance(prompts, str):
+        if isinstance(prompts, str):  # one prompt (and its image) without the lists
             prompts = [prompts]
+            if images is not None and not isinstance(images, (list, tuple)):
+                images = [images]
         prompts = list(prompts)
         if not prompts:
             raise UsageError("no prompt given; pass at least one")
@@ -117,6 +119,7 @@ class CompiledModel:
             batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
         result = generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision)
         result.image_tokens = counts
+        result.text = [self.decode(ids) for ids in result.token_ids]
         return result
 
     def decode(self, token_ids: Sequence[int]) -> str:

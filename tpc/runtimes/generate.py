@@ -37,6 +37,7 @@ class Generation:
     image_tokens: list[int] | None = None  # visual tokens per sample (bucketed artifacts may differ)
     kv_lengths: list[int] | None = None  # per decoder layer, at the end (in-LLM pruning shortens later layers)
     llm_kept_indices: np.ndarray | None = None  # [B, K'] image tokens an in-LLM method kept (of those it got)
+    text: list[str] = field(default_factory=list)  # the decoded replies, per sample (CompiledModel.generate)
 
 
 def generate(

@@ -11,7 +11,8 @@ and pixel for pixel:
 * the chat template, rendered by jinja2 in the sandboxed environment transformers uses
   (``trim_blocks``, ``lstrip_blocks``, loop controls, ``raise_exception``, ``tojson``,
   ``{% generation %}``), with the named special tokens as template variables;
-* CLIP image preprocessing as transformers' PIL backend runs it: convert to RGB
+* CLIP image preprocessing as transformers' PIL backend runs it (the backend transformers
+  picks without torchvision, and the one the presets build): convert to RGB
   (transparency composited on white), resize the shortest edge with the configured
   resample filter, center crop (zero-padded when too small), rescale, normalize.
 
@@ -461,7 +462,8 @@ class ClipImageProcessor:
             from transformers import AutoProcessor
 
             log.debug("image inputs other than PIL images: loading transformers' image processor")
-            self._fallback = AutoProcessor.from_pretrained(str(self._fallback_dir)).image_processor
+            loaded = AutoProcessor.from_pretrained(str(self._fallback_dir), backend="pil")  # as for PIL inputs
+            self._fallback = loaded.image_processor
         return self._fallback
 
 
