@@ -129,11 +129,13 @@ def test_plugin_score_compiles_runs_and_verifies(compiled, demo_image, monkeypat
 def test_entry_point_methods_are_found_by_name(monkeypatch):
     from importlib import metadata
 
-    import tpc.methods.plugin as plugin
+    import tpc.methods.entry_points as entry_points
 
     monkeypatch.syspath_prepend(str(PLUGIN))
-    fake = metadata.EntryPoint(name="edge-energy", value="mypkg.scores:edge_energy", group=plugin.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(plugin, "entry_point_methods", lambda: {"edge-energy": fake})
+    fake = metadata.EntryPoint(
+        name="edge-energy", value="mypkg.scores:edge_energy", group=entry_points.ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(entry_points, "entry_point_methods", lambda: {"edge-energy": fake})
     method = get_method("edge-energy")
     assert method.name == "edge-energy" and method.extra["plugin"]
     assert method.needs == ("cls_attention",)

@@ -9,7 +9,7 @@ import click
 def methods_cmd():
     """List the token-selection methods."""
     from tpc.methods import METHODS
-    from tpc.methods.plugin import entry_point_methods
+    from tpc.methods.entry_points import entry_point_methods
 
     for name in METHODS.names():
         method = METHODS.get(name)

@@ -67,9 +67,9 @@ def get_method(name: str) -> SelectionMethod:
 
 def entry_point_names() -> set[str]:
     """Methods installed packages register in the ``tpc.methods`` entry-point group (not imported)."""
-    from importlib import metadata
+    import tpc.methods.entry_points as entry_points
 
-    return {ep.name for ep in metadata.entry_points(group="tpc.methods")}
+    return set(entry_points.entry_point_methods())
 
 
 def check_method_args(name: str, pairs: dict[str, str]) -> dict[str, Any] | None:

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib import metadata
 
 import torch
 
+import tpc.methods.entry_points as entry_points
 from tpc.errors import UsageError
 from tpc.methods.base import SelectionMethod
+from tpc.methods.entry_points import ENTRY_POINT_GROUP, entry_point_methods  # noqa: F401  (re-exported)
 from tpc.methods.fastervlm import select_by_scores
 from tpc.methods.reference import reference_cls_rows
 from tpc.methods.selection import gather_tokens, reference_topk_ascending
-
-ENTRY_POINT_GROUP = "tpc.methods"
 
 
 def score_method(name: str, score: Callable[..., torch.Tensor], description: str | None = None) -> SelectionMethod:
@@ -77,10 +76,6 @@ def _as_method(name: str, target) -> SelectionMethod:
     raise UsageError(f"method {name!r} is neither a score function nor a SelectionMethod")
 
 
-def entry_point_methods() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def load_entry_point(name: str) -> SelectionMethod | None:
-    ep = entry_point_methods().get(name)
+    ep = entry_points.entry_point_methods().get(name)
     return _as_method(name, ep.load()) if ep is not None else None

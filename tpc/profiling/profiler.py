@@ -60,6 +60,10 @@ class ProfileConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.prompt is not None and not self.prompt.strip():
+            raise UsageError("--prompt is empty: a prompt needs text (omit --prompt for a synthetic one)")
 
 
 def synthetic_prompt(tokenizer, tokens: int) -> str:
