@@ -32,11 +32,22 @@ def _register() -> None:
     from tpc.cli.compile import compile_cmd
     from tpc.cli.gate import gate_cmd
     from tpc.cli.methods import methods_cmd
+    from tpc.cli.models import models_cmd
     from tpc.cli.presets import presets_cmd
     from tpc.cli.profile import profile_cmd
     from tpc.cli.run import run_cmd
 
-    for command in (compile_cmd, run_cmd, profile_cmd, gate_cmd, build_cmd, check_cmd, methods_cmd, presets_cmd):
+    for command in (
+        compile_cmd,
+        run_cmd,
+        profile_cmd,
+        gate_cmd,
+        build_cmd,
+        check_cmd,
+        methods_cmd,
+        models_cmd,
+        presets_cmd,
+    ):
         cli.add_command(command)
 
 

@@ -19,7 +19,7 @@ from tpc.compiler.onnx_export import graph_signature
 from tpc.compiler.settings import CompileSettings, Progress, budget_given, check_settings
 from tpc.compiler.trace import trace_vision
 from tpc.compiler.trt_plan import BUILD_SCRIPT, build_script, make_plan
-from tpc.errors import ExportError, UsageError
+from tpc.errors import ExportError, ParityError, UsageError
 from tpc.manifest import package_versions, write_manifest
 from tpc.methods import get_method, keep_count
 from tpc.methods.in_llm import LLM_METHODS
@@ -62,12 +62,17 @@ def compile_model(settings: CompileSettings, progress: Progress | None = None) -
 
 def _build(settings: CompileSettings, method, params: dict, out: Path, progress: Progress) -> dict[str, Any]:
     from tpc.models import load_model
-    from tpc.models.llava import LlavaAdapter
+    from tpc.models.families import make_adapter
 
     started = time.perf_counter()
     progress("load model")
     loaded = load_model(settings.model)
-    adapter = LlavaAdapter(loaded.model, loaded.processor)
+    adapter = make_adapter(loaded.model, loaded.processor)
+    if settings.llm_method is not None and adapter.image_layout()["crops_max"] > 1:
+        raise UsageError(
+            f"in-LLM pruning ({settings.llm_method}) is not available for {adapter.title} yet: its image block's "
+            "length depends on each picture's crop grid; use a pre-LLM method"
+        )
     notes: list[str] = []
     if method.resolve_params is not None:
         params, method_notes = method.resolve_params(adapter.vision, params, set(settings.method_args))
@@ -157,6 +162,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         progress("TensorRT plan and check")
         extra = _prepare_trt(settings, runtime, paths, signatures, out)
     loaded.processor.save_pretrained(str(out / "processor"))
+    runtime["files"] = adapter.write_runtime_files(out)
 
     session = dict(SESSION_SETTINGS[settings.target])
     if llm_plan is not None:  # decoder segments run back to back: no thread spinning between them
@@ -181,6 +187,20 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         verification = verify_graphs(
             graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
         )
+        if adapter.layout_samples() and not bucket_info:  # crops -> a picture's rows, every grid
+            from tpc.compiler.verify import verify_layout
+
+            verification["layout"] = verify_layout(graphs, adapter, checked, keep, params, runtime, out)
+            failed = [r for r in verification["layout"] if not r["passed"]]
+            if failed:
+                raise ParityError(
+                    "compiled crops-to-rows layout disagrees with the reference: "
+                    + "; ".join(
+                        f"{r['picture']}: {r['rows']} rows vs {r['reference_rows']}, order {r['order']}, "
+                        f"diff {r['max_abs_diff']:.2e}"
+                        for r in failed
+                    )
+                )
         del graphs
 
     return {
@@ -284,6 +304,8 @@ def _runtime_section(adapter, keep: int) -> dict[str, Any]:
         "eos_token_ids": list(text.eos_token_ids),
         "pad_token_id": text.pad_token_id,
         "dtype": "float32",
+        "image_layout": adapter.image_layout(),
+        "image_tokens_max": adapter.max_image_tokens(keep),
     }
 
 

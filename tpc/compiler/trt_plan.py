@@ -14,6 +14,7 @@ Profiles cover every shape the runtime asks for:
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +166,9 @@ def make_plan(
     # a bucketed artifact's default bucket may not be its largest: profiles reach the largest
     k_opt = runtime["keep"]
     k = max(buckets) if buckets else k_opt
+    crops = runtime.get("image_layout", {}).get("crops_max", 1)  # crops are the vision graph's batch axis
+    if crops > 1:  # a picture's rows: every crop's kept tokens (+ newline rows when unpruned)
+        k = runtime.get("image_tokens_max", crops * k)
     size, hidden = runtime["image_size"], runtime["hidden_size"]
     heads, head_dim, layers = runtime["num_kv_heads"], runtime["head_dim"], runtime["num_layers"]
     context = settings.max_context or runtime["max_context"]
@@ -173,7 +177,7 @@ def make_plan(
     opt_past = min(opt_prefill + 32, context - 1)
     past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
 
-    vision = {"pixel_values": _range((1, 3, size, size), (1, 3, size, size), (b, 3, size, size))}
+    vision = {"pixel_values": _range((1, 3, size, size), (crops, 3, size, size), (b * crops, 3, size, size))}
     embed = {
         "input_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
         "image_features": _range((1, 1, d), (1, k_opt, d), (b, k, d)),
@@ -190,7 +194,8 @@ def make_plan(
         engines.update(staged_engines(runtime, b, max_prefill, opt_prefill, opt_past, context))
     if buckets:
         del engines["vision"]
-        engines.update(bucket_engines(signatures or {}, sorted(buckets), settings))
+        per_crop = dataclasses.replace(settings, max_batch=b * crops)
+        engines.update(bucket_engines(signatures or {}, sorted(buckets), per_crop))
     return {
         "precision": settings.precision,
         "workspace_mb": settings.workspace_mb,

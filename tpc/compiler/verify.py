@@ -203,3 +203,39 @@ def summarize(report: dict) -> str:
         for r in report.get("llm_pruning", [])
     ]
     return "; ".join(parts)
+
+
+@torch.no_grad()
+def verify_layout(graphs, adapter, method, keep: int, params: dict, runtime: dict, root) -> list[dict]:
+    """Multi-crop families: a picture of every crop grid through the compiled vision graph and the
+    runtime's arrangement of its rows, against the adapter's reference (Hugging Face unpruned)."""
+    from tpc.runtimes.image_layout import image_layout
+
+    layout = image_layout(runtime, root)
+    results = []
+    for label, image in adapter.layout_samples():
+        crops = layout.crops(adapter.processor.image_processor, [image])
+        features, kept = graphs.vision(crops.pixel_values)
+        counts = [int(features.shape[1])] * len(crops.pixel_values)
+        assembled = layout.assemble(crops, features, kept, counts)
+        rows, labels = adapter.reference_rows(image, method, keep, params)
+        got = assembled.features[0, : assembled.counts[0]]
+        same_count = got.shape[0] == rows.shape[0]
+        ok, diff = close(got, rows.numpy()) if same_count else (False, float("inf"))
+        order = (
+            "n/a"
+            if labels is None
+            else ("exact" if np.array_equal(assembled.kept[0, : len(labels)], labels.numpy()) else "mismatch")
+        )
+        results.append(
+            {
+                "picture": label,
+                "crops": int(crops.per_image[0]),
+                "rows": int(assembled.counts[0]),
+                "reference_rows": int(rows.shape[0]),
+                "order": order,
+                "max_abs_diff": diff,
+                "passed": bool(ok and same_count and order != "mismatch"),
+            }
+        )
+    return results

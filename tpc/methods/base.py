@@ -46,6 +46,11 @@ class SelectionMethod:
     def parse_args(self, pairs: dict[str, str]) -> dict[str, Any]:
         return parse_params(self.name, self.params, pairs)
 
+    @property
+    def needs_cls(self) -> bool:
+        """Scores with the [CLS] attention row: only for vision encoders that have a [CLS] token."""
+        return any(need.startswith("cls_attention") for need in self.needs)
+
     def layers(self, layout, params: dict) -> list[int]:
         if self.attention_layers is None:
             return [layout.feature_layer]

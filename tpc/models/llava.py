@@ -94,11 +94,14 @@ class LlavaAdapter:
     """Knows where LLaVA-1.5's visual tokens are and how to cut the model for export."""
 
     family = "llava"
+    title = "LLaVA-1.5"
 
     def __init__(self, model, processor):
         config = model.config
-        if getattr(config, "model_type", None) != "llava":
-            raise ModelLoadError(f"model type {getattr(config, 'model_type', None)!r} is not LLaVA-1.5 ('llava')")
+        if getattr(config, "model_type", None) != self.family:
+            raise ModelLoadError(
+                f"model type {getattr(config, 'model_type', None)!r} is not {self.title} ({self.family!r})"
+            )
         if not isinstance(config.vision_feature_layer, int):
             raise ModelLoadError("multi-layer vision features are not supported (vision_feature_layer is a list)")
         if config.vision_feature_select_strategy != "default":
@@ -140,6 +143,23 @@ class LlavaAdapter:
             eos_token_ids=eos_ids,
             pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
         )
+
+    # -- how the runtime turns per-crop features into the image's token rows ---------
+    def image_layout(self) -> dict:
+        """One crop per image: the vision graph's rows are the image's tokens."""
+        return {"kind": "single", "crops_max": 1}
+
+    def layout_samples(self) -> list[tuple[str, object]]:
+        """Pictures whose crops-to-rows arrangement compile checks end to end (none: one crop, checked as is)."""
+        return []
+
+    def max_image_tokens(self, keep: int) -> int:
+        """The most token rows one picture can occupy in the prompt at ``keep`` tokens per crop."""
+        return keep
+
+    def write_runtime_files(self, out) -> dict[str, str]:
+        """Extra files the runtime reads (none for LLaVA-1.5); name -> file."""
+        return {}
 
     # -- graphs to export ---------------------------------------------------
     def vision_boundary(self) -> nn.Module:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from tpc.errors import ModelLoadError
 from tpc.models.base import LoadedModel
+from tpc.models.families import family_for
 from tpc.models.presets import PRESETS, build_preset
 from tpc.models.source import OFFLINE_HINT, hub_location, resolve_model_arg
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("llava",)
 
 
 def load_model(model_arg: str) -> LoadedModel:
@@ -33,7 +33,8 @@ def load_model(model_arg: str) -> LoadedModel:
 
 def _load_pretrained(location: str, kind: str, alias: str | None = None) -> LoadedModel:
     import torch
-    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
 
     try:
         config = AutoConfig.from_pretrained(location)
@@ -41,17 +42,14 @@ def _load_pretrained(location: str, kind: str, alias: str | None = None) -> Load
         if kind == "hub":
             raise ModelLoadError(f"cannot fetch {location!r} from the model hub (offline?); {OFFLINE_HINT}") from exc
         raise ModelLoadError(f"{location}: unreadable config.json ({_first_line(exc)})") from exc
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"{location}: model type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    family = family_for(getattr(config, "model_type", None), location)
     try:
         processor = AutoProcessor.from_pretrained(location)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"{location}: no usable tokenizer/processor files ({_first_line(exc)})") from exc
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(location, dtype=torch.float32, attn_implementation="sdpa")
+        model_class = getattr(transformers, family.hf_class)
+        model = model_class.from_pretrained(location, dtype=torch.float32, attn_implementation="sdpa")
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{location}: cannot load the weights ({_first_line(exc)})") from exc
     model.eval()

@@ -1,9 +1,11 @@
-"""A LLaVA processor (tokenizer + CLIP image processor + chat template) built in code.
+"""LLaVA processors (tokenizer + image processor + chat template) built in code.
 
 The presets have no files to download, so their tokenizer is made here: a byte-level
 BPE with the 256 byte symbols as its base vocabulary (it can encode any text), no
-merges, and the special tokens LLaVA-1.5 uses. The result is a real
-``LlavaProcessor`` that ``save_pretrained`` writes and ``AutoProcessor`` reloads.
+merges, and the special tokens LLaVA-1.5 uses. The results are a real ``LlavaProcessor``
+(CLIP preprocessing, LLaVA-1.5's template) and a real ``LlavaNextProcessor`` (anyres
+preprocessing and the Mistral template of llava-hf/llava-v1.6-mistral-7b-hf) that
+``save_pretrained`` writes and ``AutoProcessor`` reloads.
 """
 
 from __future__ import annotations
@@ -24,6 +26,35 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+
+# The chat template of llava-hf/llava-v1.6-mistral-7b-hf: "[INST] <image>\n... [/INST]" (no generation prompt:
+# the user turn ends with " [/INST]").
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\n' + message['content'][0]['text'] + '\n<</SYS>>\n\n' }}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' }}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}"
+    "{% endfor %}"
+    "{# Render all text next #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}"
+    "{% endfor %}"
+    "{{' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'][0]['text'] + '</s> '}}"
+    "{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+# image_grid_pinpoints of llava-hf/llava-v1.6-*-hf, (height, width)
+LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 IMAGE_TOKEN_ID = SPECIAL_TOKENS.index("<image>")
@@ -65,8 +96,8 @@ def build_llava_processor(image_size: int = 336, patch_size: int = 14):
         do_resize=True,
         do_normalize=True,
         do_convert_rgb=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     )
     return LlavaProcessor(
         image_processor=image_processor,
@@ -74,5 +105,42 @@ def build_llava_processor(image_size: int = 336, patch_size: int = 14):
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+
+
+def build_llava_next_processor(image_size: int = 336, patch_size: int = 14, pinpoints=None):
+    """A ``LlavaNextProcessor`` configured like llava-hf/llava-v1.6-mistral-7b-hf at ``image_size``.
+
+    ``LlavaNextImageProcessorPil`` (CLIP mean/std, shortest edge and crop ``image_size``, bicubic,
+    ``image_grid_pinpoints`` = ``pinpoints``, default: the v1.6 ones, which assume 336), the
+    ``"default"`` feature strategy with one [CLS] token, and the Mistral ``[INST]`` template.
+    """
+    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    from tpc.models.anyres import check_pinpoints
+
+    pinpoints = check_pinpoints(LLAVA_NEXT_PINPOINTS if pinpoints is None else pinpoints, image_size)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        resample=3,  # bicubic
+        do_resize=True,
+        do_center_crop=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        do_convert_rgb=True,
+        do_pad=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=build_byte_tokenizer(),
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
         num_additional_image_tokens=1,
     )

@@ -16,6 +16,7 @@ from tpc.errors import ArtifactError, UsageError
 from tpc.manifest import Artifact, load_artifact
 from tpc.profiling.timer import StageTimer
 from tpc.runtimes.generate import Generation, generate
+from tpc.runtimes.image_layout import image_layout
 from tpc.runtimes.prompting import PromptEncoder, check_prompts
 from tpc.runtimes.sampling import Sampler
 
@@ -31,6 +32,7 @@ class CompiledModel:
         self.encoder = encoder
         # the bucket dispatcher of a bucketed artifact; None for a fixed-K artifact
         self.bucketed = None
+        self.layout = image_layout(artifact.runtime, artifact.root)
         if artifact.manifest.get("buckets"):
             from tpc.runtimes.buckets import BucketedVision
 
@@ -105,16 +107,17 @@ class CompiledModel:
         check_prompts(prompts)
         timer = timer or StageTimer()
         with timer.stage("preprocess_ms"):
-            pixels = self.encoder.pixels(images, len(prompts))
+            crops = self.encoder.crops(images, len(prompts), self.layout)
         counts = vision = None
-        if pixels is not None:
-            with timer.stage("vision_ms"):
+        if crops is not None:
+            with timer.stage("vision_ms"):  # crops are the vision graph's batch axis
                 if self.bucketed is not None:
-                    features, kept, counts = self.bucketed(pixels)
+                    features, kept, counts = self.bucketed(crops.pixel_values)
                 else:
-                    features, kept = self.graphs.vision(pixels)
-                    counts = [int(features.shape[1])] * len(prompts)
-            vision = (features, kept)
+                    features, kept = self.graphs.vision(crops.pixel_values)
+                    counts = [int(features.shape[1])] * len(crops.pixel_values)
+                assembled = self.layout.assemble(crops, features, kept, counts)
+            vision, counts = (assembled.features, assembled.kept), assembled.counts
         with timer.stage("preprocess_ms"):
             batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
         result = generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision)

@@ -14,7 +14,12 @@ and pixel for pixel:
 * CLIP image preprocessing as transformers' PIL backend runs it (the backend transformers
   picks without torchvision, and the one the presets build): convert to RGB
   (transparency composited on white), resize the shortest edge with the configured
-  resample filter, center crop (zero-padded when too small), rescale, normalize.
+  resample filter, center crop (zero-padded when too small), rescale, normalize;
+* LLaVA-NeXT ("anyres") preprocessing as ``LlavaNextImageProcessorPil`` computes it, for a
+  ``LlavaNextProcessor``: resize to fit the best of ``image_grid_pinpoints`` (aspect ratio kept),
+  zero-pad to it, cut it into crops, put the whole image resized to the crop size first, and
+  take every crop through the CLIP steps above. ``preprocess_anyres`` returns each image's
+  crops unpadded, with the original sizes; ``geometry`` says what ``tpc.models.anyres`` needs.
 
 Anything it does not recognise (another tokenizer class, custom code, legacy token
 files, another image processor, a size rule other than shortest edge or height/width)
@@ -59,6 +64,9 @@ _CLIP_KEYS = {
     "default_to_square",
     "do_pad",
 }
+_NEXT_TYPES = {"LlavaNextImageProcessor", "LlavaNextImageProcessorPil"}
+_NEXT_KEYS = _CLIP_KEYS | {"image_grid_pinpoints", "aspect_ratio_setting"}
+_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # transformers' default
 _OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _BICUBIC = 3
@@ -353,13 +361,17 @@ def _chat_template_source(directory: Path, processor_config: dict) -> str | None
 class ClipImageProcessor:
     """CLIP preprocessing of PIL images, as transformers' ``CLIPImageProcessorPil`` computes it."""
 
+    _types = _CLIP_TYPES
+    _keys = _CLIP_KEYS
+    _batch_padding = False  # CLIP's do_pad would pad images; LLaVA-NeXT's pads the crop axis (handled there)
+
     def __init__(self, config: dict, fallback_dir: Path | None = None):
-        unknown = sorted(set(config) - _CLIP_KEYS)
+        unknown = sorted(set(config) - self._keys)
         if unknown:
             raise UnsupportedProcessor(f"image processor keys {unknown}")
-        if config.get("image_processor_type") not in _CLIP_TYPES:
+        if config.get("image_processor_type") not in self._types:
             raise UnsupportedProcessor(f"image processor {config.get('image_processor_type')!r}")
-        if config.get("do_pad"):
+        if config.get("do_pad") and not self._batch_padding:
             raise UnsupportedProcessor("do_pad")
         if not config.get("do_convert_rgb", True):
             raise UnsupportedProcessor("do_convert_rgb false")
@@ -409,10 +421,11 @@ class ClipImageProcessor:
         new_long = int(new_short * long / short)
         return (new_long, new_short) if width <= height else (new_short, new_long)
 
-    def resize(self, image: np.ndarray) -> np.ndarray:
+    def resize(self, image: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """[3, H, W] uint8 resized by PIL to ``size`` (height, width), by default the configured size rule."""
         from PIL import Image
 
-        height, width = self.output_size(*image.shape[1:])
+        height, width = self.output_size(*image.shape[1:]) if size is None else size
         resized = Image.fromarray(np.moveaxis(image, 0, -1)).resize((width, height), resample=self.resample)
         return np.moveaxis(np.array(resized), -1, 0)
 
@@ -431,7 +444,10 @@ class ClipImageProcessor:
         return padded[..., max(0, top) : min(new_h, bottom), max(0, left) : min(new_w, right)]
 
     def preprocess(self, image) -> np.ndarray:
-        array = self.to_rgb(image)
+        return self.finish(self.to_rgb(image))
+
+    def finish(self, array: np.ndarray) -> np.ndarray:
+        """The CLIP steps on a [3, H, W] uint8 array: resize, center crop, rescale, normalize."""
         if self.do_resize:
             array = self.resize(array)
         if self.do_center_crop:
@@ -467,11 +483,122 @@ class ClipImageProcessor:
         return self._fallback
 
 
+class LlavaNextImageProcessor(ClipImageProcessor):
+    """LLaVA-NeXT anyres preprocessing of PIL images, as transformers' ``LlavaNextImageProcessorPil`` computes it.
+
+    ``patch_size`` (the processor's, from ``processor_config.json``) gives ``geometry``'s tokens per side.
+    """
+
+    _types = _NEXT_TYPES
+    _keys = _NEXT_KEYS
+    _batch_padding = True
+
+    def __init__(
+        self,
+        config: dict,
+        fallback_dir: Path | None = None,
+        *,
+        patch_size: int | None = None,
+        num_additional_image_tokens: int = 0,
+        vision_feature_select_strategy: str | None = None,
+    ):
+        from tpc.models.anyres import check_pinpoints
+
+        super().__init__(config, fallback_dir)
+        if config.get("aspect_ratio_setting", "anyres") != "anyres":
+            raise UnsupportedProcessor(f"aspect_ratio_setting {config['aspect_ratio_setting']!r}")
+        self.do_pad = bool(config.get("do_pad", True))  # across images, in __call__ only
+        if int(self.crop_size["height"]) != int(self.crop_size["width"]) or not self.do_center_crop:
+            raise UnsupportedProcessor(f"crop_size {self.crop_size!r} with do_center_crop {self.do_center_crop}")
+        self.crop = int(self.crop_size["height"])  # what transformers cuts the padded image into
+        if "shortest_edge" in self.size:
+            self.base_size = (int(self.size["shortest_edge"]),) * 2
+        else:
+            self.base_size = (int(self.size["height"]), int(self.size["width"]))
+        try:
+            self.pinpoints = check_pinpoints(config.get("image_grid_pinpoints", _NEXT_PINPOINTS), self.crop)
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedProcessor(f"image_grid_pinpoints: {exc}") from None
+        if not isinstance(patch_size, int) or patch_size < 1 or self.crop % patch_size:
+            raise UnsupportedProcessor(f"patch_size {patch_size!r} for crops of {self.crop}")
+        if vision_feature_select_strategy not in ("default", "full"):
+            raise UnsupportedProcessor(f"vision_feature_select_strategy {vision_feature_select_strategy!r}")
+        if not isinstance(num_additional_image_tokens, int) or num_additional_image_tokens < 0:
+            raise UnsupportedProcessor(f"num_additional_image_tokens {num_additional_image_tokens!r}")
+        self.image_grid_pinpoints = self.pinpoints  # transformers' attribute name
+        self.geometry = {
+            "pinpoints": self.pinpoints,
+            "crop_size": self.crop,
+            "tokens_per_side": self.crop // patch_size,
+            "num_additional_image_tokens": num_additional_image_tokens,
+            "vision_feature_select_strategy": vision_feature_select_strategy,
+        }
+
+    def crops(self, image) -> tuple[np.ndarray, tuple[int, int]]:
+        """One PIL image: its crops [1 + grid_h * grid_w, 3, crop, crop] float32 and its (height, width)."""
+        from tpc.models.anyres import padding, patch_output_size, select_best_resolution
+
+        array = self.to_rgb(image)
+        size = (int(array.shape[1]), int(array.shape[2]))
+        best = select_best_resolution(size, self.pinpoints)
+        resized = self.resize(array, patch_output_size(size, best))
+        padded = np.pad(resized, ((0, 0), *padding(resized.shape[1:], best)), mode="constant", constant_values=0)
+        pieces = [self.resize(array, self.base_size)]
+        pieces += [
+            padded[:, top : top + self.crop, left : left + self.crop]
+            for top in range(0, best[0], self.crop)
+            for left in range(0, best[1], self.crop)
+        ]
+        return np.array([self.finish(piece) for piece in pieces]), size
+
+    def preprocess_anyres(self, images) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Each image's crops ``[n_crops_i, 3, crop, crop]`` (not padded across images) and its original
+        ``(height, width)``, as transformers computes them; inputs other than PIL images go to transformers."""
+        from PIL import Image
+
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not all(isinstance(i, Image.Image) for i in images):
+            out = self._transformers()(images, do_pad=False, return_tensors=None)
+            pixels = [np.asarray(p, dtype=np.float32) for p in out["pixel_values"]]
+            return pixels, [(int(h), int(w)) for h, w in out["image_sizes"]]
+        results = [self.crops(i) for i in images]
+        return [r[0] for r in results], [r[1] for r in results]
+
+    def image_token_count(self, image_hw) -> int:
+        """The ``<image>`` placeholders ``LlavaNextProcessor`` writes for an image of ``image_hw``."""
+        from tpc.models.anyres import image_token_count
+
+        g = self.geometry
+        return image_token_count(
+            image_hw,
+            g["pinpoints"],
+            g["crop_size"],
+            g["tokens_per_side"],
+            num_additional_image_tokens=g["num_additional_image_tokens"],
+            vision_feature_select_strategy=g["vision_feature_select_strategy"],
+        )
+
+    def __call__(self, images, return_tensors: str | None = "np") -> dict:
+        """What transformers returns: ``pixel_values`` [B, most crops, 3, crop, crop] (zero crops pad the
+        shorter images when ``do_pad``, a list of per-image arrays otherwise) and ``image_sizes`` [B, 2]."""
+        from PIL import Image
+
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not all(isinstance(i, Image.Image) for i in images):
+            return self._transformers()(images, return_tensors=return_tensors)
+        pixels, sizes = self.preprocess_anyres(images)
+        if self.do_pad:
+            most = max(len(p) for p in pixels)
+            pixels = np.stack([np.pad(p, ((0, most - len(p)), (0, 0), (0, 0), (0, 0))) for p in pixels])
+        return {"pixel_values": pixels, "image_sizes": np.array(sizes, dtype=np.int64)}
+
+
 # --------------------------------------------------------------------------- processor
 
 
 class LightProcessor:
-    """What ``PromptEncoder`` uses of a ``LlavaProcessor``: tokenizer, chat template, image processor."""
+    """What ``PromptEncoder`` uses of a ``LlavaProcessor`` or ``LlavaNextProcessor``: tokenizer, chat
+    template, image processor (``LlavaNextImageProcessor`` for the latter, with ``preprocess_anyres``)."""
 
     def __init__(self, tokenizer: LightTokenizer, image_processor: ClipImageProcessor, chat_template: str | None):
         self.tokenizer = tokenizer
@@ -485,8 +612,8 @@ class LightProcessor:
         config_file = directory / "processor_config.json"
         processor_config = _read_json(config_file) if config_file.is_file() else {}
         kind = processor_config.get("processor_class")
-        if kind != "LlavaProcessor" or processor_config.get("auto_map"):
-            raise UnsupportedProcessor(f"processor class {kind!r} (handled: LlavaProcessor)")
+        if kind not in ("LlavaProcessor", "LlavaNextProcessor") or processor_config.get("auto_map"):
+            raise UnsupportedProcessor(f"processor class {kind!r} (handled: LlavaProcessor, LlavaNextProcessor)")
         image_config = processor_config.get("image_processor")
         if (directory / "preprocessor_config.json").is_file():
             if image_config is not None:
@@ -494,10 +621,23 @@ class LightProcessor:
             image_config = _read_json(directory / "preprocessor_config.json")
         if not isinstance(image_config, dict):
             raise UnsupportedProcessor("no image processor configuration")
+        image_kind = image_config.get("image_processor_type")
+        if kind == "LlavaNextProcessor":
+            if image_kind not in _NEXT_TYPES:
+                raise UnsupportedProcessor(f"processor class {kind!r} with image processor {image_kind!r}")
+            if processor_config.get("image_token", "<image>") != "<image>":
+                raise UnsupportedProcessor(f"image_token {processor_config['image_token']!r}")
+            image_processor = LlavaNextImageProcessor(
+                image_config,
+                directory,
+                patch_size=processor_config.get("patch_size"),
+                num_additional_image_tokens=processor_config.get("num_additional_image_tokens", 0),
+                vision_feature_select_strategy=processor_config.get("vision_feature_select_strategy"),
+            )
+        else:
+            image_processor = ClipImageProcessor(image_config, directory)
         tokenizer = LightTokenizer.from_dir(directory)
-        return cls(
-            tokenizer, ClipImageProcessor(image_config, directory), _chat_template_source(directory, processor_config)
-        )
+        return cls(tokenizer, image_processor, _chat_template_source(directory, processor_config))
 
     def apply_chat_template(
         self, conversation: list[dict], add_generation_prompt: bool = False, tokenize: bool = False

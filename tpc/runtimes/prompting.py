@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tpc.errors import UsageError
+from tpc.runtimes.image_layout import Crops
 
 FALLBACK_TEMPLATE = "USER: {image}{text} ASSISTANT:"  # LLaVA-1.5's format, for checkpoints without a template
 
@@ -91,6 +92,20 @@ class PromptEncoder:
             at = ids.index(self.image_token_id)
             ids = ids[:at] + [self.image_token_id] * (image_tokens or self.image_tokens) + ids[at + 1 :]
         return ids
+
+    def crops(self, images: Sequence[object] | None, count: int, layout) -> Crops | None:
+        """Every picture's preprocessed crops (``layout``: tpc.runtimes.image_layout), or None for text only."""
+        loaded = self._images(images, count)
+        return None if loaded is None else layout.crops(self.processor.image_processor, loaded)
+
+    def _images(self, images: Sequence[object] | None, count: int) -> list | None:
+        if images is not None and len(images) != count:
+            raise UsageError(f"{count} prompts but {len(images)} images")
+        if images is None or all(i is None for i in images):
+            return None
+        if any(i is None for i in images):
+            raise UsageError("a batch must have an image for every prompt, or for none")
+        return [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
 
     def pixels(self, images: Sequence[object] | None, count: int) -> np.ndarray | None:
         """Preprocessed pixel values [B,3,H,W], or None for a text-only batch."""

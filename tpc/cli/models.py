@@ -1,0 +1,28 @@
+"""`tpc models`: the model families tpc compiles, their presets, and which methods apply."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("models")
+def models_cmd():
+    """List the supported model families, their presets and the methods that apply to each."""
+    from tpc.methods import METHODS
+    from tpc.methods.in_llm import LLM_METHODS
+    from tpc.models.families import FAMILIES
+    from tpc.models.presets import PRESETS
+
+    for family in FAMILIES.values():
+        presets = [name for name, preset in PRESETS.items() if preset.family == family.model_type]
+        methods = [name for name in METHODS.names() if family.has_cls or not METHODS.get(name).needs_cls]
+        refused = [name for name in METHODS.names() if name not in methods]
+        click.echo(f"{family.model_type:16s} {family.title} ({family.hf_class})")
+        encoder = "with [CLS]" if family.has_cls else "without [CLS]"
+        crops = "several crops per image (anyres)" if family.multi_crop else "one crop per image"
+        click.echo(f"{'':16s} vision encoder {encoder}, {crops}; {family.decoder} decoder")
+        click.echo(f"{'':16s} presets: {', '.join(presets) or '-'}")
+        click.echo(f"{'':16s} pre-LLM methods: {', '.join(methods)}; in-LLM: {', '.join(LLM_METHODS.names())}")
+        if refused:
+            click.echo(f"{'':16s} not applicable (need a [CLS] token): {', '.join(refused)}")
+    click.echo("a checkpoint's family comes from its config.json model_type")

@@ -1,0 +1,72 @@
+"""The model families tpc compiles, chosen from a checkpoint's own ``config.model_type``.
+
+Each family names its adapter (the only code that knows where that architecture keeps
+its visual tokens), the transformers class that loads it, whether its vision encoder has
+a [CLS] token (methods that score with the [CLS] row need one) and its presets. Adding
+a family means one adapter module in ``tpc/models`` plus an entry here. Torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from tpc.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # config.model_type
+    title: str
+    adapter: str  # "module:Class" of the adapter
+    hf_class: str  # transformers class that loads a checkpoint
+    has_cls: bool  # the vision encoder has a [CLS] token
+    multi_crop: bool  # several crops per image (anyres)
+    decoder: str
+
+    def adapter_class(self):
+        module, _, name = self.adapter.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+FAMILIES: dict[str, Family] = {
+    family.model_type: family
+    for family in (
+        Family(
+            "llava",
+            "LLaVA-1.5",
+            "tpc.models.llava:LlavaAdapter",
+            "LlavaForConditionalGeneration",
+            has_cls=True,
+            multi_crop=False,
+            decoder="Llama",
+        ),
+        Family(
+            "llava_next",
+            "LLaVA-NeXT",
+            "tpc.models.llava_next:LlavaNextAdapter",
+            "LlavaNextForConditionalGeneration",
+            has_cls=True,
+            multi_crop=True,
+            decoder="Mistral, Vicuna (Llama)",
+        ),
+    )
+}
+
+
+def family_for(model_type: str | None, where: str = "") -> Family:
+    """The family of ``model_type``; an unsupported one is a one-line ModelLoadError listing the supported."""
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    prefix = f"{where}: " if where else ""
+    raise ModelLoadError(
+        f"{prefix}model type {model_type!r} is not supported; supported families: "
+        + ", ".join(f"{f.model_type} ({f.title})" for f in FAMILIES.values())
+    )
+
+
+def make_adapter(model: Any, processor: Any):
+    """The adapter of ``model``'s family (from its config's ``model_type``)."""
+    family = family_for(getattr(model.config, "model_type", None))
+    return family.adapter_class()(model, processor)
