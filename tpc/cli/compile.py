@@ -16,9 +16,9 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.argument("model")
 @click.option(
     "--method",
-    default="fastervlm",
-    show_default=True,
-    help="Token-selection method (see `tpc methods`), or module:function for a user score.",
+    default=None,
+    help="Token-selection method (see `tpc methods`), or module:function for a user score "
+    "(default: the family's, fastervlm where the vision encoder has a [CLS] token; see `tpc models`).",
 )
 @click.option("--method-arg", "method_args", multiple=True, metavar="KEY=VALUE", help="A method parameter.")
 @click.option("--ratio", type=float, default=None, help="Fraction of visual tokens removed, in [0, 1).")
@@ -108,11 +108,12 @@ def compile_cmd(
     from tpc.compiler.settings import CompileSettings, check_settings
     from tpc.progress import StageProgress
 
+    label = (method or "default").replace(":", ".")
     if output is None and buckets:
-        output = Path("build") / f"{Path(model).name}-{method.replace(':', '.')}-b{buckets.replace(',', '-')}"
+        output = Path("build") / f"{Path(model).name}-{label}-b{buckets.replace(',', '-')}"
     if output is None:
         budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
-        name = method.replace(":", ".") + (f"+{llm_method}" if llm_method else "")
+        name = label + (f"+{llm_method}" if llm_method else "")
         output = Path("build") / f"{Path(model).name}-{name}-{budget}"
     from tpc.compiler.trt_plan import PlanSettings
 

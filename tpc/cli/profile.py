@@ -22,6 +22,9 @@ def _ratios(text: str) -> list[float]:
 @click.option("--runs", type=int, default=20, show_default=True, help="Measured runs.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Unmeasured warm-up runs.")
 @click.option("--image", default=None, help="Image file (default: a synthetic image; 'none': text only).")
+@click.option(
+    "--image-size", default=None, help="HxW of the synthetic image (default: one crop, square), e.g. 672x1344."
+)
 @click.option("--prompt", default=None, help="Prompt text (default: synthetic, --prompt-tokens long).")
 @click.option("--prompt-tokens", type=int, default=64, show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True)
@@ -37,7 +40,7 @@ def _ratios(text: str) -> list[float]:
     help="TARGET a model: compile at this ratio; a bucketed artifact: run at this ratio.",
 )
 @click.option("--keep", type=int, default=None, help="Bucketed artifacts: visual tokens (rounded up to a bucket).")
-@click.option("--method", default="fastervlm", show_default=True, help="Method when TARGET is a model.")
+@click.option("--method", default=None, help="Method when TARGET is a model (default: the family's, see `tpc models`).")
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -52,6 +55,7 @@ def profile_cmd(
     runs,
     warmup,
     image,
+    image_size,
     prompt,
     prompt_tokens,
     batch,
@@ -81,6 +85,7 @@ def profile_cmd(
         prompt=prompt,
         prompt_tokens=prompt_tokens,
         image=image,
+        image_size=image_size,
         provider=provider,
         threads=threads,
         runtime=runtime,

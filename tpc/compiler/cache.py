@@ -23,7 +23,7 @@ def cache_key(settings: CompileSettings) -> str:
         model = f"{Path(model).resolve()}:{hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else ''}"
     fields = {
         "model": model,
-        "method": settings.method,
+        "method": settings.method or "default",
         "method_args": settings.method_args,
         "ratio": settings.ratio if settings.keep is None else None,
         "keep": settings.keep,
@@ -48,7 +48,7 @@ def cached_compile(settings: CompileSettings, cache_dir: Path | None = None, pro
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
     name = Path(settings.model).name
     budget = f"k{settings.keep}" if settings.keep is not None else f"r{settings.ratio or 0}"
-    path = cache_dir / f"{name}-{settings.method}-{budget}-{settings.target}-{cache_key(settings)}"
+    path = cache_dir / f"{name}-{settings.method or 'default'}-{budget}-{settings.target}-{cache_key(settings)}"
     if path.exists():
         try:
             load_artifact(path)

@@ -43,8 +43,10 @@ SESSION_SETTINGS["trt"] = SESSION_SETTINGS["onnx"]  # ONNX Runtime on the portab
 def compile_model(settings: CompileSettings, progress: Progress | None = None) -> Path:
     progress = progress or (lambda stage: log.info("compile: %s", stage))
     settings = check_settings(settings)
-    method = get_method(settings.method)
-    params = method.parse_args({k: str(v) for k, v in settings.method_args.items()})
+    method = params = None  # the family's default is resolved once the model is loaded
+    if settings.method is not None:
+        method = get_method(settings.method)
+        params = method.parse_args({k: str(v) for k, v in settings.method_args.items()})
     output = Path(settings.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -68,6 +70,17 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     progress("load model")
     loaded = load_model(settings.model)
     adapter = make_adapter(loaded.model, loaded.processor)
+    if method is None:
+        method = get_method(adapter.default_method)
+        params = method.parse_args({})
+    if method.needs_cls and not adapter.vision.has_cls:
+        from tpc.methods import builtin_methods
+
+        usable = [name for name in builtin_methods().names() if not builtin_methods().get(name).needs_cls]
+        raise UsageError(
+            f"method {method.name} scores with the [CLS] attention row and {adapter.title}'s vision encoder has no "
+            f"[CLS] token; methods that apply: {', '.join(usable)}"
+        )
     if settings.llm_method is not None and adapter.image_layout()["crops_max"] > 1:
         raise UsageError(
             f"in-LLM pruning ({settings.llm_method}) is not available for {adapter.title} yet: its image block's "

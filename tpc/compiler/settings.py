@@ -31,7 +31,7 @@ Progress = Callable[[str], None]
 class CompileSettings:
     model: str
     output: Path
-    method: str = "fastervlm"
+    method: str | None = None  # None: the family's default (fastervlm where the encoder has [CLS])
     ratio: float | None = None
     keep: int | None = None
     target: str = "ort"
@@ -61,7 +61,10 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
     ):
         flag = "--ratio" if settings.implied_vision else "--llm-ratio"
         raise UsageError(f"{flag} {settings.llm_ratio} is outside [0, 1): it is the fraction of image tokens removed")
-    if check_method_args(settings.method, {k: str(v) for k, v in settings.method_args.items()}) is None:
+    if settings.method is None:
+        if settings.method_args:
+            raise UsageError("--method-arg needs --method (the default method depends on the model family)")
+    elif check_method_args(settings.method, {k: str(v) for k, v in settings.method_args.items()}) is None:
         from tpc.methods import get_method
 
         get_method(settings.method)  # a plugin: ``module:function`` or an entry point (imports it)
@@ -98,7 +101,7 @@ def split_llm_method(settings: CompileSettings) -> CompileSettings:
         )
     return dataclasses.replace(
         settings,
-        method="fastervlm",
+        method=None,
         method_args={},
         ratio=None,
         keep=None,

@@ -95,6 +95,7 @@ class LlavaAdapter:
 
     family = "llava"
     title = "LLaVA-1.5"
+    default_method = "fastervlm"  # when --method is not given
 
     def __init__(self, model, processor):
         config = model.config

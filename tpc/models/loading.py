@@ -15,7 +15,6 @@ from tpc.models.source import OFFLINE_HINT, hub_location, resolve_model_arg
 log = logging.getLogger(__name__)
 
 
-
 def load_model(model_arg: str) -> LoadedModel:
     """Load ``model_arg`` in float32 with SDPA attention, with its processor."""
     source = resolve_model_arg(model_arg)

@@ -53,6 +53,7 @@ class ProfileConfig:
     threads: int | None = None
     seed: int = 0
     runtime: str = "auto"  # auto | ort | trt
+    image_size: str | None = None  # "HxW" of the synthetic picture (default: the crop size, square)
 
     def validate(self) -> None:
         for name in ("runs", "batch", "new_tokens", "prompt_tokens"):
@@ -62,6 +63,8 @@ class ProfileConfig:
             raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.image_size is not None:
+            parse_image_size(self.image_size)
         if self.prompt is not None and not self.prompt.strip():
             raise UsageError("--prompt is empty: a prompt needs text (omit --prompt for a synthetic one)")
 
@@ -80,11 +83,24 @@ def synthetic_prompt(tokenizer, tokens: int) -> str:
     return tokenizer.decode(ids[:tokens])
 
 
-def synthetic_image(size: int, seed: int):
+def synthetic_image(size: int | tuple[int, int], seed: int):
+    """A random picture, ``size`` pixels square or ``(height, width)``."""
     from PIL import Image
 
+    height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8))
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``HxW`` in pixels, height first."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--image-size {text!r}: expected HxW in pixels, e.g. 672x1344") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"--image-size {text}: both sides must be at least 1 pixel")
+    return height, width
 
 
 def reset_peak_memory() -> bool:
@@ -125,11 +141,12 @@ def profile_model(
     elif config.image:
         images = [load_image(config.image)] * config.batch
     else:
-        images = [synthetic_image(runtime["image_size"], config.seed)] * config.batch
+        size = parse_image_size(config.image_size) if config.image_size else runtime["image_size"]
+        images = [synthetic_image(size, config.seed)] * config.batch
     prompts = [prompt] * config.batch
     sync = getattr(model.graphs, "synchronize", None)
     samples: dict[str, list[float]] = {m: [] for m in STAGE_METRICS + RATE_METRICS}
-    kv_bytes, kept, image_tokens, kv_lengths = 0, None, [], None
+    kv_bytes, kept, image_tokens, kv_lengths, crops = 0, None, [], None, None
     for index in range(config.warmup + config.runs):
         timer = StageTimer(sync)
         start = time.perf_counter()
@@ -146,6 +163,7 @@ def profile_model(
         samples["decode_tokens_per_s"].append(result.decode_tokens_per_s * config.batch)
         kv_bytes, kept, kv_lengths = result.kv_cache_bytes, result.kept_indices, result.kv_lengths
         image_tokens += result.image_tokens or []
+        crops = result.crops_per_image
     metrics = {name: summarize(values) for name, values in samples.items() if values}
     buckets = manifest_buckets = model.artifact.manifest.get("buckets")
     if manifest_buckets:
@@ -174,9 +192,10 @@ def profile_model(
         },
         "config": dict(asdict(config), prompt=None if config.prompt is None else config.prompt),
         "device": describe_device(model.graphs.describe(), config.threads),
-        "visual_tokens": {
-            "before": manifest["visual_tokens"]["before"],
+        "visual_tokens": {  # per picture: what the vision tower produced, what reached the LLM
+            "before": manifest["visual_tokens"]["before"] * (max(crops) if crops else 1),
             "after": (max(image_tokens) if image_tokens else 0) if images else 0,
+            **({"crops_per_image": crops, "per_crop_before": manifest["visual_tokens"]["before"]} if crops else {}),
         },
         **({"buckets": buckets} if buckets else {}),
         "prompt_length": prompt_length,

@@ -28,7 +28,7 @@ def _progress_bar(total: int, description: str, quiet: bool):
 
 
 def resolve_artifact(
-    target: str, ratio: float | None, method: str, config: ProfileConfig, cache_dir: Path | None, quiet: bool
+    target: str, ratio: float | None, method: str | None, config: ProfileConfig, cache_dir: Path | None, quiet: bool
 ) -> Path:
     """An artifact directory as is, or a model compiled (once) through the cache."""
     path = Path(target)
@@ -48,7 +48,7 @@ def profile_artifact(
     target: str,
     config: ProfileConfig,
     ratio: float | None = None,
-    method: str = "fastervlm",
+    method: str | None = None,
     cache_dir: Path | None = None,
     quiet: bool = False,
     keep: int | None = None,

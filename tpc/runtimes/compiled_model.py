@@ -122,6 +122,7 @@ class CompiledModel:
             batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
         result = generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision)
         result.image_tokens = counts
+        result.crops_per_image = crops.per_image if crops is not None else None
         result.text = [self.decode(ids) for ids in result.token_ids]
         return result
 

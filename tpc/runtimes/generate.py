@@ -38,6 +38,7 @@ class Generation:
     kv_lengths: list[int] | None = None  # per decoder layer, at the end (in-LLM pruning shortens later layers)
     llm_kept_indices: np.ndarray | None = None  # [B, K'] image tokens an in-LLM method kept (of those it got)
     text: list[str] = field(default_factory=list)  # the decoded replies, per sample (CompiledModel.generate)
+    crops_per_image: list[int] | None = None  # crops the vision graph ran per picture (anyres: 1 + grid)
 
 
 def generate(
