@@ -139,3 +139,47 @@ def test_in_llm_pruning_is_refused_for_multi_crop_families_for_now(tmp_path, cap
     )
     assert code == 2 and "not available for LLaVA-NeXT" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_tensorrt_plan_covers_the_largest_grid_times_the_batch(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "trt"
+    code, _, err = run_cli(
+        [
+            "compile",
+            "llava-next-tiny",
+            "--ratio",
+            "0.889",
+            "--target",
+            "trt",
+            "--no-build",
+            "--max-batch",
+            "2",
+            "--no-verify",
+            "-o",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    engines = manifest["trt_plan"]["engines"]
+    vision = engines["vision"]["profiles"][0]["shapes"]["pixel_values"]
+    assert vision["max"] == [2 * 5, 3, 336, 336]  # 2 pictures x (base + 2x2 grid)
+    embed = engines["embed"]["profiles"][0]["shapes"]["image_features"]
+    assert embed["max"][:2] == [2, 5 * 64]
+    assert manifest["runtime"]["image_layout"]["crops_max"] == 5
+    code, out_text, err = run_cli(["check", str(out)], capsys)
+    assert code == 0, err
+
+
+def test_unsupported_family_lists_the_supported(tmp_path, capsys):
+    import json
+
+    ckpt = tmp_path / "qwen"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    code, _, err = run_cli(["compile", str(ckpt), "-o", str(tmp_path / "out")], capsys)
+    assert code == 3
+    assert "model type 'qwen2_5_vl' is not supported; supported families: llava (LLaVA-1.5), llava_next" in err
