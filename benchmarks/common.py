@@ -52,7 +52,7 @@ def baseline_artifact(model: str) -> Path:
     return art
 
 
-def profile(art: Path, out: Path, runs: int, warmup: int = 1, new_tokens: int = 8) -> dict:
+def profile(art: Path, out: Path, runs: int, warmup: int = 1, new_tokens: int = 8, extra: tuple = ()) -> dict:
     sh(
         [
             sys.executable,
@@ -71,6 +71,7 @@ def profile(art: Path, out: Path, runs: int, warmup: int = 1, new_tokens: int = 
             "--json",
             str(out),
             "-q",
+            *extra,
         ]
     )
     return json.loads(out.read_text())

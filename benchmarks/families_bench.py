@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, profile_parser, sh, write_section
+from common import ROOT, profile, profile_parser, sh, write_section
 
 MARK = "<!-- families -->"
 PICTURE = "672x1344"
@@ -138,27 +138,12 @@ def main() -> None:
             ]
             + common
         )
-    docs = {}
-    for ratio, art in arts.items():
-        path = out / f"tpc-r{ratio}.json"
-        sh(
-            [
-                sys.executable,
-                "-m",
-                "tpc.cli",
-                "profile",
-                str(art),
-                "--image-size",
-                PICTURE,
-                "--prompt-tokens",
-                "64",
-                "--json",
-                str(path),
-                "-q",
-            ]
-            + common
+    docs = {
+        ratio: profile(
+            art, out / f"tpc-r{ratio}.json", args.runs, args.warmup, args.new_tokens, ("--image-size", PICTURE)
         )
-        docs[ratio] = json.loads(path.read_text())
+        for ratio, art in arts.items()
+    }
     hf = {mode: json.loads((out / f"{mode}.json").read_text()) for mode in ("hf", "hf-fastervlm")}
     write_section(args.output, MARK, render(args, docs, hf))
 

@@ -1,8 +1,9 @@
-"""Attention scores recomputed from a layer's own q/k, one query row at a time.
+"""Attention scores recomputed from a layer's own q/k.
 
 Fused attention (SDPA, FlashAttention, TensorRT MHA) never materialises attention
 weights, so scores are recomputed for the rows a method needs: for [CLS] that is one
-query row, O(T * d) per head instead of O(T^2 * d).
+query row, O(T * d) per head instead of O(T^2 * d); the attention a token receives
+(encoders without [CLS]) needs every row of that one layer.
 """
 
 from __future__ import annotations
@@ -21,3 +22,17 @@ def cls_attention_row(query: torch.Tensor, key: torch.Tensor, scale: float) -> t
     probs = torch.softmax(logits, dim=-1)
     row = probs.mean(dim=1).squeeze(1)
     return row[:, 1:]
+
+
+def received_attention(query: torch.Tensor, key: torch.Tensor, scale: float, drop_cls: bool = False) -> torch.Tensor:
+    """Attention each token RECEIVES: ``softmax(Q K^T * scale)`` averaged over heads, then over every query
+    row (the column mean). [B,H,T,d] x2 -> [B,T], or [B,T-1] with the [CLS] key column dropped (``drop_cls``;
+    the [CLS] query row still counts, no renormalisation).
+
+    The score that replaces the [CLS] row for encoders without one (SigLIP; METHODS.md). It needs the whole
+    T x T matrix of the one layer, O(T^2 * d) per head: one more attention matrix, not one per layer.
+    """
+    logits = torch.matmul(query, key.transpose(-1, -2)) * scale
+    probs = torch.softmax(logits, dim=-1)  # [B, H, T, T]
+    column = probs.mean(dim=1).mean(dim=1)  # heads, then query rows
+    return column[:, 1:] if drop_cls else column

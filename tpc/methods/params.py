@@ -59,9 +59,10 @@ def parse_params(method: str, params: tuple[Param, ...], pairs: dict[str, str]) 
 
 PARAMS: dict[str, tuple[Param, ...]] = {
     "fastervlm": (),
+    "received": (),
     "vtc-cls": (Param("start_layer", int, 16, "first ViT layer of the ensemble (at most the feature layer)", 0),),
     "visionzip": (
-        Param("dominant", int, 0, "dominant tokens incl. [CLS] (0: keep - contextual)", 0),
+        Param("dominant", int, 0, "dominant tokens, incl. [CLS] where the encoder has one (0: keep - contextual)", 0),
         Param("contextual", int, 0, "merged contextual tokens (0: 10/64 of keep)", 0),
     ),
     "divprune": (),
@@ -75,6 +76,7 @@ PARAMS: dict[str, tuple[Param, ...]] = {
 # Where each built-in lives, so that looking one up imports only what it needs.
 BUILTIN_LOCATIONS: dict[str, str] = {
     "fastervlm": "tpc.methods.fastervlm:FASTERVLM",
+    "received": "tpc.methods.received:RECEIVED",
     "vtc-cls": "tpc.methods.vtc_cls:VTC_CLS",
     "visionzip": "tpc.methods.visionzip:VISIONZIP",
     "divprune": "tpc.methods.divprune:DIVPRUNE",

@@ -17,6 +17,20 @@ so the compiler and the runtime agree with Hugging Face without importing it:
 * ``packed_index``: ``pack_image_features``' row order as one gather index into the flattened
   per-crop features, ``-1`` where ``image_newline`` goes.
 
+LLaVA-OneVision packs the same way, with one more step (its ``vision_aspect_ratio``
+``"anyres_max_N"``): when the unpadded grid holds more than about ``N`` crops' worth of tokens it is
+downsampled by bilinear interpolation before the newlines are appended:
+
+* ``max_crops_of``: ``N`` from ``"anyres_max_N"``;
+* ``downsampled_shape``: the grid ``pack_image_features`` interpolates to (None when it does not);
+* ``bilinear_resize``: ``torch.nn.functional.interpolate(..., mode="bilinear")`` (``align_corners``
+  False, no antialiasing) in numpy float32, the same source indices and weights as PyTorch's CPU
+  kernel (which computes the source coordinate with one fused multiply-add); results agree to
+  float32 rounding (a couple of ulp: PyTorch's own kernels sum the four terms in different orders);
+* ``onevision_token_count`` (the rows ``pack_image_features`` produces, which is also the
+  ``<image>`` placeholders ``LlavaOnevisionProcessor`` writes) and ``onevision_packed_rows``
+  (the packed rows themselves, from the per-crop features).
+
 Conventions: image sizes are ``(height, width)`` of the ORIGINAL image (``image_sizes`` in
 Hugging Face); ``crop_size`` is the vision tower's input side (336); ``tokens_per_side`` the
 patch tokens per crop side (336 // 14 = 24). Crop 0 is the base crop (the whole image resized
@@ -37,6 +51,7 @@ tpc accepts), the functions follow each side and say so:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,11 +59,16 @@ import numpy as np
 Pinpoints = Sequence[Sequence[int]]
 
 __all__ = [
+    "bilinear_resize",
     "check_pinpoints",
+    "downsampled_shape",
     "grid_shape",
     "image_token_count",
+    "max_crops_of",
     "model_token_count",
     "num_crops",
+    "onevision_packed_rows",
+    "onevision_token_count",
     "packed_index",
     "padding",
     "patch_output_size",
@@ -210,3 +230,108 @@ def packed_index(
     if newline:
         grid = np.concatenate([grid, np.full((len(rows), 1), -1, dtype=grid.dtype)], axis=1)
     return np.concatenate([np.arange(t * t), grid.reshape(-1)]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- LLaVA-OneVision
+
+_ANYRES_MAX = re.compile(r"^anyres_max_(\d+)$")
+
+
+def max_crops_of(vision_aspect_ratio: str) -> int:
+    """``N`` of LLaVA-OneVision's ``vision_aspect_ratio`` ``"anyres_max_N"``; ValueError for anything else
+    (transformers parses it with ``int(value.strip("anyres_max_"))``, which fails on other values too)."""
+    match = _ANYRES_MAX.match(str(vision_aspect_ratio))
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(f"vision_aspect_ratio {vision_aspect_ratio!r} is not 'anyres_max_N' with N >= 1")
+    return int(match.group(1))
+
+
+def downsampled_shape(rows: int, cols: int, tokens_per_side: int, max_crops: int) -> tuple[int, int] | None:
+    """The ``(rows, cols)`` an unpadded ``rows x cols`` token grid is interpolated to, or None when it is kept.
+
+    ``pack_image_features``: ``ratio = sqrt(rows * cols / (max_crops * tokens_per_side ** 2))``; above 1.1
+    the grid becomes ``int(rows // ratio) x int(cols // ratio)``.
+    """
+    ratio = math.sqrt(rows * cols / (max_crops * tokens_per_side**2))
+    if ratio > 1.1:
+        return int(rows // ratio), int(cols // ratio)
+    return None
+
+
+def _bilinear_axis(size_in: int, size_out: int):
+    """Source indices and weights along one axis, as PyTorch's CPU bilinear kernel computes them (float32)."""
+    scale = np.float64(np.float32(size_in) / np.float32(size_out))
+    # scale * (dst + 0.5) - 0.5 with a single rounding to float32 (the kernel's fused multiply-add; the
+    # float64 arithmetic is exact here)
+    real = (scale * (np.arange(size_out, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    real = np.maximum(real, np.float32(0))
+    low = np.minimum(np.floor(real).astype(np.int64), size_in - 1)
+    high_weight = np.clip(real - low.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    high = low + (low < size_in - 1)
+    return low, high, (np.float32(1) - high_weight).astype(np.float32), high_weight
+
+
+def bilinear_resize(grid: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """``grid`` [H, W, D] float32 resized to ``out_hw`` like ``F.interpolate(mode="bilinear")`` on [1, D, H, W]."""
+    grid = np.asarray(grid, dtype=np.float32)
+    top, bottom, w_top, w_bottom = _bilinear_axis(grid.shape[0], int(out_hw[0]))
+    left, right, w_left, w_right = _bilinear_axis(grid.shape[1], int(out_hw[1]))
+    w_top, w_bottom = w_top[:, None, None], w_bottom[:, None, None]
+    w_left, w_right = w_left[None, :, None], w_right[None, :, None]
+    upper, lower = grid[top], grid[bottom]
+    return (
+        (w_top * w_left) * upper[:, left]
+        + (w_top * w_right) * upper[:, right]
+        + (w_bottom * w_left) * lower[:, left]
+        + (w_bottom * w_right) * lower[:, right]
+    ).astype(np.float32)
+
+
+def _onevision_grid(image_hw, pinpoints: Pinpoints, crop_size: int, tokens_per_side: int, max_crops: int):
+    grid_h, grid_w = grid_shape(image_hw, pinpoints, crop_size)
+    top, bottom, left, right = unpad_bounds(image_hw, grid_h, grid_w, tokens_per_side)
+    rows, cols = bottom - top, right - left
+    return rows, cols, downsampled_shape(rows, cols, tokens_per_side, max_crops)
+
+
+def onevision_token_count(
+    image_hw, pinpoints: Pinpoints, crop_size: int, tokens_per_side: int, max_crops: int, newline: bool = True
+) -> int:
+    """Rows of LLaVA-OneVision's ``pack_image_features`` for one image (``"full"`` strategy: every patch token):
+    the base crop, then the unpadded (and possibly downsampled) grid with one newline per row. It equals the
+    ``<image>`` placeholders ``LlavaOnevisionProcessor._get_number_of_features`` counts."""
+    rows, cols, shape = _onevision_grid(image_hw, pinpoints, crop_size, tokens_per_side, max_crops)
+    if shape is not None:
+        rows, cols = shape
+    return tokens_per_side**2 + rows * cols + (rows if newline else 0)
+
+
+def onevision_packed_rows(
+    features: np.ndarray,
+    image_hw,
+    pinpoints: Pinpoints,
+    crop_size: int,
+    tokens_per_side: int,
+    max_crops: int,
+    newline: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """LLaVA-OneVision's packed rows of one image from its per-crop features ``[(1 + gh * gw) * t * t, D]``.
+
+    Returns ``(rows [n, D], labels [n])``: labels are the source row of each packed row (crop * t * t +
+    patch), ``-1`` for a newline row and for a row interpolated from several patches.
+    """
+    t = int(tokens_per_side)
+    order = packed_index(image_hw, pinpoints, crop_size, t, newline=False)
+    rows, cols, shape = _onevision_grid(image_hw, pinpoints, crop_size, t, max_crops)
+    flat = np.asarray(features, dtype=np.float32)
+    base, grid_index = order[: t * t], order[t * t :].reshape(rows, cols)
+    grid, labels = flat[grid_index], grid_index
+    if shape is not None:
+        grid = bilinear_resize(grid, shape)
+        labels = np.full(shape, -1, dtype=np.int64)
+    if newline is not None:
+        column = np.broadcast_to(np.asarray(newline, dtype=np.float32), (grid.shape[0], 1, grid.shape[2]))
+        grid = np.concatenate([grid, column], axis=1)
+        labels = np.concatenate([labels, np.full((labels.shape[0], 1), -1, dtype=np.int64)], axis=1)
+    packed = np.concatenate([flat[base], grid.reshape(-1, grid.shape[-1])])
+    return packed, np.concatenate([base, labels.reshape(-1)]).astype(np.int64)

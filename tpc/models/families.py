@@ -2,8 +2,11 @@
 
 Each family names its adapter (the only code that knows where that architecture keeps
 its visual tokens), the transformers class that loads it, whether its vision encoder has
-a [CLS] token (methods that score with the [CLS] row need one) and its presets. Adding
-a family means one adapter module in ``tpc/models`` plus an entry here. Torch-free.
+a [CLS] token (methods that score with the [CLS] row need one) and its presets. A family
+whose transformers processor cannot load everywhere (LLaVA-OneVision's needs torchvision for
+its video processor) names a loader that builds the processor from its parts
+(``processor_parts``), used by ``tpc.models.loading`` and by ``tpc run``'s processor fallback.
+Adding a family means one adapter module in ``tpc/models`` plus an entry here. Torch-free.
 """
 
 from __future__ import annotations
@@ -24,10 +27,21 @@ class Family:
     has_cls: bool  # the vision encoder has a [CLS] token
     multi_crop: bool  # several crops per image (anyres)
     decoder: str
+    processor_class: str = ""  # processor_class of its saved processor (processor_config.json)
+    # "module:function" (location, config=None) -> processor from its parts, when AutoProcessor fails
+    processor_parts: str | None = None
 
     def adapter_class(self):
-        module, _, name = self.adapter.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _resolve(self.adapter)
+
+    def parts_loader(self):
+        """The function that builds this family's processor from its parts, or None."""
+        return _resolve(self.processor_parts) if self.processor_parts else None
+
+
+def _resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 FAMILIES: dict[str, Family] = {
@@ -41,6 +55,7 @@ FAMILIES: dict[str, Family] = {
             has_cls=True,
             multi_crop=False,
             decoder="Llama",
+            processor_class="LlavaProcessor",
         ),
         Family(
             "llava_next",
@@ -50,6 +65,18 @@ FAMILIES: dict[str, Family] = {
             has_cls=True,
             multi_crop=True,
             decoder="Mistral, Vicuna (Llama)",
+            processor_class="LlavaNextProcessor",
+        ),
+        Family(
+            "llava_onevision",
+            "LLaVA-OneVision",
+            "tpc.models.llava_onevision:LlavaOnevisionAdapter",
+            "LlavaOnevisionForConditionalGeneration",
+            has_cls=False,
+            multi_crop=True,
+            decoder="Qwen2",
+            processor_class="LlavaOnevisionProcessor",
+            processor_parts="tpc.models.onevision_processor:load_parts",
         ),
     )
 }
@@ -64,6 +91,11 @@ def family_for(model_type: str | None, where: str = "") -> Family:
         f"{prefix}model type {model_type!r} is not supported; supported families: "
         + ", ".join(f"{f.model_type} ({f.title})" for f in FAMILIES.values())
     )
+
+
+def family_for_processor(processor_class: str | None) -> Family | None:
+    """The family whose saved processor has this ``processor_class``, or None."""
+    return next((f for f in FAMILIES.values() if processor_class and f.processor_class == processor_class), None)
 
 
 def make_adapter(model: Any, processor: Any):

@@ -33,7 +33,7 @@ def load_model(model_arg: str) -> LoadedModel:
 def _load_pretrained(location: str, kind: str, alias: str | None = None) -> LoadedModel:
     import torch
     import transformers
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(location)
@@ -42,10 +42,7 @@ def _load_pretrained(location: str, kind: str, alias: str | None = None) -> Load
             raise ModelLoadError(f"cannot fetch {location!r} from the model hub (offline?); {OFFLINE_HINT}") from exc
         raise ModelLoadError(f"{location}: unreadable config.json ({_first_line(exc)})") from exc
     family = family_for(getattr(config, "model_type", None), location)
-    try:
-        processor = AutoProcessor.from_pretrained(location)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"{location}: no usable tokenizer/processor files ({_first_line(exc)})") from exc
+    processor = _load_processor(location, family, config)
     try:
         model_class = getattr(transformers, family.hf_class)
         model = model_class.from_pretrained(location, dtype=torch.float32, attn_implementation="sdpa")
@@ -57,6 +54,31 @@ def _load_pretrained(location: str, kind: str, alias: str | None = None) -> Load
         revision = "config-sha256:" + hashlib.sha256(Path(location, "config.json").read_bytes()).hexdigest()[:16]
     source = {"kind": kind, "id": alias or location, "path": location, "revision": revision}
     return LoadedModel(model, processor, source)
+
+
+def _load_processor(location: str, family, config):
+    """transformers' ``AutoProcessor``; where it fails for a family that names a parts loader (LLaVA-OneVision
+    without torchvision: its processor insists on a video processor), the processor built from its parts."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(location)
+    except Exception as exc:
+        parts = family.parts_loader()
+        if parts is None:
+            if isinstance(exc, (OSError, ValueError, TypeError)):
+                raise ModelLoadError(f"{location}: no usable tokenizer/processor files ({_first_line(exc)})") from exc
+            raise
+        log.debug(
+            "%s: AutoProcessor failed (%s); building the %s processor from its parts", location, exc, family.title
+        )
+        try:
+            return parts(location, config)
+        except (OSError, ValueError, TypeError) as inner:
+            raise ModelLoadError(
+                f"{location}: no usable tokenizer/processor files ({_first_line(inner)}; "
+                f"transformers' processor: {_first_line(exc)})"
+            ) from inner
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,8 +1,10 @@
-"""Built-in model presets: a hub alias and two offline, randomly initialised models.
+"""Built-in model presets: hub aliases and offline, randomly initialised models of each family.
 
-``llava-tiny`` and ``llava-bench`` are real ``LlavaForConditionalGeneration``
-architectures with seeded random weights and an in-code processor, so tests, the demo
-and benchmarks run with no network. ``llava`` is the published LLaVA-1.5-7B checkpoint.
+``*-tiny`` and ``*-bench`` are real architectures of their family (``LlavaForConditionalGeneration``,
+``LlavaNextForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``) with seeded random
+weights and an in-code processor, so tests, the demo and benchmarks run with no network. ``llava``,
+``llava-next`` and ``llava-onevision`` are published checkpoints. ``build_preset`` dispatches on the
+preset's family (``_FAMILY_CONFIGS``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 LLAVA_15_7B = "llava-hf/llava-1.5-7b-hf"
 LLAVA_NEXT_MISTRAL_7B = "llava-hf/llava-v1.6-mistral-7b-hf"
+LLAVA_ONEVISION_05B = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 # llava-hf/llava-v1.6-*: grids 1x2, 2x1, 2x2, 3x1, 1x3 of 336 px crops
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -32,8 +35,9 @@ class Preset:
     # look like the latter, so top-k boundaries are not decided by float noise.
     attention_gain: float = 1.0
     family: str = "llava"  # config.model_type of the model it builds (tpc.models.families)
-    text_model: str = "llama"  # decoder config: llama or mistral
-    pinpoints: tuple = ()  # llava_next: image_grid_pinpoints
+    text_model: str = "llama"  # decoder config: llama, mistral or qwen2
+    pinpoints: tuple = ()  # llava_next, llava_onevision: image_grid_pinpoints
+    vision_aspect_ratio: str = "anyres_max_9"  # llava_onevision
 
     @property
     def builtin(self) -> bool:
@@ -41,7 +45,12 @@ class Preset:
 
 
 _CLIP_336 = dict(image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+_SIGLIP_384 = dict(
+    image_size=384, patch_size=14, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False
+)
 _TOKENIZER_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+# llava-hf/llava-onevision-qwen2-*-ov-hf: every grid of 1..6 x 1..6 crops of 384 px (36 pinpoints)
+ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in range(1, 7))
 
 PRESETS: dict[str, Preset] = {
     "llava": Preset("llava", "LLaVA-1.5-7B from the hub (needs network or a local cache)", hub_id=LLAVA_15_7B),
@@ -159,19 +168,131 @@ PRESETS: dict[str, Preset] = {
         text_model="mistral",
         pinpoints=((672, 672),),
     ),
+    "llava-onevision": Preset(
+        "llava-onevision",
+        "LLaVA-OneVision Qwen2-0.5B (SigLIP, anyres_max_9) from the hub (needs network or a local cache)",
+        hub_id=LLAVA_ONEVISION_05B,
+        family="llava_onevision",
+    ),
+    "llava-onevision-tiny": Preset(
+        "llava-onevision-tiny",
+        "tiny random LLaVA-OneVision (SigLIP 384/14 crops, 729 patches, no [CLS]; the 0.5B checkpoint's 36 "
+        "pinpoints and anyres_max_9; 3 ViT layers; 4-layer Qwen2) for tests",
+        vision=dict(_SIGLIP_384, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4),
+        text=dict(
+            _TOKENIZER_IDS,
+            vocab_size=320,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16384,  # unpruned pictures reach ~8.8k image rows
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        ),
+        initializer_range=0.2,
+        attention_gain=3.0,
+        family="llava_onevision",
+        text_model="qwen2",
+        pinpoints=ONEVISION_PINPOINTS,
+    ),
+    "llava-onevision-bench": Preset(
+        "llava-onevision-bench",
+        "random LLaVA-OneVision with the 0.5B checkpoint's geometry: SigLIP so400m (26 layers kept, hidden 1152, "
+        "729 patches per 384 px crop), 36 pinpoints, anyres_max_9, Qwen2-0.5B decoder",
+        vision=dict(
+            _SIGLIP_384, hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16
+        ),
+        text=dict(
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+            vocab_size=152000,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+        ),
+        initializer_range=0.02,
+        attention_gain=3.0,
+        family="llava_onevision",
+        text_model="qwen2",
+        pinpoints=ONEVISION_PINPOINTS,
+    ),
 }
+
+
+def _llava_config(preset: Preset, common: dict, vision):
+    import transformers
+
+    config = transformers.LlavaConfig(**common, image_seq_length=(vision.image_size // vision.patch_size) ** 2)
+    return config, transformers.LlavaForConditionalGeneration
+
+
+def _llava_next_config(preset: Preset, common: dict, vision):
+    import transformers
+
+    config = transformers.LlavaNextConfig(**common, image_grid_pinpoints=[list(p) for p in preset.pinpoints])
+    return config, transformers.LlavaNextForConditionalGeneration
+
+
+def _llava_onevision_config(preset: Preset, common: dict, vision):
+    import transformers
+
+    config = transformers.LlavaOnevisionConfig(
+        **dict(common, vision_feature_layer=-1, vision_feature_select_strategy="full"),
+        image_grid_pinpoints=[list(p) for p in preset.pinpoints],
+        vision_aspect_ratio=preset.vision_aspect_ratio,
+        tie_word_embeddings=bool(preset.text.get("tie_word_embeddings", False)),
+    )
+    return config, transformers.LlavaOnevisionForConditionalGeneration
+
+
+def _llava_processor(preset: Preset, vision):
+    from tpc.models.tiny_processor import build_llava_processor
+
+    return build_llava_processor(vision.image_size, vision.patch_size)
+
+
+def _llava_next_processor(preset: Preset, vision):
+    from tpc.models.tiny_processor import build_llava_next_processor
+
+    return build_llava_next_processor(vision.image_size, vision.patch_size, [list(p) for p in preset.pinpoints])
+
+
+def _llava_onevision_processor(preset: Preset, vision):
+    from tpc.models.tiny_processor import build_llava_onevision_processor
+
+    pinpoints = [list(p) for p in preset.pinpoints]
+    return build_llava_onevision_processor(vision.image_size, vision.patch_size, pinpoints, preset.vision_aspect_ratio)
+
+
+# family -> (vision config class, model config builder, processor builder)
+_FAMILY_CONFIGS = {
+    "llava": ("CLIPVisionConfig", _llava_config, _llava_processor),
+    "llava_next": ("CLIPVisionConfig", _llava_next_config, _llava_next_processor),
+    "llava_onevision": ("SiglipVisionConfig", _llava_onevision_config, _llava_onevision_processor),
+}
+_TEXT_CONFIGS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
 
 
 def build_preset(preset: Preset):
     """Instantiate a built-in preset: (model, processor) of its family, seeded random weights."""
     import torch
     import transformers
-    from transformers import CLIPVisionConfig
 
-    from tpc.models.tiny_processor import IMAGE_TOKEN_ID, build_llava_next_processor, build_llava_processor
+    from tpc.models.tiny_processor import IMAGE_TOKEN_ID
 
-    vision = CLIPVisionConfig(**preset.vision, initializer_range=preset.initializer_range)
-    text_config_class = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[preset.text_model]
+    vision_class, model_config, processor_builder = _FAMILY_CONFIGS[preset.family]
+    vision = getattr(transformers, vision_class)(**preset.vision, initializer_range=preset.initializer_range)
+    text_config_class = getattr(transformers, _TEXT_CONFIGS[preset.text_model])
     text = text_config_class(**preset.text, initializer_range=preset.initializer_range)
     common = dict(
         vision_config=vision,
@@ -181,13 +302,7 @@ def build_preset(preset: Preset):
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
-    if preset.family == "llava_next":
-        pinpoints = [list(p) for p in preset.pinpoints]
-        config = transformers.LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
-        model_class = transformers.LlavaNextForConditionalGeneration
-    else:
-        config = transformers.LlavaConfig(**common, image_seq_length=(vision.image_size // vision.patch_size) ** 2)
-        model_class = transformers.LlavaForConditionalGeneration
+    config, model_class = model_config(preset, common, vision)
     config._attn_implementation = "sdpa"
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(preset.seed)
@@ -200,8 +315,4 @@ def build_preset(preset: Preset):
     finally:
         torch.random.set_rng_state(generator_state)
     model.eval()
-    if preset.family == "llava_next":
-        processor = build_llava_next_processor(vision.image_size, vision.patch_size, pinpoints)
-    else:
-        processor = build_llava_processor(vision.image_size, vision.patch_size)
-    return model, processor
+    return model, processor_builder(preset, vision)

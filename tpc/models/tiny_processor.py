@@ -144,3 +144,74 @@ def build_llava_next_processor(image_size: int = 336, patch_size: int = 14, pinp
         chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
         num_additional_image_tokens=1,
     )
+
+
+# The chat template of llava-hf/llava-onevision-qwen2-*-ov-hf (Qwen's ChatML turns; the image before the text).
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + ' '}}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}"
+    "{% endfor %}"
+    "{# Render all video then #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>' }}"
+    "{% endfor %}"
+    "{# Render all text next #}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\n' + content['text'] }}"
+    "{% endfor %}"
+    "{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{'<|im_end|>'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# image_grid_pinpoints of llava-hf/llava-onevision-qwen2-*-ov-hf: every grid of 1..6 x 1..6 crops of 384 px
+LLAVA_ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in range(1, 7))
+SIGLIP_MEAN = [0.5, 0.5, 0.5]
+SIGLIP_STD = [0.5, 0.5, 0.5]
+
+
+def build_llava_onevision_processor(
+    image_size: int = 384, patch_size: int = 14, pinpoints=None, vision_aspect_ratio: str = "anyres_max_9"
+):
+    """An ``OnevisionProcessor`` configured like llava-hf/llava-onevision-qwen2-0.5b-ov-hf at ``image_size``.
+
+    ``LlavaOnevisionImageProcessorPil`` (SigLIP mean/std 0.5, crops of ``image_size`` resized to
+    ``height x width``, bicubic, ``image_grid_pinpoints`` = ``pinpoints``, default: the checkpoint's 36),
+    the ``"full"`` feature strategy (SigLIP has no [CLS]), ``anyres_max_9`` and the ChatML template. The
+    byte tokenizer of the other presets (the template's ``<|im_start|>`` is plain text to it).
+    """
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from tpc.models.anyres import check_pinpoints
+    from tpc.models.onevision_processor import OnevisionProcessor
+
+    pinpoints = check_pinpoints(LLAVA_ONEVISION_PINPOINTS if pinpoints is None else pinpoints, image_size)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        resample=3,  # bicubic
+        do_resize=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        do_convert_rgb=True,
+        do_pad=True,
+        image_mean=SIGLIP_MEAN,
+        image_std=SIGLIP_STD,
+    )
+    return OnevisionProcessor(
+        image_processor,
+        build_byte_tokenizer(),
+        LLAVA_ONEVISION_CHAT_TEMPLATE,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=vision_aspect_ratio,
+    )

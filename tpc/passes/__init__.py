@@ -5,6 +5,7 @@
 
 from tpc.passes.expose_cls_attention import expose_cls_attention
 from tpc.passes.expose_feature_values import expose_feature_values
+from tpc.passes.expose_received_attention import expose_received_attention
 from tpc.passes.expose_selection_inputs import expose_selection_inputs
 from tpc.passes.infra import PassContext, PassResult, run_passes
 from tpc.passes.insert_token_selection import insert_token_selection
@@ -14,6 +15,7 @@ from tpc.passes.select_in_vit import select_in_vit
 DEFAULT_PASSES = (
     remove_dead_vision_layers,
     expose_cls_attention,
+    expose_received_attention,
     expose_feature_values,
     select_in_vit,
     insert_token_selection,
@@ -23,6 +25,7 @@ DEFAULT_PASSES = (
 BUCKETED_PASSES = (
     remove_dead_vision_layers,
     expose_cls_attention,
+    expose_received_attention,
     expose_feature_values,
     expose_selection_inputs,
 )

@@ -1,8 +1,9 @@
 """Expose the feature layer's hidden states and keys for methods that merge tokens.
 
 ``hidden``: the feature layer's output with [CLS] [B,T,Dv] (the tensor LLaVA slices
-``[:, 1:]`` before the projector); ``keys``: that layer's key vectors averaged over
-heads [B,T,hd] (read from its SDPA node).
+``[:, 1:]`` before the projector; for an encoder without [CLS], the patch tokens
+themselves); ``keys``: that layer's key vectors averaged over heads [B,T,hd] (read from
+its SDPA node).
 
 Before::
 
@@ -30,7 +31,8 @@ def expose_feature_values(gm: GraphModule, ctx: PassContext) -> PassResult:
     stats = {}
     if "hidden" in needs and find_value(gm, "hidden") is None:
         _, patches = projector_entry(gm, ctx.layout.projector_path)
-        hidden = patches.args[0]  # patches = slice(hidden, 1, 1, end)
+        # with [CLS]: patches = slice(hidden, 1, 1, end); without (SigLIP): the patches are the hidden states
+        hidden = patches.args[0] if ctx.layout.has_cls else patches
         hidden.meta[TPC_VALUE] = "hidden"
         stats["hidden"] = hidden.name
     if "keys" in needs and find_value(gm, "keys") is None:

@@ -4,11 +4,12 @@ The manifest's ``runtime.image_layout`` says how the model arranges a picture's 
 tokens; the vision graph always sees crops on its batch axis.
 
 * ``single``: one crop per picture; its rows are the picture's tokens (LLaVA-1.5).
-* ``anyres``: a base crop plus a grid of sub-crops (LLaVA-NeXT). Unpruned, the rows are
-  packed exactly as Hugging Face's ``pack_image_features`` packs them (base crop, merged
-  grid unpadded to the picture's aspect ratio, ``image_newline`` after every row); pruned,
-  each crop keeps its own tokens: the base crop's first, then the sub-crops' in the raster
-  order of the merged grid (METHODS.md).
+* ``anyres``: a base crop plus a grid of sub-crops (LLaVA-NeXT, LLaVA-OneVision). Unpruned, the
+  rows are packed exactly as Hugging Face's ``pack_image_features`` packs them (base crop, merged
+  grid unpadded to the picture's aspect ratio, for LLaVA-OneVision (``anyres_max`` in the layout)
+  bilinearly downsampled when it holds more than ``anyres_max`` crops' worth of tokens,
+  ``image_newline`` after every row); pruned, each crop keeps its own tokens: the base crop's
+  first, then the sub-crops' in the raster order of the merged grid (METHODS.md).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class Assembled:
 
     features: np.ndarray  # [B, max_n, D]
     counts: list[int]  # rows of each picture
-    kept: np.ndarray | None  # [B, max_n] kept patch index per row (crop * N + patch; -1: newline or padding)
+    # [B, max_n] kept patch index per row (crop * N + patch; -1: newline, padding, or a row interpolated
+    # from several patches)
+    kept: np.ndarray | None
 
 
 class SingleCropLayout:
@@ -63,6 +66,7 @@ class AnyResLayout:
         self.num_patches = runtime["num_patches"]
         self.keep = runtime["keep"]
         self.newline = np.load(Path(root) / layout["newline"]).astype(np.float32)
+        self.anyres_max = layout.get("anyres_max")  # LLaVA-OneVision's downsampling bound (None: LLaVA-NeXT)
 
     def crops(self, image_processor, images: Sequence[object]) -> Crops:
         from tpc.models.anyres import grid_shape
@@ -82,7 +86,7 @@ class AnyResLayout:
         return Crops(np.concatenate(per_image, axis=0), [len(p) for p in per_image], sizes)
 
     def assemble(self, crops: Crops, features: np.ndarray, kept: np.ndarray, counts: Sequence[int]) -> Assembled:
-        from tpc.models.anyres import grid_shape, packed_index
+        from tpc.models.anyres import grid_shape, onevision_packed_rows, packed_index
 
         rows, kept_rows, start = [], [], 0
         dim = features.shape[-1]
@@ -93,6 +97,19 @@ class AnyResLayout:
             if all(c == self.num_patches for c in n) and np.array_equal(
                 idx, np.broadcast_to(np.arange(self.num_patches), idx.shape)
             ):  # unpruned: Hugging Face's packing
+                if self.anyres_max is not None:
+                    packed, order = onevision_packed_rows(
+                        feats.reshape(-1, dim),
+                        size,
+                        self.pinpoints,
+                        self.crop_size,
+                        self.side,
+                        self.anyres_max,
+                        self.newline,
+                    )
+                    rows.append(packed)
+                    kept_rows.append(order)
+                    continue
                 order = packed_index(size, self.pinpoints, self.crop_size, self.side)
                 flat = feats.reshape(-1, dim)
                 picked = np.where((order >= 0)[:, None], flat[np.maximum(order, 0)], self.newline[None, :])

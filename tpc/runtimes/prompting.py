@@ -108,14 +108,10 @@ class PromptEncoder:
         return [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
 
     def pixels(self, images: Sequence[object] | None, count: int) -> np.ndarray | None:
-        """Preprocessed pixel values [B,3,H,W], or None for a text-only batch."""
-        if images is not None and len(images) != count:
-            raise UsageError(f"{count} prompts but {len(images)} images")
-        if images is None or all(i is None for i in images):
+        """Preprocessed pixel values [B,3,H,W] (one crop per picture), or None for a text-only batch."""
+        loaded = self._images(images, count)
+        if loaded is None:
             return None
-        if any(i is None for i in images):
-            raise UsageError("a batch must have an image for every prompt, or for none")
-        loaded = [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
         pixel_values = self.processor.image_processor(loaded, return_tensors="np")["pixel_values"]
         return np.asarray(pixel_values, dtype=np.float32)
 

@@ -1,0 +1,153 @@
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): SigLIP crops without [CLS], anyres_max_N.
+
+What differs from LLaVA-NeXT (``LlavaNextAdapter``, which this adapter extends):
+
+* the vision encoder is SigLIP: no [CLS] token, every one of the ``(384 // 14) ** 2 = 729`` patch
+  tokens of a crop is a feature (``vision_feature_select_strategy="full"``, feature layer -1, the
+  last kept layer's output before SigLIP's post-layernorm). Methods defined on the [CLS] row are
+  refused; the default method scores each patch by the attention it RECEIVES at the feature layer
+  (``received``, METHODS.md);
+* the crops come from up to 6 x 6 grids of 384 px (the checkpoint's 36 pinpoints), and unpruned
+  ``pack_image_features`` downsamples the unpadded grid by bilinear interpolation when it holds more
+  than about ``N`` crops' worth of tokens (``vision_aspect_ratio="anyres_max_N"``) before appending
+  ``image_newline`` to every row. The runtime reproduces that numpy-side
+  (``tpc.models.anyres.onevision_packed_rows``), from the ``anyres_max`` the manifest records;
+* the decoder is Qwen2 (q/k/v biases), exported by the same decoder step;
+* transformers' processor needs torchvision for its video processor, so the processor is built from
+  its parts (``tpc.models.onevision_processor``).
+
+Pruned, each crop keeps its own top-``keep`` and the rows are arranged as for LLaVA-NeXT (base crop
+first, then the sub-crops in the merged grid's raster order; no unpad, no newline, no downsampling).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tpc.errors import ModelLoadError
+from tpc.models.base import TextLayout, VisionLayout
+from tpc.models.llava_next import NEWLINE_FILE, LlavaNextAdapter
+
+
+class OnevisionVisionBoundary(nn.Module):
+    """SigLIP tower + feature-layer pick (every token: no [CLS]) + projector, per crop."""
+
+    def __init__(self, model, feature_layer: int):
+        super().__init__()
+        self.vision_tower = model.model.vision_tower
+        self.multi_modal_projector = model.model.multi_modal_projector
+        self.feature_layer = feature_layer
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        return self.multi_modal_projector(out.hidden_states[self.feature_layer])
+
+
+def text_layout(config, tokenizer) -> TextLayout:
+    """The decoder geometry of a LLaVA-style config (``text_config``, ``image_token_id``)."""
+    tc = config.text_config
+    eos = tc.eos_token_id if tc.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+    pad = tc.pad_token_id if tc.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+    return TextLayout(
+        num_layers=tc.num_hidden_layers,
+        num_kv_heads=tc.num_key_value_heads or tc.num_attention_heads,
+        head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+        hidden_size=tc.hidden_size,
+        vocab_size=tc.vocab_size,
+        max_context=tc.max_position_embeddings,
+        image_token_id=config.image_token_id,
+        eos_token_ids=eos_ids,
+        pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
+    )
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    family = "llava_onevision"
+    title = "LLaVA-OneVision"
+    default_method = "received"  # attention received at the feature layer: SigLIP has no [CLS] row
+
+    def __init__(self, model, processor):  # LLaVA's own checks ([CLS] dropped) do not apply: its own here
+        from tpc.models.anyres import check_pinpoints, max_crops_of
+
+        config = model.config
+        if getattr(config, "model_type", None) != self.family:
+            raise ModelLoadError(
+                f"model type {getattr(config, 'model_type', None)!r} is not {self.title} ({self.family!r})"
+            )
+        if not isinstance(config.vision_feature_layer, int):
+            raise ModelLoadError("multi-layer vision features are not supported (vision_feature_layer is a list)")
+        if config.vision_feature_select_strategy != "full":
+            raise ModelLoadError(
+                f"{self.title}: only vision_feature_select_strategy='full' (SigLIP has no [CLS]) is supported, "
+                f"not {config.vision_feature_select_strategy!r}"
+            )
+        if getattr(config.vision_config, "model_type", None) != "siglip_vision_model":
+            raise ModelLoadError(f"{self.title}: vision tower {config.vision_config.model_type!r} is not SigLIP")
+        self.model = model
+        self.processor = processor
+        vc = config.vision_config
+        num_layers = vc.num_hidden_layers
+        hs_index = config.vision_feature_layer % (num_layers + 1)
+        if hs_index == 0:
+            raise ModelLoadError("vision_feature_layer selects the embeddings, not a transformer layer")
+        self.feature_hidden_index = hs_index
+        self.tokens_per_side = vc.image_size // vc.patch_size
+        self.vision = VisionLayout(
+            layers_path="vision_tower.encoder.layers",
+            projector_path="multi_modal_projector",
+            num_layers=num_layers,
+            feature_layer=hs_index - 1,
+            num_heads=vc.num_attention_heads,
+            head_dim=vc.hidden_size // vc.num_attention_heads,
+            num_patches=self.tokens_per_side**2,
+            has_cls=False,
+            image_size=vc.image_size,
+            feature_dim=config.text_config.hidden_size,
+        )
+        self.text = text_layout(config, getattr(processor, "tokenizer", None))
+        try:
+            self.pinpoints = check_pinpoints(config.image_grid_pinpoints or [], vc.image_size)
+            self.max_crops = max_crops_of(config.vision_aspect_ratio)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.title}: {exc}") from None
+
+    # -- how the runtime turns per-crop features into the image's token rows ---------
+    def image_layout(self) -> dict:
+        return dict(super().image_layout(), anyres_max=self.max_crops, newline=NEWLINE_FILE)
+
+    def _grids(self) -> list[tuple[int, int]]:
+        crop = self.vision.image_size
+        return sorted({(h // crop, w // crop) for h, w in self.pinpoints})
+
+    def max_image_tokens(self, keep: int) -> int:
+        """The most rows a picture can take: pruned, every crop's kept tokens; unpruned, the largest packed
+        count over every grid and every unpadded size it can have (unpad trims one side, then
+        ``anyres_max`` may downsample)."""
+        from tpc.models.anyres import downsampled_shape
+
+        if keep < self.vision.num_patches:
+            return (1 + max(gh * gw for gh, gw in self._grids())) * keep
+        side, most = self.tokens_per_side, 0
+        for gh, gw in self._grids():
+            rows_full, cols_full = gh * side, gw * side
+            shapes = [(r, cols_full) for r in range(1, rows_full + 1)] + [(rows_full, c) for c in range(1, cols_full)]
+            for rows, cols in shapes:
+                rows, cols = downsampled_shape(rows, cols, side, self.max_crops) or (rows, cols)
+                most = max(most, rows * (cols + 1))
+        return keep + most
+
+    # -- eager reference ----------------------------------------------------
+    @torch.no_grad()
+    def reference_vision(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eager tensors the method references need, by HF's own modules (no [CLS]: ``hidden`` and
+        ``patches`` are the same every-token features; no ``cls_q``)."""
+        tower = self.model.model.vision_tower
+        out = tower(pixel_values, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[self.feature_hidden_index]
+        _, k, scale = self.reference_qk(out.hidden_states, self.vision.feature_layer)
+        return {"hidden_states": out.hidden_states, "hidden": hidden, "patches": hidden, "keys": k, "scale": scale}
+
+    def vision_boundary(self) -> nn.Module:
+        return OnevisionVisionBoundary(self.model, self.feature_hidden_index).eval()
