@@ -58,14 +58,16 @@ def run_cmd(
     result = model.generate([prompt], images, max_new_tokens=max_new_tokens, sampler=sampler)
     text = model.decode(result.token_ids[0])
     if as_json:
+        crops = result.crops_per_image
         payload = {
             "text": text,
             "token_ids": result.token_ids[0],
             "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
             "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
-            "visual_tokens": {
-                "before": model.runtime["num_patches"],
+            "visual_tokens": {  # of the picture: all its crops from the vision tower, rows into the LLM
+                "before": model.runtime["num_patches"] * (crops[0] if crops else 1),
                 "after": result.image_tokens[0] if result.image_tokens else 0,
+                **({"crops": crops[0]} if crops else {}),
             },
             "kept_indices": (
                 result.kept_indices[0][: result.image_tokens[0]].tolist() if result.kept_indices is not None else None
