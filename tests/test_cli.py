@@ -42,7 +42,7 @@ def test_run_json(artifacts, capsys):
     assert set(payload) >= {"text", "token_ids", "timings_ms", "provider"}
     assert 1 <= len(payload["token_ids"]) <= 5
     assert payload["provider"] == "CPUExecutionProvider"
-    assert payload["visual_tokens"] == {"before": 576, "after": 64}
+    assert payload["visual_tokens"] == {"before": 576, "after": 64, "crops": 1}
     for stage in ("preprocess_ms", "vision_ms", "prefill_ms", "ttft_ms"):
         assert payload["timings_ms"][stage] > 0
 

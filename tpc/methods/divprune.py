@@ -12,6 +12,7 @@ picked at step i-1 and takes an elementwise minimum. Selected tokens are masked 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tpc.methods.base import POST_PROJECTOR, SelectionMethod
@@ -47,23 +48,19 @@ def divprune_select(values, keep: int):
 
 @torch.no_grad()
 def naive_divprune(features: torch.Tensor, keep: int) -> torch.Tensor:
-    """O(N^2)-per-step greedy with the min recomputed from scratch, per sample: [B,K] sorted."""
+    """The greedy with the min recomputed from scratch at every step (no running minimum), per sample: [B,K]
+    sorted. numpy on the float32 distances (first index on ties: ``np.argmax``'s rule)."""
     out = []
     for sample in features:
         unit = torch.nn.functional.normalize(sample, dim=-1)
-        dist = (1.0 - unit @ unit.T).tolist()
+        dist = (1.0 - unit @ unit.T).numpy().astype(np.float64)
         n = len(dist)
-        nearest = [min(dist[i][j] for j in range(n) if j != i) for i in range(n)]
-        selected = [max(range(n), key=lambda i: (nearest[i], -i))]
+        nearest = np.where(np.eye(n, dtype=bool), np.inf, dist).min(axis=1)
+        selected = [int(np.argmax(nearest))]
         while len(selected) < keep:
-            best, best_value = None, None
-            for i in range(n):
-                if i in selected:
-                    continue
-                value = min(dist[i][s] for s in selected)
-                if best_value is None or value > best_value:
-                    best, best_value = i, value
-            selected.append(best)
+            to_selected = dist[:, selected].min(axis=1)  # distance of every token to the selected set
+            to_selected[selected] = -np.inf
+            selected.append(int(np.argmax(to_selected)))
         out.append(sorted(selected))
     return torch.tensor(out)
 

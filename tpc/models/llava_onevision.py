@@ -29,6 +29,9 @@ from tpc.errors import ModelLoadError
 from tpc.models.base import TextLayout, VisionLayout
 from tpc.models.llava_next import NEWLINE_FILE, LlavaNextAdapter
 
+# The crops-to-rows check compile runs: at most this much vision-tower work (graph + reference) per compile
+LAYOUT_BUDGET_FLOPS = 2.0e12
+
 
 class OnevisionVisionBoundary(nn.Module):
     """SigLIP tower + feature-layer pick (every token: no [CLS]) + projector, per crop."""
@@ -137,6 +140,44 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                 rows, cols = downsampled_shape(rows, cols, side, self.max_crops) or (rows, cols)
                 most = max(most, rows * (cols + 1))
         return keep + most
+
+    # -- the layout check compile runs ---------------------------------------------
+    def layout_samples(self) -> list[tuple[str, object]]:
+        """One synthetic picture per distinct crop grid, every grid when the check fits ``LAYOUT_BUDGET_FLOPS``.
+
+        The 36 grids of the released pinpoints are 477 crops: about a minute for the tiny preset, hours for
+        the 0.5B checkpoint's SigLIP (~640 GFLOP a crop, twice: graph and reference). Over the budget the
+        check keeps the grids that exercise each code path first (tall, wide, one sub-crop, the smallest grid
+        that ``anyres_max`` downsamples), then the smallest others while they fit; the compile report lists
+        the pictures checked.
+        """
+        from tpc.models.anyres import downsampled_shape
+
+        samples = super().layout_samples()
+        grids = [tuple(int(v) for v in label.split("grid ")[1].rstrip(")").split("x")) for label, _ in samples]
+        crops = {grid: 1 + grid[0] * grid[1] for grid in grids}
+        budget = max(1, int(LAYOUT_BUDGET_FLOPS // self._crop_flops()))
+        if sum(crops.values()) <= budget:
+            return samples
+        side = self.tokens_per_side
+        downsampled = [g for g in grids if downsampled_shape(g[0] * side, g[1] * side, side, self.max_crops)]
+        first = [g for g in ((2, 1), (1, 2), (1, 1)) if g in crops]
+        first += sorted(downsampled, key=lambda g: crops[g])[:1]
+        order = first + sorted((g for g in grids if g not in first), key=lambda g: crops[g])
+        chosen, used = set(), 0
+        for grid in order:
+            if used + crops[grid] > budget and chosen:
+                continue
+            chosen.add(grid)
+            used += crops[grid]
+        return [sample for sample, grid in zip(samples, grids, strict=True) if grid in chosen]
+
+    def _crop_flops(self) -> float:
+        """Floating-point operations of one crop through the vision tower (projections, MLP, attention)."""
+        vc = self.model.config.vision_config
+        tokens, width = self.vision.num_patches, vc.hidden_size
+        per_layer = tokens * (8 * width**2 + 4 * width * vc.intermediate_size) + 4 * tokens**2 * width
+        return float(per_layer * (self.vision.feature_layer + 1))
 
     # -- eager reference ----------------------------------------------------
     @torch.no_grad()

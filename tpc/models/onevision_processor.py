@@ -214,7 +214,7 @@ def load_parts(location: str | Path, config=None) -> OnevisionProcessor:
     location = str(location)
     text = _read_optional(location, PROCESSOR_CONFIG)
     processor_config = json.loads(text) if text else {}
-    image_processor = AutoImageProcessor.from_pretrained(location)
+    image_processor = AutoImageProcessor.from_pretrained(location, backend="pil")  # the PIL variant, as tpc run
     tokenizer = AutoTokenizer.from_pretrained(location)
     geometry: dict[str, Any] = {}
     if config is not None:

@@ -5,7 +5,10 @@ BPE with the 256 byte symbols as its base vocabulary (it can encode any text), n
 merges, and the special tokens LLaVA-1.5 uses. The results are a real ``LlavaProcessor``
 (CLIP preprocessing, LLaVA-1.5's template) and a real ``LlavaNextProcessor`` (anyres
 preprocessing and the Mistral template of llava-hf/llava-v1.6-mistral-7b-hf) that
-``save_pretrained`` writes and ``AutoProcessor`` reloads.
+``save_pretrained`` writes and ``AutoProcessor`` reloads, and an ``OnevisionProcessor``
+(``LlavaOnevisionImageProcessorPil`` and the ChatML template of llava-hf/llava-onevision-*;
+transformers' own processor needs torchvision) whose saved files ``AutoProcessor`` reloads
+where torchvision is installed and ``tpc.models.onevision_processor.load_parts`` everywhere.
 """
 
 from __future__ import annotations

@@ -19,12 +19,18 @@ and pixel for pixel:
   ``LlavaNextProcessor``: resize to fit the best of ``image_grid_pinpoints`` (aspect ratio kept),
   zero-pad to it, cut it into crops, put the whole image resized to the crop size first, and
   take every crop through the CLIP steps above. ``preprocess_anyres`` returns each image's
-  crops unpadded, with the original sizes; ``geometry`` says what ``tpc.models.anyres`` needs.
+  crops unpadded, with the original sizes; ``geometry`` says what ``tpc.models.anyres`` needs;
+* LLaVA-OneVision preprocessing as ``LlavaOnevisionImageProcessorPil`` computes it, for a
+  ``LlavaOnevisionProcessor``: the same anyres crops, cut at the ``height x width`` size (no
+  center crop), SigLIP's mean/std.
 
 Anything it does not recognise (another tokenizer class, custom code, legacy token
 files, another image processor, a size rule other than shortest edge or height/width)
 raises ``UnsupportedProcessor``; ``load_processor`` then falls back to transformers'
-``AutoProcessor`` and says why in a debug log. Inputs other than PIL images (arrays,
+``AutoProcessor`` and says why in a debug log, and where that fails for a family whose
+processor transformers cannot load everywhere (LLaVA-OneVision's wants torchvision for its
+video processor), to the family's processor built from transformers' parts
+(``tpc.models.families``: ``processor_parts``). Inputs other than PIL images (arrays,
 tensors) go to transformers' image processor, loaded on first use.
 """
 
@@ -67,6 +73,9 @@ _CLIP_KEYS = {
 _NEXT_TYPES = {"LlavaNextImageProcessor", "LlavaNextImageProcessorPil"}
 _NEXT_KEYS = _CLIP_KEYS | {"image_grid_pinpoints", "aspect_ratio_setting"}
 _NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # transformers' default
+_ONEVISION_TYPES = {"LlavaOnevisionImageProcessor", "LlavaOnevisionImageProcessorPil"}
+# transformers' LlavaOnevisionImageProcessor defaults: every grid of 1..6 x 1..6 crops of 384 px
+_ONEVISION_PINPOINTS = [[384 * h, 384 * w] for h in range(1, 7) for w in range(1, 7)]
 _OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _BICUBIC = 3
@@ -593,12 +602,91 @@ class LlavaNextImageProcessor(ClipImageProcessor):
         return {"pixel_values": pixels, "image_sizes": np.array(sizes, dtype=np.int64)}
 
 
+class LlavaOnevisionImageProcessor(LlavaNextImageProcessor):
+    """LLaVA-OneVision anyres preprocessing of PIL images, as ``LlavaOnevisionImageProcessorPil`` computes it:
+    LLaVA-NeXT's crops, cut at ``size`` (height = width, the crop side; no center crop), every crop resized
+    to ``size``, rescaled and normalized. ``num_image_tokens`` (the processor's, 729 for 384 px SigLIP crops)
+    gives the tokens per side, ``vision_aspect_ratio`` the ``anyres_max_N`` downsampling bound."""
+
+    _types = _ONEVISION_TYPES
+
+    def __init__(
+        self,
+        config: dict,
+        fallback_dir: Path | None = None,
+        *,
+        num_image_tokens: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+    ):
+        from tpc.models.anyres import check_pinpoints, max_crops_of
+
+        config = dict(config)
+        if config.get("do_center_crop"):
+            raise UnsupportedProcessor("do_center_crop (LLaVA-OneVision's processor does not crop)")
+        size = config.get("size", {"height": 384, "width": 384})
+        if not isinstance(size, dict) or set(size) != {"height", "width"} or size["height"] != size["width"]:
+            raise UnsupportedProcessor(f"size {size!r} (handled: height = width)")
+        config["size"] = size
+        config["do_center_crop"] = False
+        config["crop_size"] = dict(size)  # unused: no center crop
+        config.setdefault("resample", _BICUBIC)
+        ClipImageProcessor.__init__(self, config, fallback_dir)
+        self.do_pad = bool(config.get("do_pad", True))  # across images, in __call__ only
+        self.crop = int(size["height"])
+        self.base_size = (int(size["height"]), int(size["width"]))
+        try:
+            self.pinpoints = check_pinpoints(config.get("image_grid_pinpoints", _ONEVISION_PINPOINTS), self.crop)
+            max_crops = max_crops_of(vision_aspect_ratio if vision_aspect_ratio is not None else "anyres_max_9")
+        except (TypeError, ValueError) as exc:
+            raise UnsupportedProcessor(str(exc)) from None
+        side = int(round(num_image_tokens**0.5)) if isinstance(num_image_tokens, int) and num_image_tokens > 0 else 0
+        if side * side != num_image_tokens:
+            raise UnsupportedProcessor(f"num_image_tokens {num_image_tokens!r} is not a square patch grid")
+        if vision_feature_select_strategy not in ("full", None):
+            raise UnsupportedProcessor(f"vision_feature_select_strategy {vision_feature_select_strategy!r}")
+        self.image_grid_pinpoints = self.pinpoints
+        self.geometry = {
+            "pinpoints": self.pinpoints,
+            "crop_size": self.crop,
+            "tokens_per_side": side,
+            "max_crops": max_crops,
+            "vision_feature_select_strategy": "full",
+        }
+
+    def image_token_count(self, image_hw) -> int:
+        """The ``<image>`` placeholders ``LlavaOnevisionProcessor`` writes for an image of ``image_hw``."""
+        from tpc.models.anyres import onevision_token_count
+
+        g = self.geometry
+        return onevision_token_count(image_hw, g["pinpoints"], g["crop_size"], g["tokens_per_side"], g["max_crops"])
+
+    def _transformers(self):
+        """transformers' image processor (PIL backend), for inputs other than PIL images; not through
+        ``AutoProcessor``, which needs torchvision for this processor's video part."""
+        if self._fallback is None:
+            if self._fallback_dir is None:
+                raise UnsupportedProcessor("only PIL images are handled without transformers")
+            from transformers import AutoImageProcessor
+
+            log.debug("image inputs other than PIL images: loading transformers' image processor")
+            self._fallback = AutoImageProcessor.from_pretrained(str(self._fallback_dir), backend="pil")
+        return self._fallback
+
+
 # --------------------------------------------------------------------------- processor
+
+# processor_class -> the image processor types it may hold
+_PROCESSORS = {
+    "LlavaProcessor": _CLIP_TYPES,
+    "LlavaNextProcessor": _NEXT_TYPES,
+    "LlavaOnevisionProcessor": _ONEVISION_TYPES,
+}
 
 
 class LightProcessor:
-    """What ``PromptEncoder`` uses of a ``LlavaProcessor`` or ``LlavaNextProcessor``: tokenizer, chat
-    template, image processor (``LlavaNextImageProcessor`` for the latter, with ``preprocess_anyres``)."""
+    """What ``PromptEncoder`` uses of a ``LlavaProcessor``, ``LlavaNextProcessor`` or ``LlavaOnevisionProcessor``:
+    tokenizer, chat template, image processor (an anyres one, with ``preprocess_anyres``, for the latter two)."""
 
     def __init__(self, tokenizer: LightTokenizer, image_processor: ClipImageProcessor, chat_template: str | None):
         self.tokenizer = tokenizer
@@ -612,8 +700,8 @@ class LightProcessor:
         config_file = directory / "processor_config.json"
         processor_config = _read_json(config_file) if config_file.is_file() else {}
         kind = processor_config.get("processor_class")
-        if kind not in ("LlavaProcessor", "LlavaNextProcessor") or processor_config.get("auto_map"):
-            raise UnsupportedProcessor(f"processor class {kind!r} (handled: LlavaProcessor, LlavaNextProcessor)")
+        if kind not in _PROCESSORS or processor_config.get("auto_map"):
+            raise UnsupportedProcessor(f"processor class {kind!r} (handled: {', '.join(_PROCESSORS)})")
         image_config = processor_config.get("image_processor")
         if (directory / "preprocessor_config.json").is_file():
             if image_config is not None:
@@ -622,11 +710,20 @@ class LightProcessor:
         if not isinstance(image_config, dict):
             raise UnsupportedProcessor("no image processor configuration")
         image_kind = image_config.get("image_processor_type")
-        if kind == "LlavaNextProcessor":
-            if image_kind not in _NEXT_TYPES:
+        if kind != "LlavaProcessor":  # the anyres processors (CLIP's image processor checks its own type)
+            if image_kind not in _PROCESSORS[kind]:
                 raise UnsupportedProcessor(f"processor class {kind!r} with image processor {image_kind!r}")
             if processor_config.get("image_token", "<image>") != "<image>":
                 raise UnsupportedProcessor(f"image_token {processor_config['image_token']!r}")
+        if kind == "LlavaOnevisionProcessor":
+            image_processor = LlavaOnevisionImageProcessor(
+                image_config,
+                directory,
+                num_image_tokens=processor_config.get("num_image_tokens"),
+                vision_feature_select_strategy=processor_config.get("vision_feature_select_strategy"),
+                vision_aspect_ratio=processor_config.get("vision_aspect_ratio"),
+            )
+        elif kind == "LlavaNextProcessor":
             image_processor = LlavaNextImageProcessor(
                 image_config,
                 directory,
@@ -654,7 +751,8 @@ class LightProcessor:
 
 
 def load_processor(directory: str | Path):
-    """The light processor when it handles these files, else transformers' ``AutoProcessor`` (logged)."""
+    """The light processor when it handles these files, else transformers' ``AutoProcessor`` (logged), else,
+    for a family that builds its processor from parts (LLaVA-OneVision without torchvision), those parts."""
     try:
         return LightProcessor.from_dir(directory)
     except UnsupportedProcessor as exc:
@@ -663,4 +761,24 @@ def load_processor(directory: str | Path):
         )
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(directory))
+    try:
+        return AutoProcessor.from_pretrained(str(directory))
+    except Exception as exc:
+        parts = _parts_loader(Path(directory))
+        if parts is None:
+            raise
+        log.debug("processor %s: AutoProcessor failed (%s); building it from its parts", directory, exc)
+        return parts(str(directory))
+
+
+def _parts_loader(directory: Path):
+    """The parts loader of the family whose processor ``processor_config.json`` names, or None."""
+    from tpc.models.families import family_for_processor
+
+    config_file = directory / "processor_config.json"
+    try:
+        kind = json.loads(config_file.read_text(encoding="utf-8")).get("processor_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    family = family_for_processor(kind)
+    return None if family is None else family.parts_loader()
