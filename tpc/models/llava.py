@@ -90,6 +90,25 @@ class LlavaDecoderStep(nn.Module):
         return (logits, *present)
 
 
+def text_layout(config, tokenizer) -> TextLayout:
+    """The decoder geometry of a LLaVA-style config (``text_config``, ``image_token_id``)."""
+    tc = config.text_config
+    eos = tc.eos_token_id if tc.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+    pad = tc.pad_token_id if tc.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
+    return TextLayout(
+        num_layers=tc.num_hidden_layers,
+        num_kv_heads=tc.num_key_value_heads or tc.num_attention_heads,
+        head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+        hidden_size=tc.hidden_size,
+        vocab_size=tc.vocab_size,
+        max_context=tc.max_position_embeddings,
+        image_token_id=config.image_token_id,
+        eos_token_ids=eos_ids,
+        pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
+    )
+
+
 class LlavaAdapter:
     """Knows where LLaVA-1.5's visual tokens are and how to cut the model for export."""
 
@@ -129,21 +148,7 @@ class LlavaAdapter:
             image_size=vc.image_size,
             feature_dim=tc.hidden_size,
         )
-        eos = tc.eos_token_id if tc.eos_token_id is not None else getattr(processor.tokenizer, "eos_token_id", None)
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
-        pad = tc.pad_token_id if tc.pad_token_id is not None else getattr(processor.tokenizer, "pad_token_id", None)
-        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-        self.text = TextLayout(
-            num_layers=tc.num_hidden_layers,
-            num_kv_heads=tc.num_key_value_heads or tc.num_attention_heads,
-            head_dim=head_dim,
-            hidden_size=tc.hidden_size,
-            vocab_size=tc.vocab_size,
-            max_context=tc.max_position_embeddings,
-            image_token_id=config.image_token_id,
-            eos_token_ids=eos_ids,
-            pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
-        )
+        self.text = text_layout(config, getattr(processor, "tokenizer", None))
 
     # -- how the runtime turns per-crop features into the image's token rows ---------
     def image_layout(self) -> dict:

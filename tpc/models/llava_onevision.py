@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from tpc.errors import ModelLoadError
-from tpc.models.base import TextLayout, VisionLayout
+from tpc.models.base import VisionLayout
+from tpc.models.llava import text_layout
 from tpc.models.llava_next import NEWLINE_FILE, LlavaNextAdapter
 
 # The crops-to-rows check compile runs: at most this much vision-tower work (graph + reference) per compile
@@ -45,25 +46,6 @@ class OnevisionVisionBoundary(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         return self.multi_modal_projector(out.hidden_states[self.feature_layer])
-
-
-def text_layout(config, tokenizer) -> TextLayout:
-    """The decoder geometry of a LLaVA-style config (``text_config``, ``image_token_id``)."""
-    tc = config.text_config
-    eos = tc.eos_token_id if tc.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
-    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
-    pad = tc.pad_token_id if tc.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-    return TextLayout(
-        num_layers=tc.num_hidden_layers,
-        num_kv_heads=tc.num_key_value_heads or tc.num_attention_heads,
-        head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-        hidden_size=tc.hidden_size,
-        vocab_size=tc.vocab_size,
-        max_context=tc.max_position_embeddings,
-        image_token_id=config.image_token_id,
-        eos_token_ids=eos_ids,
-        pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
-    )
 
 
 class LlavaOnevisionAdapter(LlavaNextAdapter):

@@ -49,6 +49,36 @@ _SIGLIP_384 = dict(
     image_size=384, patch_size=14, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False
 )
 _TOKENIZER_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+# shared by a family's tiny presets (tests) and by its bench presets (the same ~0.5 B decoder)
+_TINY_CLIP = dict(
+    _CLIP_336, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, projection_dim=64
+)
+_BENCH_CLIP = dict(  # CLIP ViT-L/14-336 geometry
+    _CLIP_336,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    projection_dim=768,
+)
+_TINY_DECODER = dict(
+    _TOKENIZER_IDS,
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+_BENCH_DECODER = dict(
+    _TOKENIZER_IDS,
+    vocab_size=32064,
+    hidden_size=1536,
+    intermediate_size=4096,
+    num_hidden_layers=14,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+)
 # llava-hf/llava-onevision-qwen2-*-ov-hf: every grid of 1..6 x 1..6 crops of 384 px (36 pinpoints)
 ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in range(1, 7))
 
@@ -57,22 +87,9 @@ PRESETS: dict[str, Preset] = {
     "llava-tiny": Preset(
         "llava-tiny",
         "tiny random LLaVA (CLIP 336/14 geometry, 576 patches; 3 ViT layers; 4-layer Llama) for tests",
-        vision=dict(
-            _CLIP_336,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            projection_dim=64,
-        ),
+        vision=_TINY_CLIP,
         text=dict(
-            _TOKENIZER_IDS,
-            vocab_size=320,
-            hidden_size=64,
-            intermediate_size=160,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            _TINY_DECODER,
             max_position_embeddings=2048,
             rms_norm_eps=1e-5,
         ),
@@ -88,22 +105,9 @@ PRESETS: dict[str, Preset] = {
     "llava-next-tiny": Preset(
         "llava-next-tiny",
         "tiny random LLaVA-NeXT (anyres 336/14 crops, the v1.6 pinpoints; 3 ViT layers; 4-layer Mistral) for tests",
-        vision=dict(
-            _CLIP_336,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            projection_dim=64,
-        ),
+        vision=_TINY_CLIP,
         text=dict(
-            _TOKENIZER_IDS,
-            vocab_size=320,
-            hidden_size=64,
-            intermediate_size=160,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            _TINY_DECODER,
             max_position_embeddings=4096,
             rms_norm_eps=1e-5,
             sliding_window=None,
@@ -117,22 +121,9 @@ PRESETS: dict[str, Preset] = {
     "llava-bench": Preset(
         "llava-bench",
         "random LLaVA with CLIP ViT-L/14-336 geometry (24 layers) and a ~0.5B Llama decoder",
-        vision=dict(
-            _CLIP_336,
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            projection_dim=768,
-        ),
+        vision=_BENCH_CLIP,
         text=dict(
-            _TOKENIZER_IDS,
-            vocab_size=32064,
-            hidden_size=1536,
-            intermediate_size=4096,
-            num_hidden_layers=14,
-            num_attention_heads=12,
-            num_key_value_heads=12,
+            _BENCH_DECODER,
             max_position_embeddings=4096,
             rms_norm_eps=1e-5,
         ),
@@ -142,22 +133,9 @@ PRESETS: dict[str, Preset] = {
     "llava-next-bench": Preset(
         "llava-next-bench",
         "random LLaVA-NeXT: CLIP ViT-L/14-336 geometry, a 2x2 grid of crops (5 with the base), ~0.5B decoder",
-        vision=dict(
-            _CLIP_336,
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            projection_dim=768,
-        ),
+        vision=_BENCH_CLIP,
         text=dict(
-            _TOKENIZER_IDS,
-            vocab_size=32064,
-            hidden_size=1536,
-            intermediate_size=4096,
-            num_hidden_layers=14,
-            num_attention_heads=12,
-            num_key_value_heads=12,
+            _BENCH_DECODER,
             max_position_embeddings=8192,
             rms_norm_eps=1e-5,
             sliding_window=None,
@@ -180,13 +158,7 @@ PRESETS: dict[str, Preset] = {
         "pinpoints and anyres_max_9; 3 ViT layers; 4-layer Qwen2) for tests",
         vision=dict(_SIGLIP_384, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4),
         text=dict(
-            _TOKENIZER_IDS,
-            vocab_size=320,
-            hidden_size=64,
-            intermediate_size=160,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            _TINY_DECODER,
             max_position_embeddings=16384,  # unpruned pictures reach ~8.8k image rows
             rms_norm_eps=1e-6,
             rope_theta=1000000.0,
