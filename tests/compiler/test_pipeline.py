@@ -24,14 +24,16 @@ def test_manifest_records_everything(artifacts):
     assert list(passes) == [
         "remove_dead_vision_layers",
         "expose_cls_attention",
+        "expose_received_attention",
         "expose_feature_values",
         "select_in_vit",
         "insert_token_selection",
     ]
-    # fastervlm needs no keys, and selects at the feature layer unless --select-layer says otherwise
+    # fastervlm needs no keys nor received attention, and selects at the feature layer unless --select-layer
     assert passes == {
         "remove_dead_vision_layers": True,
         "expose_cls_attention": True,
+        "expose_received_attention": False,
         "expose_feature_values": False,
         "select_in_vit": False,
         "insert_token_selection": True,

@@ -41,7 +41,7 @@ def test_profile_matches_the_documented_schema(profile):
     ):
         assert set(profile["metrics"][stage]) >= {"p50", "p90", "p99", "min", "max"}
         assert profile["metrics"][stage]["n"] == 4
-    assert profile["visual_tokens"] == {"before": 576, "after": 64}
+    assert profile["visual_tokens"] == {"before": 576, "after": 64, "crops_per_image": [1], "per_crop_before": 576}
     assert profile["device"]["kind"] == "cpu" and profile["device"]["cpu_model"]
     assert profile["kv_cache_bytes"] > 0 and profile["peak_memory_mb"] > 0
     assert profile["decode_steps"] == 5
