@@ -76,11 +76,10 @@ class OnevisionProcessor:
         return count - 1 if self.vision_feature_select_strategy == "default" else count
 
     def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False, **kwargs):
-        """The chat template rendered as transformers' ``ProcessorMixin.apply_chat_template`` renders it (text)."""
+        """The chat template rendered as transformers' ``ProcessorMixin.apply_chat_template`` renders it; with
+        ``tokenize=True`` the token ids of that text (``<image>`` left as one token: expand it with ``__call__``)."""
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        if tokenize:
-            raise NotImplementedError("OnevisionProcessor renders text only (tokenize=False)")
         if not self.chat_template:
             raise ValueError("Cannot use apply_chat_template because this processor does not have a chat template.")
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
@@ -92,6 +91,8 @@ class OnevisionProcessor:
             add_generation_prompt=add_generation_prompt,
             **variables,
         )
+        if tokenize:
+            prompts = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
         return prompts if batched else prompts[0]
 
     def __call__(self, images=None, text=None, return_tensors: str | None = "pt", **kwargs) -> dict[str, Any]:
