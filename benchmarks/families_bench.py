@@ -1,13 +1,15 @@
-"""Model families in BENCHMARKS.md: LLaVA-NeXT (anyres) HF baselines and tpc, measured in one run.
+"""Model families in BENCHMARKS.md: a multi-crop family's HF baselines and tpc, measured in one run.
 
     python benchmarks/families_bench.py --model llava-next-bench --runs 3
+    python benchmarks/families_bench.py --model llava-onevision-bench --runs 3
 
 Rows, each in its own process, one wide picture (672x1344: 5 crops, 2,880 visual tokens
 from the vision tower on llava-next-bench), a 64-token prompt, --new-tokens greedy tokens:
-(a) Hugging Face transformers unpruned (PyTorch, SDPA); (b) the same model fed FasterVLM's
-per-crop selection computed eagerly in PyTorch (the adapter's reference); (c) tpc + ONNX
-Runtime at ratio 0; (d) tpc at ratio 0.889 (64 tokens per crop). The ideal TTFT speed-up is
-computed from (c)'s and (d)'s stage times of this run, as for LLaVA-1.5.
+(a) Hugging Face transformers unpruned (PyTorch, SDPA); (b) the same model fed the family's
+default method's per-crop selection (FasterVLM for LLaVA-NeXT, received attention for
+LLaVA-OneVision) computed eagerly in PyTorch (the adapter's reference); (c) tpc + ONNX
+Runtime at ratio 0; (d) tpc at ratio 0.889. The ideal TTFT speed-up is computed from (c)'s
+and (d)'s stage times of this run, as for LLaVA-1.5. Each model has its own section.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from pathlib import Path
 
 from common import ROOT, profile, profile_parser, sh, write_section
 
-MARK = "<!-- families -->"
+MARKS = {"llava-next-bench": "<!-- families -->", "llava-onevision-bench": "<!-- families-onevision -->"}
 PICTURE = "672x1344"
 
 
-def hf_row(model_name: str, mode: str, runs: int, warmup: int, new_tokens: int, out: Path) -> None:
+def hf_row(model_name: str, mode: str, method: str, runs: int, warmup: int, new_tokens: int, out: Path) -> None:
     import torch
 
     from tpc.methods import METHODS
@@ -56,7 +58,7 @@ def hf_row(model_name: str, mode: str, runs: int, warmup: int, new_tokens: int, 
             else:
                 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-                rows, _ = adapter.reference_rows(image, METHODS.get("fastervlm"), keep, {})
+                rows, _ = adapter.reference_rows(image, METHODS.get(method), keep, {})
                 encoder = PromptEncoder(processor, tc_image, keep, tc.max_position_embeddings, pad)
                 ids = torch.from_numpy(encoder.tokens([prompt], [rows.shape[0]]).input_ids)
                 model.generate(
@@ -96,11 +98,16 @@ def p50(doc: dict, metric: str) -> float:
 def main() -> None:
     parser = profile_parser(__doc__, ROOT / "build" / "bench" / "families", runs=3, new_tokens=16)
     parser.set_defaults(model="llava-next-bench")
-    parser.add_argument("--hf-mode", choices=["hf", "hf-fastervlm"], default=None, help=argparse_suppress())
+    parser.add_argument("--hf-mode", choices=["hf", "hf-method"], default=None, help=argparse_suppress())
+    parser.add_argument("--method", default=None, help=argparse_suppress())
     args = parser.parse_args()
+    if args.model not in MARKS:
+        parser.error(f"--model: one of {', '.join(MARKS)}")
     out = args.out
     if args.hf_mode:
-        hf_row(args.model, args.hf_mode, args.runs, args.warmup, args.new_tokens, out / f"{args.hf_mode}.json")
+        hf_row(
+            args.model, args.hf_mode, args.method, args.runs, args.warmup, args.new_tokens, out / f"{args.hf_mode}.json"
+        )
         return
     out.mkdir(parents=True, exist_ok=True)
     arts = {}
@@ -124,7 +131,8 @@ def main() -> None:
             )
         arts[ratio] = art
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup), "--new-tokens", str(args.new_tokens)]
-    for mode in ("hf", "hf-fastervlm"):
+    method = json.loads((arts[0.889] / "manifest.json").read_text())["method"]["vision_method"]
+    for mode in ("hf", "hf-method"):
         sh(
             [
                 sys.executable,
@@ -135,6 +143,8 @@ def main() -> None:
                 args.model,
                 "--out",
                 str(out),
+                "--method",
+                method,
             ]
             + common
         )
@@ -144,8 +154,12 @@ def main() -> None:
         )
         for ratio, art in arts.items()
     }
-    hf = {mode: json.loads((out / f"{mode}.json").read_text()) for mode in ("hf", "hf-fastervlm")}
-    write_section(args.output, MARK, render(args, docs, hf))
+    hf = {mode: json.loads((out / f"{mode}.json").read_text()) for mode in ("hf", "hf-method")}
+    title = json.loads((arts[0.0] / "manifest.json").read_text())["model"]["family"]
+    write_section(args.output, MARKS[args.model], render(args, docs, hf, method, FAMILY_TITLES[title]))
+
+
+FAMILY_TITLES = {"llava_next": "LLaVA-NeXT (anyres)", "llava_onevision": "LLaVA-OneVision (SigLIP, anyres)"}
 
 
 def argparse_suppress():
@@ -154,7 +168,7 @@ def argparse_suppress():
     return argparse.SUPPRESS
 
 
-def render(args, docs: dict, hf: dict) -> list[str]:
+def render(args, docs: dict, hf: dict, method: str, title: str) -> list[str]:
     base, pruned = docs[0.0], docs[0.889]
     v0, p0 = p50(base, "vision_ms"), p50(base, "prefill_ms")
     p1 = p50(pruned, "prefill_ms")
@@ -163,7 +177,7 @@ def render(args, docs: dict, hf: dict) -> list[str]:
     decode = p50(pruned, "decode_tokens_per_s") / p50(base, "decode_tokens_per_s")
     tokens = base["visual_tokens"]
     lines = [
-        "## Model families: LLaVA-NeXT (anyres)",
+        f"## Model families: {title}",
         "",
         f"`python benchmarks/families_bench.py --model {args.model} --runs {args.runs}`: one {PICTURE} picture "
         f"({tokens.get('crops_per_image', [1])[0]} crops, {tokens['before']} visual tokens from the vision tower), "
@@ -174,13 +188,13 @@ def render(args, docs: dict, hf: dict) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| (a) HF transformers, unpruned | {tokens['after']} | {hf['hf']['ttft_ms']:.0f} | - | - | "
         f"{hf['hf']['decode_tokens_per_s']:.2f} | {hf['hf']['peak_memory_mb']:.0f} |",
-        f"| (b) HF fed FasterVLM per crop (eager PyTorch) | {pruned['visual_tokens']['after']} | "
-        f"{hf['hf-fastervlm']['ttft_ms']:.0f} | - | - | {hf['hf-fastervlm']['decode_tokens_per_s']:.2f} | "
-        f"{hf['hf-fastervlm']['peak_memory_mb']:.0f} |",
+        f"| (b) HF fed {method} per crop (eager PyTorch) | {pruned['visual_tokens']['after']} | "
+        f"{hf['hf-method']['ttft_ms']:.0f} | - | - | {hf['hf-method']['decode_tokens_per_s']:.2f} | "
+        f"{hf['hf-method']['peak_memory_mb']:.0f} |",
     ]
     for label, doc in (
         ("(c) tpc ratio 0 (HF packing: unpad + newline)", base),
-        ("(d) tpc FasterVLM 0.889 per crop", pruned),
+        (f"(d) tpc {method} 0.889 per crop", pruned),
     ):
         lines.append(
             f"| {label} | {doc['visual_tokens']['after']} | {p50(doc, 'ttft_ms'):.0f} | {p50(doc, 'vision_ms'):.0f} | "

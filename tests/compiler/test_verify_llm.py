@@ -36,3 +36,21 @@ def test_staged_artifacts_turn_thread_spinning_off(llm_artifacts, artifacts):
     staged = json.loads((llm_artifacts("fastv") / "manifest.json").read_text())["session"]
     flat = json.loads((artifacts(0.89, "ort") / "manifest.json").read_text())["session"]
     assert staged["allow_spinning"] is False and "allow_spinning" not in flat
+
+
+def test_selectors_alone_pass_and_a_wrong_count_or_rule_fails(llm_artifacts):
+    from tpc.compiler.verify_llm import verify_selectors
+
+    graphs, runtime, plan = _graphs_and_plan(llm_artifacts("pdrop"))
+    hidden = runtime["hidden_size"]
+    results = verify_selectors(graphs, plan, hidden, None)
+    assert len(results) == len(plan.stages) and all(r["passed"] for r in results)
+    # judged against one kept token fewer at the first stage, or original positions: must fail
+    fewer = dataclasses.replace(plan.stages[0], keep=plan.stages[0].keep - 1)
+    assert not verify_selectors(graphs, dataclasses.replace(plan, stages=(fewer, *plan.stages[1:])), hidden, None)[0][
+        "passed"
+    ]
+    original = tuple(dataclasses.replace(s, positions=ORIGINAL) for s in plan.stages)
+    assert not any(
+        r["passed"] for r in verify_selectors(graphs, dataclasses.replace(plan, stages=original), hidden, None)
+    )

@@ -133,14 +133,6 @@ def test_models_lists_the_families(capsys):
     assert "llava_next" in out and "llava-next-tiny" in out and "LlavaNextForConditionalGeneration" in out
 
 
-def test_in_llm_pruning_is_refused_for_multi_crop_families_for_now(tmp_path, capsys):
-    code, _, err = run_cli(
-        ["compile", "llava-next-tiny", "--method", "fastv", "--ratio", "0.5", "-o", str(tmp_path / "x")], capsys
-    )
-    assert code == 2 and "not available for LLaVA-NeXT" in err
-    assert not (tmp_path / "x").exists()
-
-
 def test_tensorrt_plan_covers_the_largest_grid_times_the_batch(tmp_path, capsys):
     import json
 

@@ -175,10 +175,13 @@ def compile_cmd(
         )
     llm = manifest.get("llm_pruning")
     if llm and not quiet:
-        stages = ", ".join(f"layer {s['layer']}: {s['keep']}" for s in llm["stages"])
-        click.echo(
-            f"in-LLM pruning {llm['method']}: {llm['image_tokens']} image tokens into the decoder; kept from {stages}"
+        plans = list(manifest.get("llm_pruning_buckets", {}).values()) or [llm]
+        into = "/".join(str(p["image_tokens"]) for p in plans)
+        stages = ", ".join(
+            f"layer {s['layer']}: " + "/".join(str(p["stages"][i]["keep"]) for p in plans)
+            for i, s in enumerate(llm["stages"])
         )
+        click.echo(f"in-LLM pruning {llm['method']}: {into} image tokens into the decoder; kept from {stages}")
     if target == "trt":
         if manifest.get("engines"):
             engines = manifest["engines"]

@@ -22,9 +22,9 @@ def models_cmd():
         crops = "several crops per image (anyres)" if family.multi_crop else "one crop per image"
         click.echo(f"{'':16s} vision encoder {encoder}, {crops}; {family.decoder} decoder")
         click.echo(f"{'':16s} presets: {', '.join(presets) or '-'}")
-        in_llm = (
-            "not yet (the image block varies with the grid)" if family.multi_crop else ", ".join(LLM_METHODS.names())
-        )
+        in_llm = ", ".join(LLM_METHODS.names())
+        if family.multi_crop:
+            in_llm += " (after a per-crop pre-LLM budget: one stage selector per crop grid)"
         click.echo(f"{'':16s} pre-LLM methods: {', '.join(methods)}; in-LLM: {in_llm}")
         if refused:
             click.echo(f"{'':16s} not applicable (need a [CLS] token): {', '.join(refused)}")

@@ -81,11 +81,6 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             f"method {method.name} scores with the [CLS] attention row and {adapter.title}'s vision encoder has no "
             f"[CLS] token; methods that apply: {', '.join(usable)}"
         )
-    if settings.llm_method is not None and adapter.image_layout()["crops_max"] > 1:
-        raise UsageError(
-            f"in-LLM pruning ({settings.llm_method}) is not available for {adapter.title} yet: its image block's "
-            "length depends on each picture's crop grid; use a pre-LLM method"
-        )
     notes: list[str] = []
     if method.resolve_params is not None:
         params, method_notes = method.resolve_params(adapter.vision, params, set(settings.method_args))
@@ -114,6 +109,11 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         asked = settings.keep is not None or settings.ratio is not None
         keep = bucket_for(keep, buckets) if asked and not method.extra.get("adaptive") else buckets[-1]
 
+    llm_plan, llm_plans = None, {}
+    if settings.llm_method is not None:  # before any tracing: a refusal costs nothing
+        llm_plans = _llm_plans(settings, adapter, method, keep, buckets)
+        llm_plan = next(iter(llm_plans.values())) if None in llm_plans else _default_plan(adapter, keep, llm_plans)
+
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
     progress("graph passes")
@@ -141,18 +141,6 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
     progress("export embedding")
     paths[G.EMBED] = G.export_embedding(adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out)
-    llm_plan, llm_plans = None, {}
-    if settings.llm_method is not None:  # one plan per image-token count the decoder can receive
-        llm_method = LLM_METHODS.get(settings.llm_method)
-        args = {k: str(v) for k, v in settings.llm_method_args.items()}
-        # keyed by bucket size for a bucketed artifact, by None for a fixed budget
-        llm_plans = {
-            size if buckets else None: llm_method.plan(
-                args, adapter.text.num_layers, size, settings.llm_ratio, composed=not settings.implied_vision
-            )
-            for size in (buckets or [keep])
-        }
-        llm_plan = llm_plans[keep if buckets else None]
     progress("export decoder")
     if llm_plan is None:
         paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
@@ -165,7 +153,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     runtime = _runtime_section(adapter, keep)
     if llm_plan is not None:
         runtime["llm_pruning"] = llm_plan.as_dict()
-        if buckets:
+        if None not in llm_plans:  # keyed by the image-block length (buckets, crop grids)
             runtime["llm_pruning_buckets"] = {str(size): plan.as_dict() for size, plan in llm_plans.items()}
     extra: dict[str, Any] = {}
     if settings.target == "ort":
@@ -244,6 +232,39 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "notes": notes,
         "compile_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _llm_plans(settings: CompileSettings, adapter, method, keep: int, buckets: list[int]) -> dict:
+    """One in-LLM plan per image-block length the decoder can receive, keyed by that length.
+
+    A fixed-budget single-crop artifact has one length: its plan is keyed by None (one selector
+    per stage). Buckets and crop grids make several lengths: one selector per stage and length.
+    """
+    llm_method = LLM_METHODS.get(settings.llm_method)
+    args = {k: str(v) for k, v in settings.llm_method_args.items()}
+    lengths: set[int] = set()
+    for size in buckets or [keep]:
+        counts = adapter.image_token_counts(size)
+        if counts is None:
+            raise UsageError(
+                f"in-LLM pruning ({settings.llm_method}) on {adapter.title} needs a per-crop pre-LLM budget: "
+                "unpruned, a picture's image block length follows its aspect ratio, so no fixed stage selector "
+                f"exists; add --method {method.name} --ratio R (every crop keeps its top tokens) and give the "
+                "in-LLM method as --llm-method"
+            )
+        lengths.update(counts)
+    keyed = bool(buckets) or len(lengths) > 1
+    return {
+        (n if keyed else None): llm_method.plan(
+            args, adapter.text.num_layers, n, settings.llm_ratio, composed=not settings.implied_vision
+        )
+        for n in sorted(lengths)
+    }
+
+
+def _default_plan(adapter, keep: int, plans: dict):
+    """The plan the manifest shows: the one for a picture of the default budget's largest crop grid."""
+    return plans[max(adapter.image_token_counts(keep))]
 
 
 def _method_label(vision: str, llm_plan, settings: CompileSettings) -> str:

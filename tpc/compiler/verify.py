@@ -170,22 +170,36 @@ def verify_graphs(
         "tolerance": {"rtol": RTOL, "atol": ATOL},
     }
     if llm_plans:
-        from tpc.compiler.verify_llm import verify_staged_decoder
+        from tpc.compiler.verify_llm import verify_selectors, verify_staged_decoder
 
+        # end to end (segments + selectors, prefill and decode) for the shortest and the longest image
+        # block; every selector of every length alone (they differ only in their constant counts)
+        ends = {min(llm_plans, key=_length_key), max(llm_plans, key=_length_key)}
         report["llm_pruning"] = [
             entry
             for bucket, plan in llm_plans.items()
+            if bucket in ends
             for entry in verify_staged_decoder(graphs, adapter, plan, runtime, bucket=bucket)
+        ]
+        report["llm_selectors"] = [
+            entry
+            for bucket, plan in llm_plans.items()
+            for entry in verify_selectors(graphs, plan, adapter.text.hidden_size, bucket)
         ]
     report["passed"] = (
         all(r["passed"] for r in report["vision"])
         and report["embed"]["passed"]
         and report["decoder"]["passed"]
         and all(r["passed"] for r in report.get("llm_pruning", []))
+        and all(r["passed"] for r in report.get("llm_selectors", []))
     )
     if not report["passed"]:
         raise ParityError("compiled graphs disagree with the PyTorch reference: " + summarize(report))
     return report
+
+
+def _length_key(bucket) -> int:
+    return -1 if bucket is None else int(bucket)
 
 
 def summarize(report: dict) -> str:
@@ -201,6 +215,11 @@ def summarize(report: dict) -> str:
         f"kept {'/'.join(r['kept'])}, logits diff {r['logits_max_abs_diff']:.2e}, "
         f"kv lengths {'ok' if r['kv_lengths_ok'] else 'WRONG'}"
         for r in report.get("llm_pruning", [])
+    ]
+    parts += [
+        f"selector {r['stage']} of the {r['image_tokens']}-token block: wrong"
+        for r in report.get("llm_selectors", [])
+        if not r["passed"]
     ]
     return "; ".join(parts)
 

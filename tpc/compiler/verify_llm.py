@@ -14,6 +14,7 @@ import torch
 from tpc.compiler.parity import close, compare_indices
 from tpc.methods.in_llm import RENUMBERED, PruningPlan
 from tpc.methods.in_llm_reference import reference_generate
+from tpc.methods.selection import reference_topk_ascending
 
 
 def expected_kv_lengths(plan: PruningPlan, prompt_len: int, steps: int) -> list[int]:
@@ -79,4 +80,52 @@ def verify_staged_decoder(
                 "passed": ok and greedy and positions_ok and kv_ok and "mismatch" not in verdicts,
             }
         )
+    return results
+
+
+def _reference_select(hidden, score, positions, mask, starts, n_in: int, keep: int, renumber: bool):
+    """METHODS.md's stage rule written out per sample: the top ``keep`` image rows (ties: lower index)
+    in ascending order, every text row, positions gathered (or renumbered over the mask)."""
+    rows = []
+    for b, start in enumerate(starts.tolist()):
+        kept = reference_topk_ascending(score[b : b + 1, start : start + n_in], keep)[0]
+        index = torch.cat([torch.arange(start), start + kept, torch.arange(start + n_in, hidden.shape[1])])
+        m = mask[b, index]
+        p = (m.cumsum(-1) - 1).clamp(min=0) if renumber else positions[b, index]
+        rows.append((hidden[b, index], p, m, kept))
+    return [torch.stack(parts) for parts in zip(*rows, strict=True)]
+
+
+@torch.no_grad()
+def verify_selectors(graphs, plan: PruningPlan, hidden_size: int, bucket, seed: int = 5) -> list[dict]:
+    """Every stage selector of ``plan`` alone against ``_reference_select`` (batch 2, blocks at
+    different offsets, left padding, tied scores inside the image block)."""
+    from tpc.artifact_layout import select_name, stage_inputs
+
+    results = []
+    for stage in range(1, len(plan.stages) + 1):
+        spec = plan.stages[stage - 1]
+        n_in = stage_inputs(plan, stage)
+        generator = torch.Generator().manual_seed(seed + stage)
+        t = n_in + 11
+        hidden = torch.randn(2, t, hidden_size, generator=generator)
+        score = torch.rand(2, t, generator=generator)
+        score[:, 6:10] = 0.5  # ties: the lower index wins
+        mask = torch.ones(2, t, dtype=torch.int64)
+        mask[1, :3] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        starts = torch.tensor([2, 5], dtype=torch.int64)
+        want = _reference_select(hidden, score, positions, mask, starts, n_in, spec.keep, spec.positions == RENUMBERED)
+        got = graphs.run_graph(
+            select_name(stage, bucket),
+            {
+                "hidden": hidden.numpy(),
+                "score": score.numpy(),
+                "position_ids": positions.numpy(),
+                "attention_mask": mask.numpy(),
+                "image_start": starts.numpy(),
+            },
+        )
+        equal = all(np.array_equal(np.asarray(g), w.numpy()) for g, w in zip(got, want, strict=True))
+        results.append({"method": plan.method, "stage": stage, "bucket": bucket, "image_tokens": n_in, "passed": equal})
     return results

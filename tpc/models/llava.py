@@ -163,6 +163,12 @@ class LlavaAdapter:
         """The most token rows one picture can occupy in the prompt at ``keep`` tokens per crop."""
         return keep
 
+    def image_token_counts(self, keep: int) -> list[int] | None:
+        """Every length a picture's image block can have at ``keep`` tokens per crop (None: unbounded).
+
+        In-LLM pruning compiles one stage selector per length."""
+        return [keep]
+
     def write_runtime_files(self, out) -> dict[str, str]:
         """Extra files the runtime reads (none for LLaVA-1.5); name -> file."""
         return {}

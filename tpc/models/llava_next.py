@@ -62,6 +62,14 @@ class LlavaNextAdapter(LlavaAdapter):
         side = self.tokens_per_side  # unpruned: base + unpadded grid + a newline per row (unpad only removes)
         return max(keep + gh * side * (gw * side + 1) for gh, gw in grids)
 
+    def image_token_counts(self, keep: int) -> list[int] | None:
+        """Pruned: every crop keeps ``keep``, so one length per crop count of the pinpoints. Unpruned:
+        unpad makes the length follow each picture's aspect ratio, so there is no finite set."""
+        if keep >= self.vision.num_patches:
+            return None
+        crop = self.vision.image_size
+        return sorted({(1 + (h // crop) * (w // crop)) * keep for h, w in self.pinpoints})
+
     def write_runtime_files(self, out: Path) -> dict[str, str]:
         newline = self.model.model.image_newline.detach().float().cpu().numpy().astype(np.float32)
         np.save(Path(out) / NEWLINE_FILE, newline)

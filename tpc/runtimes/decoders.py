@@ -20,28 +20,33 @@ from tpc.errors import UsageError
 from tpc.methods.in_llm import PruningPlan
 
 
-def image_block(input_ids: np.ndarray, image_token_id: int) -> tuple[int | None, np.ndarray | None]:
-    """(image tokens per sample, first image position per row [B]); (None, None) without an image.
+@dataclass
+class ImageGroup:
+    """Samples of a batch whose image blocks have one length: they share a stage selector."""
 
-    The staged graphs drop a fixed number of image rows from one contiguous block, so every
-    sample of a batch must hold the same number of image tokens, contiguously.
+    rows: np.ndarray  # [b] sample rows of the batch
+    image_tokens: int | None  # image tokens per sample (None: no image)
+    starts: np.ndarray | None  # [b] first image position per row
+
+
+def image_groups(input_ids: np.ndarray, image_token_id: int) -> list[ImageGroup]:
+    """The batch split by image-block length (one group when every sample has the same one).
+
+    The staged graphs drop a fixed number of image rows from one contiguous block, so samples
+    whose blocks differ in length (pictures of different crop grids, different buckets) prefill
+    and decode as separate groups.
     """
     is_image = input_ids == image_token_id
     counts = is_image.sum(axis=1)
-    if not counts.any():
-        return None, None
-    if len(set(counts.tolist())) > 1:
-        listed = ", ".join(map(str, sorted(set(counts.tolist()))))
-        raise UsageError(
-            f"samples carry {listed} image tokens; in-LLM pruning runs a batch on one bucket: "
-            "send samples with different budgets separately"
-        )
-    count = int(counts[0])
     starts = is_image.argmax(axis=1).astype(np.int64)
-    for row, start in enumerate(starts):
-        if not is_image[row, start : start + count].all():
+    for row, (start, count) in enumerate(zip(starts, counts, strict=True)):
+        if count and not is_image[row, start : start + count].all():
             raise UsageError(f"sample {row}: its image tokens are not one contiguous block; in-LLM pruning needs one")
-    return count, starts
+    groups = []
+    for count in sorted(set(counts.tolist())):
+        rows = np.flatnonzero(counts == count)
+        groups.append(ImageGroup(rows, int(count) or None, starts[rows] if count else None))
+    return groups
 
 
 class FlatDecoder:
@@ -148,9 +153,13 @@ class StagedDecoder:
 
 
 def llm_plan_for(runtime: dict, image_tokens: int | None) -> tuple[PruningPlan, int | None]:
-    """The in-LLM plan (and bucket) for prompts carrying ``image_tokens`` image tokens."""
-    per_bucket = runtime.get("llm_pruning_buckets")
-    if not per_bucket:
+    """The in-LLM plan (and selector key) for prompts carrying ``image_tokens`` image tokens.
+
+    ``llm_pruning_buckets`` keys the plans by image-block length (buckets, crop grids). Without
+    an image no selector runs, so the default plan serves.
+    """
+    per_length = runtime.get("llm_pruning_buckets")
+    if not per_length or image_tokens is None:
         plan = PruningPlan.from_dict(runtime["llm_pruning"])
         if image_tokens is not None and image_tokens != plan.image_tokens:
             raise UsageError(
@@ -158,10 +167,12 @@ def llm_plan_for(runtime: dict, image_tokens: int | None) -> tuple[PruningPlan, 
                 f"and needs one contiguous block of {plan.image_tokens}"
             )
         return plan, None
-    bucket = image_tokens if image_tokens is not None else runtime["keep"]
-    if str(bucket) not in per_bucket:
-        raise UsageError(f"{bucket} image tokens is not a compiled bucket ({', '.join(per_bucket)})")
-    return PruningPlan.from_dict(per_bucket[str(bucket)]), bucket
+    if str(image_tokens) not in per_length:
+        raise UsageError(
+            f"the prompt has {image_tokens} image tokens; this artifact's in-LLM selectors take image blocks of "
+            f"{', '.join(per_length)} tokens"
+        )
+    return PruningPlan.from_dict(per_length[str(image_tokens)]), image_tokens
 
 
 def make_decoder(graphs, runtime: dict, image_tokens: int | None = None):

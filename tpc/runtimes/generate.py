@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from tpc.profiling.timer import StageTimer
-from tpc.runtimes.decoders import image_block, make_decoder
+from tpc.runtimes.decoders import ImageGroup, image_groups, make_decoder
 from tpc.runtimes.prompting import PromptBatch
 from tpc.runtimes.sampling import Sampler
 
@@ -73,28 +73,34 @@ def generate(
         embeds = graphs.embed(batch.input_ids, features)
     mask = batch.attention_mask
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
-    image_tokens, image_start = None, None
     if runtime.get("llm_pruning"):
-        image_tokens, image_start = image_block(batch.input_ids, runtime["image_token_id"])
-    decoder = make_decoder(graphs, runtime, image_tokens)
+        groups = image_groups(batch.input_ids, runtime["image_token_id"])
+    else:
+        groups = [ImageGroup(np.arange(b), None, None)]
+    decoders, first = [], np.zeros(b, dtype=np.int64)
     with timer.stage("prefill_ms"):
-        logits = decoder.prefill(embeds, mask, positions, image_start)
-        next_ids = sampler(logits)
+        for group in groups:
+            rows = group.rows
+            decoder = make_decoder(graphs, runtime, group.image_tokens)
+            logits = decoder.prefill(embeds[rows], mask[rows], positions[rows], group.starts)
+            first[rows] = sampler(logits)
+            decoders.append(decoder)
     ttft = sum(timer.ms.get(k, 0.0) for k in ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms"))
     timer.add("ttft_ms", ttft)
-    tokens = [[int(t)] for t in next_ids] if max_new_tokens > 0 else [[] for _ in range(b)]
-    done = np.array([t[0] in eos if t else True for t in tokens])
+    tokens: list[list[int]] = [[int(t)] if max_new_tokens > 0 else [] for t in first]
     steps = 0
     with timer.stage("decode_ms"):
-        while steps + 1 < max_new_tokens and not done.all():
-            step_ids = np.where(done, runtime["pad_token_id"], next_ids).astype(np.int64)[:, None]
-            embeds = graphs.embed(step_ids, placeholder)
-            logits = decoder.step(embeds)
-            next_ids = sampler(logits)
-            steps += 1
-            for row in np.flatnonzero(~done):
-                tokens[row].append(int(next_ids[row]))
-                done[row] = next_ids[row] in eos
+        for group, decoder in zip(groups, decoders, strict=True):  # one group at a time: each has its own KV
+            steps += _decode(
+                graphs,
+                decoder,
+                runtime,
+                first[group.rows],
+                [tokens[r] for r in group.rows],
+                max_new_tokens,
+                sampler,
+                eos,
+            )
     decode_ms = timer.ms.setdefault("decode_ms", 0.0)
     timer.ms["decode_ms_per_token"] = decode_ms / steps if steps else 0.0
     timer.ms["total_ms"] = ttft + decode_ms
@@ -105,7 +111,37 @@ def generate(
         dict(timer.ms),
         steps,
         tokens_per_s,
-        decoder.kv_bytes(),
-        kv_lengths=decoder.kv_lengths(),
-        llm_kept_indices=decoder.kept_image_indices,
+        sum(d.kv_bytes() for d in decoders),
+        kv_lengths=[max(lengths) for lengths in zip(*(d.kv_lengths() for d in decoders), strict=True)],
+        llm_kept_indices=_llm_kept(groups, decoders, b),
     )
+
+
+def _decode(
+    graphs, decoder, runtime: dict, next_ids, tokens: list[list[int]], max_new_tokens: int, sampler, eos
+) -> int:
+    """Decode steps of one group until every sample stopped; appends to ``tokens``; returns the steps."""
+    done = np.array([t[0] in eos if t else True for t in tokens])
+    placeholder = np.zeros((len(tokens), 1, runtime["feature_dim"]), dtype=np.float32)
+    steps = 0
+    while steps + 1 < max_new_tokens and not done.all():
+        step_ids = np.where(done, runtime["pad_token_id"], next_ids).astype(np.int64)[:, None]
+        logits = decoder.step(graphs.embed(step_ids, placeholder))
+        next_ids = sampler(logits)
+        steps += 1
+        for row in np.flatnonzero(~done):
+            tokens[row].append(int(next_ids[row]))
+            done[row] = next_ids[row] in eos
+    return steps
+
+
+def _llm_kept(groups, decoders, b: int) -> np.ndarray | None:
+    """[B, K'] image tokens the in-LLM method kept, per sample (-1 pads shorter groups' rows)."""
+    kept = [(g.rows, d.kept_image_indices) for g, d in zip(groups, decoders, strict=True)]
+    kept = [(rows, k) for rows, k in kept if k is not None]
+    if not kept:
+        return None
+    out = np.full((b, max(k.shape[1] for _, k in kept)), -1, dtype=np.int64)
+    for rows, k in kept:
+        out[rows, : k.shape[1]] = k
+    return out
