@@ -44,4 +44,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/divprune_loop.py --widths 64,1536,4096 --keep 64 --output BENCHMARKS.md
 	$(PY) benchmarks/in_vit_bench.py --layers 4,8,12,16,22
 	$(PY) benchmarks/llm_bench.py
+	$(PY) benchmarks/precision_bench.py
 	$(PY) benchmarks/cli_start_bench.py

@@ -36,6 +36,8 @@ def test_no_full_attention_matrix_is_materialised(tiny_adapter):
     matmuls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.matmul]
     assert len(matmuls) == 1
     query_slice = matmuls[0].args[0]
+    if query_slice.op == "call_method" and query_slice.target == "float":  # the fp32 upcast of the score
+        query_slice = query_slice.args[0]
     assert query_slice.args[1][2] == slice(0, 1)
     assert row is not None
 

@@ -63,10 +63,40 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp16", "bf16", "fp32"]),
+    type=click.Choice(["fp16", "bf16", "fp32", "int8", "fp8"]),
     default="fp16",
     show_default=True,
     help="TensorRT engine precision (--target trt).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="Dtype of the exported graphs (default: trt fp16, onnx the checkpoint's, ort fp32).",
+)
+@click.option(
+    "--quantize", type=click.Choice(["int4", "int8"]), default=None, help="Weight-only decoder (MatMulNBits)."
+)
+@click.option("--quant-block-size", type=int, default=32, show_default=True, help="--quantize: weights per scale.")
+@click.option("--quant-asymmetric", is_flag=True, help="--quantize: zero points (default: symmetric).")
+@click.option(
+    "--quant-accuracy-level",
+    type=int,
+    default=4,
+    show_default=True,
+    help="--quantize: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8).",
+)
+@click.option(
+    "--min-logit-cosine",
+    type=float,
+    default=None,
+    help="Reduced precision: least logit cosine vs fp32 (default by precision).",
+)
+@click.option(
+    "--min-token-agreement",
+    type=float,
+    default=None,
+    help="Reduced precision: least greedy-token agreement vs fp32 (default by precision).",
 )
 @click.option("--max-batch", type=int, default=1, show_default=True, help="TensorRT profiles: largest batch.")
 @click.option(
@@ -97,6 +127,13 @@ def compile_cmd(
     force,
     dump_graphs,
     precision,
+    dtype,
+    quantize,
+    quant_block_size,
+    quant_asymmetric,
+    quant_accuracy_level,
+    min_logit_cosine,
+    min_token_agreement,
     max_batch,
     max_prompt_tokens,
     max_context,
@@ -128,7 +165,18 @@ def compile_cmd(
     llm_args = _pairs(llm_method_args, "--llm-method-arg")
     if llm_method is None and (llm_args or llm_ratio is not None):
         raise UsageError("--llm-method-arg/--llm-ratio need --llm-method")
+    from tpc.compiler.precision import PrecisionSettings
+
     settings = CompileSettings(
+        precision=PrecisionSettings(
+            dtype=dtype,
+            quantize=None if quantize is None else int(quantize[3:]),
+            block_size=quant_block_size,
+            symmetric=not quant_asymmetric,
+            accuracy_level=quant_accuracy_level,
+            min_logit_cosine=min_logit_cosine,
+            min_token_agreement=min_token_agreement,
+        ),
         model=model,
         output=output,
         method=method,
@@ -154,7 +202,8 @@ def compile_cmd(
         check_writable(dump_graphs, "directory")
     from tpc.compiler.pipeline import compile_model
 
-    with StageProgress(COMPILE_STAGES, quiet=quiet, title="compile ").running() as progress:
+    stages = COMPILE_STAGES + (settings.precision.quantize is not None)  # + quantize decoder weights
+    with StageProgress(stages, quiet=quiet, title="compile ").running() as progress:
         path = compile_model(settings, progress)
     manifest = json.loads((path / "manifest.json").read_text())
     tokens = manifest["visual_tokens"]
@@ -168,11 +217,23 @@ def compile_cmd(
     for note in manifest.get("notes", []) if not quiet else []:
         click.echo(f"note: {note}", err=True)
     if not quiet:
+        precision = manifest.get("precision", {})
+        weights = precision.get("dtype", "fp32") + (
+            f", int{precision['quantize']['bits']} decoder" if precision.get("quantize") else ""
+        )
         click.echo(
             f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
-            f"{after} visual tokens, target {target}, verification {check}, "
-            f"{manifest['compile_seconds']:.1f} s)"
+            f"{after} visual tokens, {weights}, target {target}, verification {check}, "
+            f"{manifest['compile_seconds']:.1f} s, peak memory {manifest['compile_peak_memory_mb'] / 1024:.1f} GiB)"
         )
+        if manifest["verification"].get("mode") == "agreement with fp32":
+            v = manifest["verification"]
+            kept = "/".join(r["indices"] for r in v["vision"])
+            click.echo(
+                f"checked against fp32: kept indices {kept}; decoder logit cosine >= "
+                f"{v['decoder']['logit_cosine_min']:.4f}, greedy agreement {v['decoder']['token_agreement']:.0%} "
+                f"over {v['decoder']['prompts']} prompts x {v['decoder']['steps']} tokens"
+            )
     llm = manifest.get("llm_pruning")
     if llm and not quiet:
         plans = list(manifest.get("llm_pruning_buckets", {}).values()) or [llm]

@@ -39,6 +39,14 @@ def print_profile(profile: dict) -> None:
         f"KV cache {profile['kv_cache_bytes'] / 2**20:.1f} MiB, peak memory {profile['peak_memory_mb']:.0f} MB, "
         f"runs {profile['config']['runs']} (+{profile['config']['warmup']} warm-up)"
     )
+    precision = art.get("precision", {})
+    if "bytes" in art:
+        quant = precision.get("quantize")
+        console.print(
+            f"artifact {precision.get('dtype', 'fp32')}"
+            + (f", int{quant['bits']} decoder" if quant else "")
+            + f", {art['bytes'] / 2**20:.1f} MiB on disk, peak memory at load {profile['load_peak_memory_mb']:.0f} MB"
+        )
     if dev.get("fell_back_to_cpu"):
         console.print(f"[yellow]warning: requested {dev['requested_provider']} but ran on {dev['execution_provider']}")
 

@@ -56,7 +56,8 @@ class BucketSelector(torch.nn.Module):
 
 def export_bucketed_vision(encoder_gm, adapter, method, params: dict, buckets: list[int], out: Path) -> dict[str, Path]:
     layout = adapter.vision
-    sample = torch.zeros(2, 3, layout.image_size, layout.image_size)
+    dtype = next(adapter.model.parameters()).dtype
+    sample = torch.zeros(2, 3, layout.image_size, layout.image_size, dtype=dtype)
     names = selection_input_names(method)
     paths = {
         ENCODER: export_onnx(
@@ -87,7 +88,7 @@ def export_bucketed_vision(encoder_gm, adapter, method, params: dict, buckets: l
             axis_names={n: {0: "batch"} for n in inputs},
         )
     if method.stage != POST_PROJECTOR:
-        tokens = torch.zeros(2, 3, encoded["patches"].shape[-1])
+        tokens = torch.zeros(2, 3, encoded["patches"].shape[-1], dtype=dtype)
         count = torch.export.Dim("tokens", min=1, max=layout.num_patches)
         paths[PROJECTOR] = export_onnx(
             adapter.model.model.multi_modal_projector,

@@ -17,8 +17,8 @@ from tpc.compiler.trace import MAX_BATCH, batch_dim
 from tpc.models.base import TextLayout, VisionLayout
 
 
-def export_vision(gm: GraphModule, layout: VisionLayout, out_dir: Path) -> Path:
-    sample = torch.zeros(2, 3, layout.image_size, layout.image_size)
+def export_vision(gm: GraphModule, layout: VisionLayout, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    sample = torch.zeros(2, 3, layout.image_size, layout.image_size, dtype=dtype)
     return export_onnx(
         gm,
         (sample,),
@@ -30,10 +30,12 @@ def export_vision(gm: GraphModule, layout: VisionLayout, out_dir: Path) -> Path:
     )
 
 
-def export_embedding(module: torch.nn.Module, text: TextLayout, feature_dim: int, out_dir: Path) -> Path:
+def export_embedding(
+    module: torch.nn.Module, text: TextLayout, feature_dim: int, out_dir: Path, dtype: torch.dtype = torch.float32
+) -> Path:
     ids = torch.full((2, 7), 5, dtype=torch.int64)
     ids[:, 2:5] = text.image_token_id
-    feats = torch.zeros(2, 3, feature_dim)
+    feats = torch.zeros(2, 3, feature_dim, dtype=dtype)
     seq = torch.export.Dim("seq", min=1, max=text.max_context)
     image_tokens = torch.export.Dim("image_tokens", min=1, max=4096)
     batch = batch_dim()
@@ -48,13 +50,15 @@ def export_embedding(module: torch.nn.Module, text: TextLayout, feature_dim: int
     )
 
 
-def export_decoder(module: torch.nn.Module, text: TextLayout, out_dir: Path) -> Path:
-    """One decoder graph for prefill (past_seq = 0) and decode (seq = 1)."""
+def export_decoder(
+    module: torch.nn.Module, text: TextLayout, out_dir: Path, dtype: torch.dtype = torch.float32
+) -> Path:
+    """One decoder graph for prefill (past_seq = 0) and decode (seq = 1); embeddings and KV in ``dtype``."""
     b, s, p = 2, 5, 3  # distinct sample sizes so the tracer keeps the axes apart
-    embeds = torch.zeros(b, s, text.hidden_size)
+    embeds = torch.zeros(b, s, text.hidden_size, dtype=dtype)
     mask = torch.ones(b, p + s, dtype=torch.int64)
     positions = torch.arange(p, p + s).expand(b, s).contiguous()
-    past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim) for _ in range(2 * text.num_layers))
+    past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim, dtype=dtype) for _ in range(2 * text.num_layers))
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=1, max=text.max_context)
     past_seq = torch.export.Dim("past_seq", min=0, max=text.max_context)

@@ -67,9 +67,21 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     from tpc.models.families import make_adapter
 
     started = time.perf_counter()
+    from tpc.compiler.precision import DTYPE_NAMES, load_dtype
+
     progress("load model")
-    loaded = load_model(settings.model)
+    loaded = load_model(
+        settings.model, load_dtype(settings.precision, settings.target, settings.llm_method, settings.buckets)
+    )
     adapter = make_adapter(loaded.model, loaded.processor)
+    weights = next(loaded.model.parameters()).dtype
+    dtype = DTYPE_NAMES[str(weights).removeprefix("torch.")]
+    reduced = settings.precision.reduced(dtype)
+    if reduced and settings.buckets:
+        raise UsageError(
+            f"--buckets are compiled and checked in fp32 only for now; drop --buckets or compile with --dtype fp32 "
+            f"(this target's default dtype is {dtype})"
+        )
     if method is None:
         method = get_method(adapter.default_method)
         params = method.parse_args({})
@@ -115,7 +127,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         llm_plan = next(iter(llm_plans.values())) if None in llm_plans else _default_plan(adapter, keep, llm_plans)
 
     progress("trace vision")
-    gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size)
+    gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size, weights)
     progress("graph passes")
     ctx = PassContext(
         layout=adapter.vision, method=method, keep=keep, params=params, select_layer=settings.select_layer
@@ -138,19 +150,26 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             "default": keep,
         }
     else:
-        paths = {G.VISION: G.export_vision(gm, adapter.vision, out)}
+        paths = {G.VISION: G.export_vision(gm, adapter.vision, out, weights)}
     progress("export embedding")
-    paths[G.EMBED] = G.export_embedding(adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out)
+    paths[G.EMBED] = G.export_embedding(
+        adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out, weights
+    )
     progress("export decoder")
     if llm_plan is None:
-        paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out)
+        paths[G.DECODER] = G.export_decoder(adapter.decoder_step(), adapter.text, out, weights)
     else:
         from tpc.compiler.staged_graphs import export_staged_decoder
 
         paths.update(export_staged_decoder(adapter.model, llm_plans, adapter.text, out))
+    quantized: dict[str, Any] = {}
+    if settings.precision.quantize is not None:
+        progress("quantize decoder weights")
+        paths, quantized = _quantize(paths, settings.precision.quantize_settings())
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
     runtime = _runtime_section(adapter, keep)
+    runtime["dtype"] = str(weights).removeprefix("torch.")
     if llm_plan is not None:
         runtime["llm_pruning"] = llm_plan.as_dict()
         if None not in llm_plans:  # keyed by the image-block length (buckets, crop grids)
@@ -185,10 +204,16 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             checked = dataclasses.replace(
                 method, reference=functools.partial(in_vit_reference, layer=settings.select_layer)
             )
-        verification = verify_graphs(
-            graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
-        )
-        if adapter.layout_samples() and not bucket_info:  # crops -> a picture's rows, every grid
+        if reduced:  # agreement with the fp32 reference (the same weights, upcast layer by layer)
+            from tpc.compiler.verify_precision import verify_reduced
+
+            thresholds = settings.precision.thresholds(dtype)
+            verification = verify_reduced(graphs, adapter, checked, keep, params, bucket_info or None, thresholds)
+        else:
+            verification = verify_graphs(
+                graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
+            )
+        if adapter.layout_samples() and not bucket_info and not reduced:  # crops -> a picture's rows, every grid
             from tpc.compiler.verify import verify_layout
 
             verification["layout"] = verify_layout(graphs, adapter, checked, keep, params, runtime, out)
@@ -222,6 +247,11 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "keep": keep,
         "visual_tokens": {"before": adapter.vision.num_patches, "after": keep},
         "target": settings.target,
+        "precision": dict(
+            settings.precision.as_dict(dtype),
+            **({"quantized_graphs": quantized} if quantized else {}),
+            **({"thresholds": settings.precision.thresholds(dtype)} if reduced else {}),
+        ),
         "passes": pass_log,
         "graphs": {name: dict(signatures[name], file=paths[name].name) for name in paths},
         **({"buckets": bucket_info} if bucket_info else {}),
@@ -231,6 +261,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         **extra,
         "notes": notes,
         "compile_seconds": round(time.perf_counter() - started, 2),
+        "compile_peak_memory_mb": _peak_memory_mb(),
     }
 
 
@@ -304,6 +335,29 @@ def _prepare_trt(
         manifest_view = {"trt_plan": plan}
         extra["engines"] = build_engines(out, manifest_view)
     return extra
+
+
+def _peak_memory_mb() -> float:
+    from tpc.profiling.profiler import peak_memory_mb
+
+    return peak_memory_mb()
+
+
+def _quantize(paths: dict[str, Path], quantize) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Weight-only MatMulNBits of the decoder graphs (the vision graph, where tokens are selected, stays)."""
+    from tpc.compiler.quantize import quantize_graph
+
+    stats = {}
+    out = dict(paths)
+    for name, path in paths.items():
+        if not name.startswith(G.DECODER):
+            continue
+        target = path.with_name(f"{name}.q{quantize.bits}.onnx")
+        stats[name] = quantize_graph(path, target, quantize)
+        path.unlink()
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
+        out[name] = target
+    return out, stats
 
 
 def _optimize_for_ort(paths: dict[str, Path], out: Path) -> dict[str, Path]:

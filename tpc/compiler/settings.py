@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpc.compiler.precision import PrecisionSettings, check_precision
 from tpc.compiler.trt_plan import PlanSettings
 from tpc.errors import UsageError
 from tpc.methods import check_method_args
@@ -47,6 +48,7 @@ class CompileSettings:
     implied_vision: bool = False  # --method fastv/pdrop: no pre-LLM selection asked for
     plan: PlanSettings = field(default_factory=PlanSettings)  # --target trt
     build_engines: bool = True  # --target trt: build here when TensorRT and a GPU are present
+    precision: PrecisionSettings = field(default_factory=PrecisionSettings)  # --dtype, --quantize, thresholds
 
 
 def check_settings(settings: CompileSettings) -> CompileSettings:
@@ -80,6 +82,7 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
         settings.plan.validate(model_context=1 << 30)
     if settings.select_layer is not None and settings.buckets:
         raise UsageError("--select-layer and --buckets cannot be combined yet")
+    check_precision(settings.precision, settings.target, settings.verify, settings.llm_method)
     check_model_arg(settings.model)
     check_artifact_output(Path(settings.output), settings.force)
     return settings

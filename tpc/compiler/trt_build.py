@@ -40,10 +40,12 @@ def build_with_python_api(root: Path, plan: dict[str, Any], progress: Callable[[
             raise ExportError(f"TensorRT could not parse {engine['onnx']}: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mb"] << 20)
-        if plan["precision"] == "fp16":
+        if plan["precision"] in ("fp16", "int8", "fp8"):
             config.set_flag(trt.BuilderFlag.FP16)
         elif plan["precision"] == "bf16":
             config.set_flag(trt.BuilderFlag.BF16)
+        if plan["precision"] in ("int8", "fp8"):
+            config.set_flag(getattr(trt.BuilderFlag, plan["precision"].upper()))
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
         for profile_spec in engine["profiles"]:
@@ -71,6 +73,26 @@ def build_with_trtexec(
             raise ExportError(f"trtexec failed for the {name} engine: {tail[0]}")
 
 
+def check_quantized_graphs(root: Path, plan: dict[str, Any]) -> None:
+    """int8/fp8 plans need Q/DQ nodes in every graph; refuse before building anything when they are missing."""
+    from tpc.compiler.trt_plan import QDQ_PRECISIONS, QDQ_REQUIREMENT
+
+    if plan["precision"] not in QDQ_PRECISIONS:
+        return
+    import onnx
+
+    bare = []
+    for name, engine in plan["engines"].items():
+        model = onnx.load(str(root / engine["onnx"]), load_external_data=False)
+        if not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+            bare.append(name)
+    if bare:
+        raise ArtifactError(
+            f"--precision {plan['precision']}: {', '.join(bare)} carry no Q/DQ nodes; "
+            + QDQ_REQUIREMENT.format(precision=plan["precision"])
+        )
+
+
 def build_engines(
     root: Path, manifest: dict[str, Any], use_trtexec: bool = False, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -81,6 +103,7 @@ def build_engines(
     plan = manifest.get("trt_plan")
     if not plan:
         raise ArtifactError(f"{root}: no TensorRT plan (compile with --target trt)")
+    check_quantized_graphs(root, plan)
     device = current_device()
     (root / ENGINE_DIR).mkdir(exist_ok=True)
     (build_with_trtexec if use_trtexec else build_with_python_api)(root, plan, progress)

@@ -21,7 +21,14 @@ from typing import Any
 
 from tpc.errors import UsageError
 
-PRECISIONS = ("fp16", "bf16", "fp32")
+PRECISIONS = ("fp16", "bf16", "fp32", "int8", "fp8")
+# int8/fp8 engines are explicitly quantized in TensorRT 10: the ONNX graphs must carry Q/DQ nodes with calibrated
+# scales (NVIDIA ModelOpt writes them); without them trtexec would use placeholder scales
+QDQ_PRECISIONS = ("int8", "fp8")
+QDQ_REQUIREMENT = (
+    "{precision} engines need QuantizeLinear/DequantizeLinear nodes with calibrated scales in the ONNX graphs "
+    "(NVIDIA ModelOpt's ONNX quantization on your own calibration images); layers without them run in fp16"
+)
 ENGINE_DIR = "engines"
 TIMING_CACHE = f"{ENGINE_DIR}/timing.cache"
 BUILD_SCRIPT = "build_engines.sh"
@@ -198,6 +205,11 @@ def make_plan(
         engines.update(bucket_engines(signatures or {}, sorted(buckets), per_crop))
     return {
         "precision": settings.precision,
+        **(
+            {"requires": QDQ_REQUIREMENT.format(precision=settings.precision)}
+            if settings.precision in QDQ_PRECISIONS
+            else {}
+        ),
         "workspace_mb": settings.workspace_mb,
         "timing_cache": TIMING_CACHE,
         "limits": {"max_batch": b, "max_prefill_tokens": max_prefill, "max_context": context},
@@ -222,7 +234,9 @@ def trtexec_command(plan: dict[str, Any], name: str, trtexec: str = "trtexec") -
         f"--memPoolSize=workspace:{plan['workspace_mb']}M",
         f"--timingCacheFile={plan['timing_cache']}",
     ]
-    if plan["precision"] != "fp32":
+    if plan["precision"] in QDQ_PRECISIONS:  # fp16 for the layers the Q/DQ nodes leave unquantized
+        cmd += ["--fp16", f"--{plan['precision']}"]
+    elif plan["precision"] != "fp32":
         cmd.append(f"--{plan['precision']}")
     for index, profile in enumerate(engine["profiles"]):
         if len(engine["profiles"]) > 1:

@@ -17,8 +17,8 @@ def cls_attention_row(query: torch.Tensor, key: torch.Tensor, scale: float) -> t
     Position 0 is [CLS]; its own key column is dropped afterwards with no
     renormalisation (FasterVLM's score).
     """
-    cls_query = query[:, :, 0:1, :]
-    logits = torch.matmul(cls_query, key.transpose(-1, -2)) * scale
+    cls_query = query[:, :, 0:1, :].float()  # fp32 inside half-precision graphs: the score decides the kept set
+    logits = torch.matmul(cls_query, key.float().transpose(-1, -2)) * scale
     probs = torch.softmax(logits, dim=-1)
     row = probs.mean(dim=1).squeeze(1)
     return row[:, 1:]
@@ -32,7 +32,7 @@ def received_attention(query: torch.Tensor, key: torch.Tensor, scale: float, dro
     The score that replaces the [CLS] row for encoders without one (SigLIP; METHODS.md). It needs the whole
     T x T matrix of the one layer, O(T^2 * d) per head: one more attention matrix, not one per layer.
     """
-    logits = torch.matmul(query, key.transpose(-1, -2)) * scale
+    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale  # fp32 in half graphs
     probs = torch.softmax(logits, dim=-1)  # [B, H, T, T]
     column = probs.mean(dim=1).mean(dim=1)  # heads, then query rows
     return column[:, 1:] if drop_cls else column

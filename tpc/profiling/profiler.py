@@ -126,6 +126,11 @@ def peak_memory_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
+def artifact_bytes(root: Path) -> int:
+    """Bytes of the artifact on disk (graphs, weights, engines, processor, manifest)."""
+    return sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
+
+
 def profile_model(
     model, config: ProfileConfig, progress: Callable[[str], None] | None = None, artifact_path: str | None = None
 ) -> dict:
@@ -134,6 +139,7 @@ def profile_model(
 
     config.validate()
     progress = progress or (lambda _: None)
+    loaded_peak = peak_memory_mb()  # the artifact's graphs are loaded; nothing has run yet
     runtime = model.runtime
     prompt = config.prompt or synthetic_prompt(model.encoder.tokenizer, config.prompt_tokens)
     if config.image == "none":
@@ -189,6 +195,8 @@ def profile_model(
             "ratio": manifest.get("ratio"),
             "keep": max(image_tokens) if image_tokens else manifest["keep"],
             "target": manifest["target"],
+            "precision": manifest.get("precision", {"dtype": "fp32"}),
+            "bytes": artifact_bytes(model.artifact.root),
         },
         "config": dict(asdict(config), prompt=None if config.prompt is None else config.prompt),
         "device": describe_device(model.graphs.describe(), config.threads),
@@ -202,6 +210,7 @@ def profile_model(
         "decode_steps": config.new_tokens - 1,
         "metrics": metrics,
         "peak_memory_mb": peak_memory_mb(),
+        "load_peak_memory_mb": loaded_peak,
         "kv_cache_bytes": int(kv_bytes),
         **({"kv_lengths": kv_lengths} if kv_lengths else {}),
         **({"llm_pruning": manifest["llm_pruning"]} if manifest.get("llm_pruning") else {}),

@@ -78,6 +78,9 @@ def provider_options(provider: str, plan: dict | None, graph: str, cache_dir: Pa
     return chain
 
 
+FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
 class OrtGraphs:
     """The vision, embedding and decoder sessions of one artifact."""
 
@@ -114,6 +117,11 @@ class OrtGraphs:
         if self.fell_back:
             log.warning("requested %s but ONNX Runtime runs on %s", self.requested_provider, self.provider)
         self._past_names = kv_names(num_layers, "past")
+        # half-precision graphs take half-precision floats: feeds are cast to each input's declared type
+        self._casts = {
+            name: {i.name: FLOAT_TYPES[i.type] for i in session.get_inputs() if i.type in FLOAT_TYPES}
+            for name, session in self.sessions.items()
+        }
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> OrtGraphs:
@@ -135,21 +143,23 @@ class OrtGraphs:
         )
 
     def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        casts = self._casts[name]
+        feeds = {k: v.astype(casts[k]) if k in casts and v.dtype != casts[k] else v for k, v in feeds.items()}
         return self.sessions[name].run(None, feeds)
 
     def vision(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        features, kept = self.sessions[VISION].run(None, {"pixel_values": pixel_values.astype(np.float32)})
+        features, kept = self.run_graph(VISION, {"pixel_values": pixel_values})
         return features, kept
 
     def embed(self, input_ids: np.ndarray, image_features: np.ndarray) -> np.ndarray:
-        (embeds,) = self.sessions[EMBED].run(None, {"input_ids": input_ids, "image_features": image_features})
+        (embeds,) = self.run_graph(EMBED, {"input_ids": input_ids, "image_features": image_features})
         return embeds
 
     def decoder(self, embeds, attention_mask, position_ids, past: list[np.ndarray]):
         feed = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
         feed.update(zip(self._past_names, past, strict=True))
-        logits, *present = self.sessions[DECODER].run(None, feed)
-        return logits, present
+        logits, *present = self.run_graph(DECODER, feed)
+        return logits.astype(np.float32, copy=False), present
 
     def describe(self) -> dict[str, Any]:
         return {

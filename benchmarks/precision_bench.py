@@ -1,0 +1,96 @@
+"""Precision on llava-bench: fp32, fp16 graphs, int8 and int4 weight-only decoders, in one run.
+
+    python benchmarks/precision_bench.py            # part of `make bench`
+
+Compiles (cached in build/bench/precision) llava-bench at ratio 0.889 with FasterVLM as:
+fp32 (``--target ort``), fp16 graphs (``--dtype fp16 --target onnx``: the GPU deployment
+dtype; ONNX Runtime's CPU provider runs it without fast fp16 kernels), int8 and int4
+(``--quantize``, MatMulNBits, block 32, symmetric, int8 compute). Each compile records its
+peak memory and its agreement with the fp32 reference (kept indices, logit cosine,
+greedy-token agreement); each artifact is profiled in its own process with the same prompt
+(64 text tokens + the image). Writes the "Precision" section of BENCHMARKS.md: artifact
+size, compile and load peak memory, TTFT, decode tok/s, and the ratios to fp32 measured in
+this run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from common import ROOT, profile, profile_parser, sh, write_section
+
+MARK = "<!-- precision -->"
+CONFIGS = [
+    ("fp32", "fp32", ["--target", "ort"]),
+    ("fp16 graphs", "fp16", ["--dtype", "fp16", "--target", "onnx"]),
+    ("int8 decoder (MatMulNBits)", "int8", ["--quantize", "int8", "--target", "ort"]),
+    ("int4 decoder (MatMulNBits)", "int4", ["--quantize", "int4", "--target", "ort"]),
+]
+
+
+def main() -> None:
+    parser = profile_parser(__doc__, ROOT / "build" / "bench" / "precision", runs=5, new_tokens=32)
+    parser.add_argument("--ratio", type=float, default=0.889)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    arts = {}
+    for _label, name, flags in CONFIGS:  # every compile first, so that none overlaps a measurement
+        art = args.out / f"{args.model}-{name}"
+        if not (art / "manifest.json").exists():
+            cmd = [sys.executable, "-m", "tpc.cli", "compile", args.model, "--ratio", str(args.ratio), *flags]
+            sh([*cmd, "-o", str(art), "--force", "-q"])
+        arts[name] = art
+    rows = []
+    for label, name, _flags in CONFIGS:
+        doc = profile(arts[name], args.out / f"{name}.json", args.runs, args.warmup, args.new_tokens)
+        manifest = json.loads((arts[name] / "manifest.json").read_text())
+        check = manifest["verification"]
+        decoder = check.get("decoder", {}) if check.get("mode") else {}
+        m = doc["metrics"]
+        rows.append(
+            {
+                "label": label,
+                "name": name,
+                "bytes": doc["artifact"]["bytes"],
+                "compile_peak_mb": manifest["compile_peak_memory_mb"],
+                "load_peak_mb": doc["load_peak_memory_mb"],
+                "ttft_ms": m["ttft_ms"]["p50"],
+                "prefill_ms": m["prefill_ms"]["p50"],
+                "decode_tok_s": m["decode_tokens_per_s"]["p50"],
+                "kept": "/".join(r["indices"] for r in check["vision"]),
+                "cosine": decoder.get("logit_cosine_min"),
+                "agreement": decoder.get("token_agreement"),
+            }
+        )
+    base = rows[0]
+    lines = [
+        "## Precision: fp16 graphs, int8 and int4 weight-only decoders",
+        "",
+        f"`python benchmarks/precision_bench.py` on `{args.model}`, FasterVLM at ratio {args.ratio}, ONNX Runtime "
+        f"CPU (2 cores, AVX2, no fp16 arithmetic): every row profiled in its own process in this run, 64-token "
+        f"prompt + image, {args.new_tokens} new tokens, medians of {args.runs} runs after {args.warmup} warm-up. "
+        "Ratios are to fp32 of the same run. Agreement is compile's check against the fp32 reference: kept "
+        "indices (batch 1/2), the least logit cosine and the greedy-token agreement over 4 prompts x 7 tokens "
+        "(teacher-forced). int4/int8: MatMulNBits, block 32, symmetric, int8 compute (accuracy level 4).",
+        "",
+        "| precision | artifact MB | vs fp32 | compile peak MB | load peak MB | TTFT ms | prefill ms | decode tok/s | "
+        "decode vs fp32 | kept indices | logit cosine (min) | greedy agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        cosine = "1 (exact check)" if r["cosine"] is None else f"{r['cosine']:.4f}"
+        agreement = "exact" if r["agreement"] is None else f"{r['agreement']:.0%}"
+        lines.append(
+            f"| {r['label']} | {r['bytes'] / 2**20:.0f} | {r['bytes'] / base['bytes']:.2f}x | "
+            f"{r['compile_peak_mb']:.0f} | {r['load_peak_mb']:.0f} | {r['ttft_ms']:.0f} | {r['prefill_ms']:.0f} | "
+            f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x | {r['kept']} | {cosine} | "
+            f"{agreement} |"
+        )
+    (args.out / "precision.json").write_text(json.dumps(rows, indent=2))
+    write_section(args.output, MARK, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Precision of the exported graphs: ``--dtype``, ``--quantize`` and the agreement thresholds (torch-free).
+
+* ``--dtype fp32|fp16|bf16``: the dtype of the exported weights and activations. The default
+  follows the target: ``trt`` half precision (fp16), ``onnx`` the checkpoint's own dtype (a
+  half-precision checkpoint gives fp16 graphs and is never upcast), ``ort`` (CPU) fp32.
+* ``--quantize int4|int8``: weight-only MatMulNBits of the decoder's MatMul weights
+  (``tpc.compiler.quantize``); the vision graph, where the selection runs, is never quantized.
+* A reduced-precision artifact is checked against the fp32 reference by agreement metrics:
+  kept indices, logit cosine and greedy-token agreement; the thresholds are recorded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from tpc.errors import UsageError
+
+DTYPES = ("fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+LOAD_DEFAULTS = {"trt": "fp16", "ort": "fp32", "onnx": "auto"}  # auto: the checkpoint's (half stays half)
+
+# default thresholds of the agreement check, by what reduced the precision
+THRESHOLDS = {
+    "fp16": {"min_logit_cosine": 0.999, "min_token_agreement": 0.9},
+    "bf16": {"min_logit_cosine": 0.99, "min_token_agreement": 0.8},
+    8: {"min_logit_cosine": 0.99, "min_token_agreement": 0.75},
+    4: {"min_logit_cosine": 0.9, "min_token_agreement": 0.5},
+}
+
+
+@dataclass
+class PrecisionSettings:
+    dtype: str | None = None  # None: the target's default (LOAD_DEFAULTS)
+    quantize: int | None = None  # 4 or 8 (--quantize int4|int8)
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+    min_logit_cosine: float | None = None  # None: THRESHOLDS' default
+    min_token_agreement: float | None = None
+
+    def reduced(self, dtype: str) -> bool:
+        return dtype != "fp32" or self.quantize is not None
+
+    def thresholds(self, dtype: str) -> dict[str, float]:
+        """The agreement thresholds that apply: the stricter-named default of what reduced the precision,
+        overridden by the user's."""
+        base = dict(THRESHOLDS[self.quantize] if self.quantize else THRESHOLDS.get(dtype, THRESHOLDS["fp16"]))
+        if self.min_logit_cosine is not None:
+            base["min_logit_cosine"] = self.min_logit_cosine
+        if self.min_token_agreement is not None:
+            base["min_token_agreement"] = self.min_token_agreement
+        return base
+
+    def as_dict(self, dtype: str) -> dict[str, Any]:
+        data: dict[str, Any] = {"dtype": dtype}
+        if self.quantize:
+            data["quantize"] = self.quantize_settings().as_dict()
+        return data
+
+    def quantize_settings(self):
+        from tpc.compiler.quantize import QuantizeSettings
+
+        return QuantizeSettings(self.quantize, self.block_size, self.symmetric, self.accuracy_level)
+
+
+def check_precision(precision: PrecisionSettings, target: str, verify: bool, llm_method: str | None) -> None:
+    """Every precision check that needs no model; one-line UsageErrors naming the flags."""
+    if precision.dtype is not None and precision.dtype not in DTYPES:
+        raise UsageError(f"--dtype {precision.dtype!r} is not one of {', '.join(DTYPES)}")
+    for flag, value in (
+        ("--min-logit-cosine", precision.min_logit_cosine),
+        ("--min-token-agreement", precision.min_token_agreement),
+    ):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag} {value} is outside [0, 1]")
+    if precision.dtype == "bf16" and verify:
+        raise UsageError(
+            "--dtype bf16: ONNX Runtime's CPU provider has no bf16 kernels, so compile cannot check these graphs "
+            "against the fp32 reference here; use --dtype fp16, or --target trt with --precision bf16 (engines "
+            "built from fp16 graphs)"
+        )
+    if precision.quantize is not None:
+        precision.quantize_settings().check()
+        if target == "trt":
+            why = (
+                "NVIDIA ModelOpt is installed but tpc does not drive its int4 AWQ path yet"
+                if importlib.util.find_spec("modelopt") is not None
+                else "it needs NVIDIA ModelOpt (nvidia-modelopt), which is not installed here"
+            )
+            raise UsageError(
+                f"--quantize int{precision.quantize} is ONNX Runtime's weight-only MatMulNBits; for TensorRT {why}: "
+                "use --target ort or onnx, or --target trt with --precision int8/fp8 for the engine build"
+            )
+    if llm_method is not None and (precision.quantize is not None or precision.dtype in ("fp16", "bf16")):
+        raise UsageError(
+            f"in-LLM pruning ({llm_method}) is compiled and checked in fp32 only for now; drop --dtype/--quantize "
+            "or the in-LLM method"
+        )
+
+
+def load_dtype(precision: PrecisionSettings, target: str, llm_method: str | None = None, buckets=None) -> str:
+    """The dtype to load the checkpoint in: the asked one, else the target's default; fp32 with in-LLM
+    pruning or buckets, which compile and check in fp32 only for now."""
+    if precision.dtype is not None:
+        return precision.dtype
+    if llm_method is not None or buckets:
+        return "fp32"
+    return LOAD_DEFAULTS[target]
