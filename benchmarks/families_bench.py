@@ -45,16 +45,34 @@ def hf_row(model_name: str, mode: str, method: str, runs: int, warmup: int, new_
     pad = tc.pad_token_id if tc.pad_token_id is not None else 0
     keep = keep_count(adapter.vision.num_patches, 0.889)
 
-    def run(tokens: int) -> float:
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Clock(LogitsProcessor):
+        """Timestamps each generated token: the first is TTFT, the rest time the decode steps."""
+
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.stamps.append(time.perf_counter())
+            return scores
+
+    def run(tokens: int) -> tuple[float, float]:
+        clock = Clock()
+        kwargs = dict(
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList([clock]),
+        )
         start = time.perf_counter()
         with torch.no_grad():
             if mode == "hf":
                 conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
                 text = processor.apply_chat_template(conversation, add_generation_prompt=True)
                 inputs = processor(images=[image], text=[text], return_tensors="pt")
-                model.generate(
-                    **inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad
-                )
+                model.generate(**inputs, **kwargs)
             else:
                 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -65,21 +83,20 @@ def hf_row(model_name: str, mode: str, method: str, runs: int, warmup: int, new_
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[rows])},
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
+                    **kwargs,
                 )
-        return (time.perf_counter() - start) * 1e3
+        stamps = clock.stamps
+        ttft = (stamps[0] - start) * 1e3
+        decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+        return ttft, decode
 
     tc_image = model.config.image_token_id
-    ttft, full = [], []
+    ttft, decode = [], []
     for index in range(warmup + runs):
-        first, whole = run(1), run(new_tokens)
+        first, rate = run(new_tokens)  # one generate: TTFT and the decode rate from per-token timestamps
         if index >= warmup:
             ttft.append(first)
-            full.append(whole)
-    decode = [(new_tokens - 1) * 1e3 / max(w - f, 1e-6) for f, w in zip(ttft, full, strict=True)]
+            decode.append(rate)
     out.write_text(
         json.dumps(
             {
@@ -100,6 +117,7 @@ def main() -> None:
     parser.set_defaults(model="llava-next-bench")
     parser.add_argument("--hf-mode", choices=["hf", "hf-method"], default=None, help=argparse_suppress())
     parser.add_argument("--method", default=None, help=argparse_suppress())
+    parser.add_argument("--reuse-tpc", action="store_true", help="re-render with the tpc profiles of the last run")
     args = parser.parse_args()
     if args.model not in MARKS:
         parser.error(f"--model: one of {', '.join(MARKS)}")
@@ -149,7 +167,9 @@ def main() -> None:
             + common
         )
     docs = {
-        ratio: profile(
+        ratio: json.loads((out / f"tpc-r{ratio}.json").read_text())
+        if args.reuse_tpc
+        else profile(
             art, out / f"tpc-r{ratio}.json", args.runs, args.warmup, args.new_tokens, ("--image-size", PICTURE)
         )
         for ratio, art in arts.items()
@@ -182,7 +202,9 @@ def render(args, docs: dict, hf: dict, method: str, title: str) -> list[str]:
         f"`python benchmarks/families_bench.py --model {args.model} --runs {args.runs}`: one {PICTURE} picture "
         f"({tokens.get('crops_per_image', [1])[0]} crops, {tokens['before']} visual tokens from the vision tower), "
         f"a 64-token prompt, {args.new_tokens} new tokens, medians of {args.runs} runs after {args.warmup} warm-up, "
-        "each row in its own process, CPU fp32. HF rows time `generate` end to end (TTFT = a 1-token generate).",
+        "each row in its own process, CPU fp32. HF rows time one `generate` per run with a timestamp at every "
+        "generated token (TTFT = the first, decode tok/s from the rest)."
+        + (" The tpc rows are the profiles of this script's previous run (--reuse-tpc)." if args.reuse_tpc else ""),
         "",
         "| configuration | image rows into the LLM | TTFT ms | vision ms | prefill ms | decode tok/s | peak MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
