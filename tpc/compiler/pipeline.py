@@ -77,11 +77,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     weights = next(loaded.model.parameters()).dtype
     dtype = DTYPE_NAMES[str(weights).removeprefix("torch.")]
     reduced = settings.precision.reduced(dtype)
-    if reduced and settings.buckets:
-        raise UsageError(
-            f"--buckets are compiled and checked in fp32 only for now; drop --buckets or compile with --dtype fp32 "
-            f"(this target's default dtype is {dtype})"
-        )
+
     if method is None:
         method = get_method(adapter.default_method)
         params = method.parse_args({})

@@ -66,7 +66,9 @@ class PrecisionSettings:
         return QuantizeSettings(self.quantize, self.block_size, self.symmetric, self.accuracy_level)
 
 
-def check_precision(precision: PrecisionSettings, target: str, verify: bool, llm_method: str | None) -> None:
+def check_precision(
+    precision: PrecisionSettings, target: str, verify: bool, llm_method: str | None, buckets=None
+) -> None:
     """Every precision check that needs no model; one-line UsageErrors naming the flags."""
     if precision.dtype is not None and precision.dtype not in DTYPES:
         raise UsageError(f"--dtype {precision.dtype!r} is not one of {', '.join(DTYPES)}")
@@ -94,6 +96,10 @@ def check_precision(precision: PrecisionSettings, target: str, verify: bool, llm
                 f"--quantize int{precision.quantize} is ONNX Runtime's weight-only MatMulNBits; for TensorRT {why}: "
                 "use --target ort or onnx, or --target trt with --precision int8/fp8 for the engine build"
             )
+    if buckets and (precision.quantize is not None or precision.dtype in ("fp16", "bf16")):
+        raise UsageError(
+            "--buckets are compiled and checked in fp32 only for now; drop --buckets or --dtype/--quantize"
+        )
     if llm_method is not None and (precision.quantize is not None or precision.dtype in ("fp16", "bf16")):
         raise UsageError(
             f"in-LLM pruning ({llm_method}) is compiled and checked in fp32 only for now; drop --dtype/--quantize "

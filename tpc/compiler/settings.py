@@ -82,7 +82,7 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
         settings.plan.validate(model_context=1 << 30)
     if settings.select_layer is not None and settings.buckets:
         raise UsageError("--select-layer and --buckets cannot be combined yet")
-    check_precision(settings.precision, settings.target, settings.verify, settings.llm_method)
+    check_precision(settings.precision, settings.target, settings.verify, settings.llm_method, settings.buckets)
     check_model_arg(settings.model)
     check_artifact_output(Path(settings.output), settings.force)
     return settings
