@@ -16,9 +16,10 @@ this run.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
-from common import ROOT, profile, profile_parser, sh, write_section
+from common import ROOT, profile, profile_parser, write_section
 
 MARK = "<!-- precision -->"
 CONFIGS = [
@@ -34,15 +35,21 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.889)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    arts = {}
+    arts, refused = {}, {}
     for _label, name, flags in CONFIGS:  # every compile first, so that none overlaps a measurement
         art = args.out / f"{args.model}-{name}"
         if not (art / "manifest.json").exists():
             cmd = [sys.executable, "-m", "tpc.cli", "compile", args.model, "--ratio", str(args.ratio), *flags]
-            sh([*cmd, "-o", str(art), "--force", "-q"])
+            print("+", " ".join(cmd), flush=True)
+            done = subprocess.run([*cmd, "-o", str(art), "--force", "-q"], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:  # e.g. the agreement check refused it: a result, recorded as such
+                refused[name] = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                continue
         arts[name] = art
     rows = []
     for label, name, _flags in CONFIGS:
+        if name in refused:
+            continue
         doc = profile(arts[name], args.out / f"{name}.json", args.runs, args.warmup, args.new_tokens)
         manifest = json.loads((arts[name] / "manifest.json").read_text())
         check = manifest["verification"]
@@ -87,6 +94,9 @@ def main() -> None:
             f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / base['decode_tok_s']:.2f}x | {r['kept']} | {cosine} | "
             f"{agreement} |"
         )
+    for label, name, _flags in CONFIGS:
+        if name in refused:
+            lines.append(f"| {label} | compile refused: {refused[name]} |" + " |" * 10)
     (args.out / "precision.json").write_text(json.dumps(rows, indent=2))
     write_section(args.output, MARK, lines)
     print("\n".join(lines))
