@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class LightProcessor:
-    """What ``PromptEncoder`` uses of a ``LlavaProcessor``, ``LlavaNextProcessor`` or ``LlavaOnevisionProcessor``:
-    tokenizer, chat template, image processor (an anyres one, with ``preprocess_anyres``, for the latter two)."""
+    """What ``PromptEncoder`` uses of a saved transformers processor: tokenizer, chat template and image
+    processor (for multi-crop families, one with ``preprocess_anyres`` from the family's registry)."""
 
     def __init__(self, tokenizer: LightTokenizer, image_processor: ClipImageProcessor, chat_template: str | None):
         self.tokenizer = tokenizer
