@@ -31,6 +31,11 @@ ADAPTIVE = "adaptive_keep"  # the encoder output an adaptive method (cls-mass) c
 # In-LLM pruning: the selector graphs between decoder segments.
 SELECT_INPUTS = ["hidden", "score", "position_ids", "attention_mask", "image_start"]
 SELECT_OUTPUTS = ["kept_hidden", "kept_position_ids", "kept_attention_mask", "kept_image_indices"]
+# A selector for image blocks of any length (unpruned multi-crop pictures) also takes two
+# shape-carrying inputs: ``image_rows`` = arange(image tokens in), ``keep_rows`` = arange(kept).
+# Their lengths set the block length and TopK's K at run time (a shape, not a value: what
+# TensorRT's TopK and profiles take).
+DYNAMIC_SELECT_INPUTS = [*SELECT_INPUTS, "image_rows", "keep_rows"]
 
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:

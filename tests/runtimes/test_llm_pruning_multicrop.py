@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_cli
 from tpc.compiler.pipeline import CompileSettings, compile_model
 from tpc.compiler.verify_llm import expected_kv_lengths
 from tpc.methods import METHODS
@@ -110,11 +109,3 @@ def test_text_only_prompt_is_not_pruned(family):
     _, out, _ = family
     result = CompiledModel.load(out).generate(PROMPTS, None, max_new_tokens=3)
     assert result.llm_kept_indices is None and len(set(result.kv_lengths)) == 1
-
-
-@pytest.mark.parametrize("preset", ["llava-next-tiny", "llava-onevision-tiny"])
-def test_unpruned_multi_crop_input_is_refused_with_what_to_add(preset, tmp_path, capsys):
-    code, _, err = run_cli(["compile", preset, "--method", "fastv", "-o", str(tmp_path / "x")], capsys)
-    assert code == 2 and "needs a per-crop pre-LLM budget" in err and "--llm-method" in err
-    assert err.strip().splitlines()[-1].startswith("error:") and "trace vision" not in err
-    assert not (tmp_path / "x").exists()

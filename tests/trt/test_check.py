@@ -29,7 +29,37 @@ def test_topk_with_a_computed_k_is_a_blocker():
     ]
     report = check_graph(_model(nodes, [X], [VALUES, INDICES], [numpy_helper.from_array(np.array([1]), "one")]), "g")
     assert not report.ok
-    assert any("'select'" in b and "computed at run time" in b for b in report.blockers)
+    assert any("'select'" in b and "computed from tensor values" in b for b in report.blockers)
+
+
+def test_topk_with_k_from_an_input_shape_is_a_warning_bounded_by_the_plan():
+    rows = helper.make_tensor_value_info("keep_rows", TensorProto.INT64, ["keep_rows"])
+    nodes = [
+        helper.make_node("Shape", ["keep_rows"], ["k"]),
+        helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="dynamic"),
+    ]
+    report = check_graph(_model(nodes, [X, rows], [VALUES, INDICES]), "g")
+    assert report.ok and any("'dynamic'" in w and "<= 3840" in w for w in report.warnings)
+
+
+def test_plan_bounds_a_run_time_k_and_refuses_one_over_the_topk_limit():
+    from tpc.compiler.trt_plan import staged_engines
+    from tpc.errors import UsageError
+    from tpc.methods.in_llm import FASTV
+
+    runtime = {"hidden_size": 8, "num_kv_heads": 2, "head_dim": 4, "num_layers": 4}
+    for longest, ratio in ((2928, 0.5), (8000, 0.25)):
+        plan = FASTV.plan({"layer": "1"}, 4, longest, ratio)
+        runtime["llm_pruning"] = plan.as_dict()
+        runtime["llm_pruning_rule"] = {"method": "fastv", "args": {"layer": "1"}, "ratio": ratio}
+        runtime["llm_pruning_rule"]["max_image_tokens"] = longest
+        if plan.stages[0].keep > 3840:
+            with pytest.raises(UsageError, match="TopK takes at most 3840"):
+                staged_engines(runtime, 2, longest + 64, 512, 512, longest + 128)
+            continue
+        shapes = staged_engines(runtime, 2, longest + 64, 512, 512, longest + 128)["select_1"][0]["shapes"]
+        assert shapes["keep_rows"]["max"] == [plan.stages[0].keep] and shapes["image_rows"]["max"] == [longest]
+        assert shapes["score"]["min"] == [1, 2] and shapes["score"]["max"] == [2, longest + 64]
 
 
 def test_nonzero_is_a_blocker():

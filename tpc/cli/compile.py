@@ -242,6 +242,9 @@ def compile_cmd(
             f"layer {s['layer']}: " + "/".join(str(p["stages"][i]["keep"]) for p in plans)
             for i, s in enumerate(llm["stages"])
         )
+        rule = manifest["runtime"].get("llm_pruning_rule")
+        if rule:  # any block length: the counts shown are the longest block's
+            into = f"up to {rule['max_image_tokens']} (per picture)"
         click.echo(f"in-LLM pruning {llm['method']}: {into} image tokens into the decoder; kept from {stages}")
     if target == "trt":
         if manifest.get("engines"):

@@ -24,7 +24,7 @@ def models_cmd():
         click.echo(f"{'':16s} presets: {', '.join(presets) or '-'}")
         in_llm = ", ".join(LLM_METHODS.names())
         if family.multi_crop:
-            in_llm += " (after a per-crop pre-LLM budget: one stage selector per crop grid)"
+            in_llm += " (unpruned: one selector per stage for any block length; pruned per crop: one per crop grid)"
         click.echo(f"{'':16s} pre-LLM methods: {', '.join(methods)}; in-LLM: {in_llm}")
         if refused:
             click.echo(f"{'':16s} not applicable (need a [CLS] token): {', '.join(refused)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tpc.artifact_layout import (
+    DYNAMIC_SELECT_INPUTS,
     SELECT_INPUTS,
     SELECT_OUTPUTS,
     segment_io,
@@ -26,7 +27,7 @@ from tpc.compiler.onnx_export import export_onnx
 from tpc.compiler.trace import batch_dim
 from tpc.methods.in_llm import RENUMBERED, PruningPlan
 from tpc.models.base import TextLayout
-from tpc.models.decoder_segments import DecoderSegment, StageSelect
+from tpc.models.decoder_segments import DecoderSegment, DynamicStageSelect, StageSelect
 
 
 def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_dir: Path) -> Path:
@@ -95,18 +96,66 @@ def export_select(
     )
 
 
+def export_dynamic_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path) -> Path:
+    """Stage ``stage``'s selector for image blocks of any length (``DYNAMIC_SELECT_INPUTS``)."""
+    spec = plan.stages[stage - 1]
+    module = DynamicStageSelect(spec.positions == RENUMBERED).eval()
+    b, n, keep = 2, 6, 4  # distinct sizes so the tracer keeps the axes apart
+    t = n + 7
+    generator = torch.Generator().manual_seed(stage)
+    args = (
+        torch.randn(b, t, hidden_size, generator=generator),
+        torch.rand(b, t, generator=generator),
+        torch.arange(t).expand(b, t).contiguous(),
+        torch.ones(b, t, dtype=torch.int64),
+        torch.tensor([2, 3], dtype=torch.int64),
+        torch.arange(n),
+        torch.arange(keep),
+    )
+    seq = torch.export.Dim("seq", min=2, max=max_context)
+    rows = torch.export.Dim("image_rows", min=1, max=max_context)
+    kept = torch.export.Dim("keep_rows", min=1, max=max_context)
+    batch = batch_dim()
+    return export_onnx(
+        module,
+        args,
+        out_dir / f"{select_name(stage)}.onnx",
+        input_names=DYNAMIC_SELECT_INPUTS,
+        output_names=SELECT_OUTPUTS,
+        dynamic_shapes={
+            "hidden": {0: batch, 1: seq},
+            "score": {0: batch, 1: seq},
+            "position_ids": {0: batch, 1: seq},
+            "attention_mask": {0: batch, 1: seq},
+            "image_start": {0: batch},
+            "image_rows": {0: rows},
+            "keep_rows": {0: kept},
+        },
+        axis_names={
+            **{name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]},
+            "image_rows": {0: "image_rows"},
+            "keep_rows": {0: "keep_rows"},
+        },
+    )
+
+
 def export_staged_decoder(
-    model, plans: dict[int | None, PruningPlan], text: TextLayout, out_dir: Path
+    model, plans: dict[int | None, PruningPlan], text: TextLayout, out_dir: Path, dynamic: bool = False
 ) -> dict[str, Path]:
     """Segments once; selectors per stage, and per bucket when the keys are bucket sizes (None: fixed K).
 
-    The segments depend only on the stage layers, which every bucket's plan shares.
+    The segments depend only on the stage layers, which every bucket's plan shares. ``dynamic``: one
+    selector per stage for image blocks of any length (``plans`` then holds one representative plan).
     """
     first = next(iter(plans.values()))
     paths = {}
     for index in range(len(first.segments())):
         paths[segment_name(index)] = export_segment(model, first, index, text, out_dir)
-        if index < len(first.stages):
+        if index < len(first.stages) and dynamic:
+            paths[select_name(index + 1)] = export_dynamic_select(
+                first, index + 1, text.hidden_size, text.max_context, out_dir
+            )
+        elif index < len(first.stages):
             for bucket, plan in plans.items():
                 paths[select_name(index + 1, bucket)] = export_select(
                     plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket
@@ -115,8 +164,10 @@ def export_staged_decoder(
 
 
 __all__ = [
+    "DYNAMIC_SELECT_INPUTS",
     "SELECT_INPUTS",
     "SELECT_OUTPUTS",
+    "export_dynamic_select",
     "export_segment",
     "export_select",
     "export_staged_decoder",

@@ -1,7 +1,8 @@
 """Static TensorRT compatibility report for ONNX graphs (``tpc check --target trt``).
 
 Checked against the TensorRT 10.x ONNX parser's documented constraints: operators and
-opset it supports, TopK with a constant K of at most 3840, no NonZero / Unique /
+opset it supports, TopK with a constant K (or one computed from input shapes, which
+TensorRT 10 takes as a shape tensor) of at most 3840, no NonZero / Unique /
 Compress, no data-dependent output shapes, Loop without dynamic scan outputs, every
 dynamic input axis covered by an optimization profile of the build plan. int64
 tensors are listed (TensorRT casts many of them to int32). A blocker names its node.
@@ -178,8 +179,12 @@ def check_graph(model: onnx.ModelProto, name: str, profiles: list[dict] | None =
             report.blockers.append(f"{label}: operator not supported by the TensorRT ONNX parser")
         if node.op_type == "TopK":
             k = constants.get(node.input[1]) if len(node.input) > 1 else None
-            if k is None:
-                report.blockers.append(f"{label}: K is computed at run time (needs a constant K)")
+            if k is None and node.input[1] in static:  # TensorRT 10 takes it as a shape tensor (ITopKLayer input 1)
+                report.warnings.append(
+                    f"{label}: K comes from input shapes; the build plan's profiles must keep it <= {TOPK_MAX_K}"
+                )
+            elif k is None:
+                report.blockers.append(f"{label}: K is computed from tensor values (needs a constant or a shape)")
             elif (largest := int(k.max()) if hasattr(k, "max") else int(k)) > TOPK_MAX_K:
                 report.blockers.append(f"{label}: K = {largest} exceeds TensorRT's limit of {TOPK_MAX_K}")
             continue

@@ -129,16 +129,20 @@ def staged_engines(
     pruned. The selectors see the previous segment's sequence, image block included.
     """
     from tpc.artifact_layout import segment_io, segment_name, select_name, stage_inputs
+    from tpc.compiler.trt_check import TOPK_MAX_K
     from tpc.methods.in_llm import PruningPlan
 
     plan = PruningPlan.from_dict(runtime["llm_pruning"])
     per_bucket = runtime.get("llm_pruning_buckets")
+    rule = runtime.get("llm_pruning_rule")  # one selector per stage for image blocks of any length
     plans = {int(k): PruningPlan.from_dict(v) for k, v in per_bucket.items()} if per_bucket else {None: plan}
     hidden, heads, head_dim = runtime["hidden_size"], runtime["num_kv_heads"], runtime["head_dim"]
     engines: dict[str, list] = {}
     for index in range(len(plan.segments())):
         # the longest prefill a segment sees: the bucket that dropped the fewest image tokens
         dropped = min(p.image_tokens - (p.stages[index - 1].keep if index else p.image_tokens) for p in plans.values())
+        if rule:  # any block length: a short picture may drop (almost) nothing
+            dropped = 0
         opt_dropped = plan.image_tokens - (plan.stages[index - 1].keep if index else plan.image_tokens)
         hi, opt = max(1, max_prefill - dropped), max(1, min(opt_prefill - opt_dropped, max_prefill - dropped))
         inputs, _ = segment_io(plan, index)
@@ -156,6 +160,20 @@ def staged_engines(
                 **{n: _range((1, lo), (1, mid), (b, top)) for n in ("score", "position_ids", "attention_mask")},
                 "image_start": _range((1,), (1,), (b,)),
             }
+            if rule:  # block length and kept count as input lengths, up to the longest block
+                shapes["image_rows"] = _range((1,), (n_in,), (rule["max_image_tokens"],))
+                most = bucket_plan.stages[index].keep  # the longest block keeps the most (counts grow with n)
+                if most > TOPK_MAX_K:
+                    raise UsageError(
+                        f"in-LLM stage {index + 1} keeps up to {most} image tokens of the longest picture; TensorRT's "
+                        f"TopK takes at most {TOPK_MAX_K}: prune more (a higher ratio), prune per crop first "
+                        "(--method ... --ratio R --llm-method ...), or compile for --target ort"
+                    )
+                shapes["keep_rows"] = _range((1,), (most,), (most,))
+                lo, mid = 2, min(max(2, opt), top)
+                for name in ("score", "position_ids", "attention_mask"):
+                    shapes[name] = _range((1, lo), (1, mid), (b, top))
+                shapes["hidden"] = _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden))
             name = select_name(index + 1, bucket)
             engines[name] = [{"name": name, "shapes": shapes}]
     return engines

@@ -172,6 +172,9 @@ def verify_graphs(
     if llm_plans:
         from tpc.compiler.verify_llm import verify_selectors, verify_staged_decoder
 
+        rule = (runtime or {}).get("llm_pruning_rule")
+        if rule is not None:  # one selector per stage for any block length: checked at several lengths
+            llm_plans = dynamic_check_plans(rule, adapter)
         # end to end (segments + selectors, prefill and decode) for the shortest and the longest image
         # block; every selector of every length alone (they differ only in their constant counts)
         ends = {min(llm_plans, key=_length_key), max(llm_plans, key=_length_key)}
@@ -179,12 +182,12 @@ def verify_graphs(
             entry
             for bucket, plan in llm_plans.items()
             if bucket in ends
-            for entry in verify_staged_decoder(graphs, adapter, plan, runtime, bucket=bucket)
+            for entry in verify_staged_decoder(graphs, adapter, plan, runtime, bucket=None if rule else bucket)
         ]
         report["llm_selectors"] = [
             entry
             for bucket, plan in llm_plans.items()
-            for entry in verify_selectors(graphs, plan, adapter.text.hidden_size, bucket)
+            for entry in verify_selectors(graphs, plan, adapter.text.hidden_size, None if rule else bucket, bool(rule))
         ]
     report["passed"] = (
         all(r["passed"] for r in report["vision"])
@@ -196,6 +199,16 @@ def verify_graphs(
     if not report["passed"]:
         raise ParityError("compiled graphs disagree with the PyTorch reference: " + summarize(report))
     return report
+
+
+def dynamic_check_plans(rule: dict, adapter) -> dict:
+    """Plans at the image-block lengths a length-independent selector is checked at: the longest block
+    a picture can have, about half of it (odd), and one crop's tokens plus one."""
+    from tpc.methods.in_llm import plan_for_length
+
+    longest = rule["max_image_tokens"]
+    lengths = sorted({longest, longest // 2 | 1, min(longest, adapter.vision.num_patches + 1)})
+    return {n: plan_for_length(rule, adapter.text.num_layers, n) for n in lengths}
 
 
 def _length_key(bucket) -> int:

@@ -70,6 +70,7 @@ def verify_staged_decoder(
             {
                 "method": plan.method,
                 "batch": batch,
+                "image_tokens": plan.image_tokens,
                 **({"bucket": bucket} if bucket else {}),
                 "kept": verdicts,
                 "logits_max_abs_diff": worst,
@@ -97,9 +98,12 @@ def _reference_select(hidden, score, positions, mask, starts, n_in: int, keep: i
 
 
 @torch.no_grad()
-def verify_selectors(graphs, plan: PruningPlan, hidden_size: int, bucket, seed: int = 5) -> list[dict]:
+def verify_selectors(
+    graphs, plan: PruningPlan, hidden_size: int, bucket, dynamic: bool = False, seed: int = 5
+) -> list[dict]:
     """Every stage selector of ``plan`` alone against ``_reference_select`` (batch 2, blocks at
-    different offsets, left padding, tied scores inside the image block)."""
+    different offsets, left padding, tied scores inside the image block). ``dynamic``: the
+    selectors take the block length and kept count as input lengths (``image_rows``, ``keep_rows``)."""
     from tpc.artifact_layout import select_name, stage_inputs
 
     results = []
@@ -116,16 +120,16 @@ def verify_selectors(graphs, plan: PruningPlan, hidden_size: int, bucket, seed: 
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         starts = torch.tensor([2, 5], dtype=torch.int64)
         want = _reference_select(hidden, score, positions, mask, starts, n_in, spec.keep, spec.positions == RENUMBERED)
-        got = graphs.run_graph(
-            select_name(stage, bucket),
-            {
-                "hidden": hidden.numpy(),
-                "score": score.numpy(),
-                "position_ids": positions.numpy(),
-                "attention_mask": mask.numpy(),
-                "image_start": starts.numpy(),
-            },
-        )
+        feeds = {
+            "hidden": hidden.numpy(),
+            "score": score.numpy(),
+            "position_ids": positions.numpy(),
+            "attention_mask": mask.numpy(),
+            "image_start": starts.numpy(),
+        }
+        if dynamic:
+            feeds.update(image_rows=np.arange(n_in, dtype=np.int64), keep_rows=np.arange(spec.keep, dtype=np.int64))
+        got = graphs.run_graph(select_name(stage, bucket), feeds)
         equal = all(np.array_equal(np.asarray(g), w.numpy()) for g, w in zip(got, want, strict=True))
         results.append({"method": plan.method, "stage": stage, "bucket": bucket, "image_tokens": n_in, "passed": equal})
     return results

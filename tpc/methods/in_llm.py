@@ -203,3 +203,11 @@ PDROP = LlmMethod(
 LLM_METHODS: Registry[LlmMethod] = Registry("in-LLM method")
 for _method in (FASTV, PDROP):
     LLM_METHODS.register(_method.name, _method)
+
+
+def plan_for_length(rule: dict[str, Any], num_layers: int, image_tokens: int) -> PruningPlan:
+    """The plan for an image block of ``image_tokens`` under a length-independent rule
+    (``{"method", "args", "ratio", "composed"}``): what unpruned multi-crop pictures get, whose
+    block length follows each picture's aspect ratio."""
+    method = LLM_METHODS.get(rule["method"])
+    return method.plan(dict(rule["args"]), num_layers, image_tokens, rule["ratio"], rule.get("composed", False))

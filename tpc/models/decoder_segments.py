@@ -127,13 +127,32 @@ class StageSelect(nn.Module):
         self.image_tokens, self.keep, self.renumber = image_tokens, keep, renumber
 
     def forward(self, hidden, score, position_ids, attention_mask, image_start):
-        rows = image_start[:, None] + torch.arange(self.image_tokens, device=score.device)[None, :]
-        kept = topk_ascending(torch.gather(score, 1, rows), self.keep)
-        index = stage_index(image_start, kept, hidden.shape[1], self.image_tokens - self.keep)
-        hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        mask = torch.gather(attention_mask, 1, index)
-        if self.renumber:
-            positions = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)
-        else:
-            positions = torch.gather(position_ids, 1, index)
-        return hidden, positions, mask, kept
+        offsets = torch.arange(self.image_tokens, device=score.device)
+        return select_rows(hidden, score, position_ids, attention_mask, image_start, offsets, self.keep, self.renumber)
+
+
+class DynamicStageSelect(nn.Module):
+    """``StageSelect`` for image blocks of any length: the block length and the kept count come from
+    the lengths of ``image_rows`` (= arange(n)) and ``keep_rows`` (= arange(keep)) at run time."""
+
+    def __init__(self, renumber: bool):
+        super().__init__()
+        self.renumber = renumber
+
+    def forward(self, hidden, score, position_ids, attention_mask, image_start, image_rows, keep_rows):
+        keep = keep_rows.shape[0]
+        return select_rows(hidden, score, position_ids, attention_mask, image_start, image_rows, keep, self.renumber)
+
+
+def select_rows(hidden, score, position_ids, attention_mask, image_start, offsets, keep, renumber: bool):
+    """The survivors of one stage: top ``keep`` image rows (ascending, ties to the lower index) + every text row."""
+    rows = image_start[:, None] + offsets[None, :]
+    kept = topk_ascending(torch.gather(score, 1, rows), keep)
+    index = stage_index(image_start, kept, hidden.shape[1], offsets.shape[0] - keep)
+    hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    mask = torch.gather(attention_mask, 1, index)
+    if renumber:
+        positions = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)
+    else:
+        positions = torch.gather(position_ids, 1, index)
+    return hidden, positions, mask, kept

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tpc.artifact_layout import segment_io, segment_name, select_name
+from tpc.artifact_layout import segment_io, segment_name, select_name, stage_inputs
 from tpc.errors import UsageError
-from tpc.methods.in_llm import PruningPlan
+from tpc.methods.in_llm import PruningPlan, plan_for_length
 
 
 @dataclass
@@ -92,6 +92,8 @@ class StagedDecoder:
         self.runtime = runtime
         self.plan = plan
         self.bucket = bucket  # the selectors of this bucket (bucketed artifacts)
+        # selectors for blocks of any length take the block length and kept count as input lengths
+        self.dynamic = bool(runtime.get("llm_pruning_rule"))
         self.io = [segment_io(plan, i) for i in range(len(plan.segments()))]
         self.states: list[_StageState] = []
         self.kept_image_indices: np.ndarray | None = None  # [B, keep of last stage], of the decoder's image tokens
@@ -122,16 +124,17 @@ class StagedDecoder:
                 return heads[0]
             hidden, score = heads
             if image_start is not None:
-                hidden, positions, mask, kept = self.graphs.run_graph(
-                    select_name(index + 1, self.bucket),
-                    {
-                        "hidden": hidden,
-                        "score": score,
-                        "position_ids": positions,
-                        "attention_mask": mask,
-                        "image_start": image_start,
-                    },
-                )
+                feeds = {
+                    "hidden": hidden,
+                    "score": score,
+                    "position_ids": positions,
+                    "attention_mask": mask,
+                    "image_start": image_start,
+                }
+                if self.dynamic:
+                    feeds["image_rows"] = np.arange(stage_inputs(self.plan, index + 1), dtype=np.int64)
+                    feeds["keep_rows"] = np.arange(self.plan.stages[index].keep, dtype=np.int64)
+                hidden, positions, mask, kept = self.graphs.run_graph(select_name(index + 1, self.bucket), feeds)
                 self.stage_kept.append(kept)
                 original = np.take_along_axis(original, kept.astype(np.int64), axis=1)
         raise AssertionError("unreachable: the last segment returns the logits")
@@ -158,6 +161,9 @@ def llm_plan_for(runtime: dict, image_tokens: int | None) -> tuple[PruningPlan, 
     ``llm_pruning_buckets`` keys the plans by image-block length (buckets, crop grids). Without
     an image no selector runs, so the default plan serves.
     """
+    rule = runtime.get("llm_pruning_rule")
+    if rule and image_tokens is not None:  # one selector per stage serves every block length
+        return plan_for_length(rule, runtime["num_layers"], image_tokens), None
     per_length = runtime.get("llm_pruning_buckets")
     if not per_length or image_tokens is None:
         plan = PruningPlan.from_dict(runtime["llm_pruning"])
