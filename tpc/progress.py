@@ -49,6 +49,10 @@ class StageProgress:
         else:
             self._status.update(self._text(stage))
 
+    def add_stages(self, count: int) -> None:
+        """Stages the work found it needs once started (e.g. a reference computed before the graphs load)."""
+        self.total += count
+
     def close(self) -> None:
         if self._status is not None:
             self._status.stop()

@@ -117,9 +117,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         asked = settings.keep is not None or settings.ratio is not None
         keep = bucket_for(keep, buckets) if asked and not method.extra.get("adaptive") else buckets[-1]
 
-    llm_plan, llm_plans = None, {}
+    llm_plan, llm_plans, llm_rule = None, {}, None
     if settings.llm_method is not None:  # before any tracing: a refusal costs nothing
-        llm_plans = _llm_plans(settings, adapter, method, keep, buckets)
+        llm_plans, llm_rule = _llm_plans(settings, adapter, method, keep, buckets)
         llm_plan = next(iter(llm_plans.values())) if None in llm_plans else _default_plan(adapter, keep, llm_plans)
 
     progress("trace vision")
@@ -157,7 +157,18 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     else:
         from tpc.compiler.staged_graphs import export_staged_decoder
 
-        paths.update(export_staged_decoder(adapter.model, llm_plans, adapter.text, out))
+        paths.update(export_staged_decoder(adapter.model, llm_plans, adapter.text, out, dynamic=bool(llm_rule)))
+    loaded.processor.save_pretrained(str(out / "processor"))
+    runtime_files = adapter.write_runtime_files(out)
+    checked = _checked_method(method, adapter, settings)
+    references = None
+    if settings.verify and reduced:  # the fp32 reference's outputs first, then its weights are freed
+        from tpc.compiler.verify_precision import reduced_references, release_weights
+
+        getattr(progress, "add_stages", lambda n: None)(1)
+        progress("fp32 reference outputs")
+        references = reduced_references(adapter, checked, keep, params)
+        release_weights(loaded.model)  # a 7 B model and its graphs never share the memory
     quantized: dict[str, Any] = {}
     if settings.precision.quantize is not None:
         progress("quantize decoder weights")
@@ -168,6 +179,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     runtime["dtype"] = str(weights).removeprefix("torch.")
     if llm_plan is not None:
         runtime["llm_pruning"] = llm_plan.as_dict()
+        if llm_rule is not None:  # any block length: the plan is made per picture at run time
+            runtime["llm_pruning_rule"] = llm_rule
         if None not in llm_plans:  # keyed by the image-block length (buckets, crop grids)
             runtime["llm_pruning_buckets"] = {str(size): plan.as_dict() for size, plan in llm_plans.items()}
     extra: dict[str, Any] = {}
@@ -177,8 +190,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     elif settings.target == "trt":
         progress("TensorRT plan and check")
         extra = _prepare_trt(settings, runtime, paths, signatures, out)
-    loaded.processor.save_pretrained(str(out / "processor"))
-    runtime["files"] = adapter.write_runtime_files(out)
+    runtime["files"] = runtime_files
 
     session = dict(SESSION_SETTINGS[settings.target])
     if llm_plan is not None:  # decoder segments run back to back: no thread spinning between them
@@ -190,21 +202,10 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.runtimes.ort import OrtGraphs
 
         graphs = OrtGraphs(paths, session, adapter.text.num_layers)
-        checked = method
-        if settings.select_layer is not None and settings.select_layer != adapter.vision.feature_layer:
-            import dataclasses
-            import functools
-
-            from tpc.methods.in_vit import in_vit_reference
-
-            checked = dataclasses.replace(
-                method, reference=functools.partial(in_vit_reference, layer=settings.select_layer)
-            )
         if reduced:  # agreement with the fp32 reference (the same weights, upcast layer by layer)
-            from tpc.compiler.verify_precision import verify_reduced
+            from tpc.compiler.verify_precision import compare_reduced
 
-            thresholds = settings.precision.thresholds(dtype)
-            verification = verify_reduced(graphs, adapter, checked, keep, params, bucket_info or None, thresholds)
+            verification = compare_reduced(graphs, references, settings.precision.thresholds(dtype))
         else:
             verification = verify_graphs(
                 graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
@@ -261,37 +262,52 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     }
 
 
-def _llm_plans(settings: CompileSettings, adapter, method, keep: int, buckets: list[int]) -> dict:
-    """One in-LLM plan per image-block length the decoder can receive, keyed by that length.
+def _llm_plans(settings: CompileSettings, adapter, method, keep: int, buckets: list[int]) -> tuple[dict, Any]:
+    """One in-LLM plan per image-block length the decoder can receive, keyed by that length, and the
+    length-independent rule when the lengths are not a finite set (else None).
 
     A fixed-budget single-crop artifact has one length: its plan is keyed by None (one selector
     per stage). Buckets and crop grids make several lengths: one selector per stage and length.
+    Unpruned crops make any length: one selector per stage that takes the length at run time,
+    shown by the plan of the longest block.
     """
     llm_method = LLM_METHODS.get(settings.llm_method)
     args = {k: str(v) for k, v in settings.llm_method_args.items()}
     lengths: set[int] = set()
     for size in buckets or [keep]:
         counts = adapter.image_token_counts(size)
-        if counts is None:
-            raise UsageError(
-                f"in-LLM pruning ({settings.llm_method}) on {adapter.title} needs a per-crop pre-LLM budget: "
-                "unpruned, a picture's image block length follows its aspect ratio, so no fixed stage selector "
-                f"exists; add --method {method.name} --ratio R (every crop keeps its top tokens) and give the "
-                "in-LLM method as --llm-method"
-            )
+        if counts is None:  # unpruned crops: the block length follows each picture's aspect ratio
+            longest = adapter.max_image_tokens(size)
+            rule = {"method": llm_method.name, "args": args, "ratio": settings.llm_ratio}
+            rule.update(composed=not settings.implied_vision, max_image_tokens=longest)
+            plan = llm_method.plan(args, adapter.text.num_layers, longest, settings.llm_ratio, rule["composed"])
+            return {None: plan}, rule
         lengths.update(counts)
     keyed = bool(buckets) or len(lengths) > 1
-    return {
+    plans = {
         (n if keyed else None): llm_method.plan(
             args, adapter.text.num_layers, n, settings.llm_ratio, composed=not settings.implied_vision
         )
         for n in sorted(lengths)
     }
+    return plans, None
 
 
 def _default_plan(adapter, keep: int, plans: dict):
     """The plan the manifest shows: the one for a picture of the default budget's largest crop grid."""
     return plans[max(adapter.image_token_counts(keep))]
+
+
+def _checked_method(method, adapter, settings: CompileSettings):
+    """The method as verification recomputes it: in-ViT selection at the layer the user chose."""
+    if settings.select_layer is None or settings.select_layer == adapter.vision.feature_layer:
+        return method
+    import dataclasses
+    import functools
+
+    from tpc.methods.in_vit import in_vit_reference
+
+    return dataclasses.replace(method, reference=functools.partial(in_vit_reference, layer=settings.select_layer))
 
 
 def _method_label(vision: str, llm_plan, settings: CompileSettings) -> str:

@@ -47,26 +47,49 @@ def index_verdict(got: np.ndarray, want: np.ndarray, scores: np.ndarray | None) 
 
 
 @torch.no_grad()
-def verify_reduced_vision(graphs, adapter, method, keep: int, params: dict, seed: int = 0) -> list[dict]:
+def vision_references(adapter, method, keep: int, params: dict, seed: int = 0) -> list[dict]:
+    """The fp32 reference's selection of random pictures (batch 1 and 2), as numpy arrays.
+
+    ``all_features`` (a gathering method's every token, projected) lets a near-tie be compared at
+    the graph's own picks later, without the model: the projector acts token by token.
+    """
     size = adapter.vision.image_size
     generator = torch.Generator().manual_seed(seed)
-    results = []
+    references = []
     for batch in (1, 2):
         pixels = torch.randn(batch, 3, size, size, generator=generator)
-        features, kept = graphs.vision(pixels.numpy())
-        indices, ref_features, scores = method.reference(adapter, pixels, keep, **params)
-        verdict, overlap = index_verdict(kept, indices.numpy(), None if scores is None else scores.float().numpy())
-        if verdict == "near-tie" and method.extra.get("gathers"):  # the reference at the graph's own picks
-            from tpc.methods.selection import gather_tokens
-
-            patches = adapter.reference_vision(pixels)["patches"]
-            ref_features = adapter.project(gather_tokens(patches, torch.from_numpy(kept)))
-        elif verdict == "near-tie":  # a swap changes what merged tokens hold: no row-by-row comparison
-            ref_features = torch.from_numpy(features.astype(np.float32))
-        feature_cosine = float(cosine(features.reshape(-1, features.shape[-1]), _rows(ref_features)).min())
-        results.append(
+        indices, features, scores = method.reference(adapter, pixels, keep, **params)
+        everything = None
+        if method.extra.get("gathers"):
+            everything = adapter.project(adapter.reference_vision(pixels)["patches"]).float().numpy()
+        references.append(
             {
                 "batch": batch,
+                "pixels": pixels.numpy(),
+                "indices": indices.numpy(),
+                "features": features.float().numpy(),
+                "scores": None if scores is None else scores.float().numpy(),
+                "all_features": everything,
+            }
+        )
+    return references
+
+
+def compare_vision(graphs, references: list[dict]) -> list[dict]:
+    results = []
+    for ref in references:
+        features, kept = graphs.vision(ref["pixels"])
+        verdict, overlap = index_verdict(kept, ref["indices"], ref["scores"])
+        want = ref["features"]
+        if verdict == "near-tie" and ref["all_features"] is not None:  # the reference at the graph's own picks
+            picks = kept.astype(np.int64)[..., None]
+            want = np.take_along_axis(ref["all_features"], picks, axis=1)
+        elif verdict == "near-tie":  # a swap changes what merged tokens hold: no row-by-row comparison
+            want = features.astype(np.float32)
+        feature_cosine = float(cosine(features.reshape(-1, features.shape[-1]), want.reshape(-1, want.shape[-1])).min())
+        results.append(
+            {
+                "batch": ref["batch"],
                 "indices": verdict,
                 "kept_overlap": overlap,
                 "feature_cosine_min": feature_cosine,
@@ -76,40 +99,33 @@ def verify_reduced_vision(graphs, adapter, method, keep: int, params: dict, seed
     return results
 
 
-def _rows(features: torch.Tensor) -> np.ndarray:
-    array = features.float().numpy()
-    return array.reshape(-1, array.shape[-1])
-
-
 @torch.no_grad()
-def verify_reduced_decoder(graphs, adapter, features: torch.Tensor, seed: int = 7) -> dict:
-    """Logit cosine and greedy agreement over ``PROMPTS`` prompts of ``STEPS`` + 1 tokens each."""
+def decoder_references(adapter, features: torch.Tensor, seed: int = 7) -> list[dict]:
+    """``PROMPTS`` prompts (batch 2 per call, the second left-padded) of ``STEPS`` + 1 greedy steps:
+    the inputs and the fp32 reference's logits at every step (teacher-forced with its own tokens)."""
     from transformers import DynamicCache
 
     from tpc.models.decoder_common import cache_kwargs
-    from tpc.runtimes.decoders import FlatDecoder
 
     text, model = adapter.text, adapter.model
     lm = model.model.language_model
     rng = np.random.default_rng(seed)
     keep = features.shape[1]
-    cosines, agree, total = [], 0, 0
-    runtime = {"num_kv_heads": text.num_kv_heads, "head_dim": text.head_dim, "num_layers": text.num_layers}
-    for prompt in range(PROMPTS // 2):  # batch 2 per call: the second sample left-padded
+    image = features[:2] if features.shape[0] >= 2 else features.expand(2, -1, -1)
+    prompts = []
+    for prompt in range(PROMPTS // 2):
         length = keep + 8 + 3 * prompt
         ids = rng.integers(1, min(text.vocab_size, 1000), size=(2, length)).astype(np.int64)
         ids[ids == text.image_token_id] = 1
         ids[:, 2 : 2 + keep] = text.image_token_id
         mask = np.ones((2, length), dtype=np.int64)
         mask[1, :3] = 0
-        image = features[:2] if features.shape[0] >= 2 else features.expand(2, -1, -1)
-        embeds = graphs.embed(ids, image.float().numpy())
-        ref_embeds = adapter.embedding_step()(torch.from_numpy(ids), image.float().to(_dtype(model)))
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        decoder = FlatDecoder(graphs, runtime)
+        ref_in = adapter.embedding_step()(torch.from_numpy(ids), image.float().to(_dtype(model))).float()
+        ref_mask, ref_pos = torch.from_numpy(mask), torch.from_numpy(positions)
         cache = DynamicCache(config=model.config.text_config)
-        ref_mask, ref_pos, ref_in = torch.from_numpy(mask), torch.from_numpy(positions), ref_embeds.float()
-        for step in range(STEPS + 1):
+        logits = []
+        for _step in range(STEPS + 1):
             out = lm(
                 inputs_embeds=ref_in,
                 attention_mask=ref_mask,
@@ -117,16 +133,32 @@ def verify_reduced_decoder(graphs, adapter, features: torch.Tensor, seed: int = 
                 use_cache=True,
                 **cache_kwargs(lm, cache),
             )
-            expected = model.lm_head(out.last_hidden_state[:, -1]).float().numpy()
-            got = decoder.prefill(embeds, mask, positions) if step == 0 else decoder.step(embeds)
-            cosines += cosine(got, expected).tolist()
-            agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
-            total += 2
-            token = expected.argmax(-1)[:, None].astype(np.int64)  # both continue with the reference's token
-            embeds = graphs.embed(token, np.zeros((2, 1, adapter.vision.feature_dim), np.float32))
-            ref_in = model.get_input_embeddings()(torch.from_numpy(token)).float()
+            logits.append(model.lm_head(out.last_hidden_state[:, -1]).float().numpy())
+            token = torch.from_numpy(logits[-1].argmax(-1)[:, None].astype(np.int64))
+            ref_in = model.get_input_embeddings()(token).float()
             ref_mask = torch.cat([ref_mask, torch.ones(2, 1, dtype=torch.int64)], dim=1)
             ref_pos = ref_pos[:, -1:] + 1
+        prompts.append(
+            {"ids": ids, "mask": mask, "positions": positions, "image": image.float().numpy(), "logits": logits}
+        )
+    return prompts
+
+
+def compare_decoder(graphs, prompts: list[dict], runtime: dict) -> dict:
+    """Logit cosine and greedy agreement of the graphs fed the reference's inputs and tokens."""
+    from tpc.runtimes.decoders import FlatDecoder
+
+    cosines, agree, total = [], 0, 0
+    for prompt in prompts:
+        embeds = graphs.embed(prompt["ids"], prompt["image"])
+        decoder = FlatDecoder(graphs, runtime)
+        for step, expected in enumerate(prompt["logits"]):
+            got = decoder.prefill(embeds, prompt["mask"], prompt["positions"]) if step == 0 else decoder.step(embeds)
+            cosines += cosine(got, expected).tolist()
+            agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+            total += len(expected)
+            token = expected.argmax(-1)[:, None].astype(np.int64)  # both continue with the reference's token
+            embeds = graphs.embed(token, np.zeros((len(token), 1, runtime["feature_dim"]), np.float32))
     return {
         "prompts": PROMPTS,
         "steps": STEPS + 1,
@@ -141,16 +173,33 @@ def _dtype(model) -> torch.dtype:
 
 
 @torch.no_grad()
-def verify_reduced(graphs, adapter, method, keep: int, params: dict, buckets, thresholds: dict) -> dict:
+def reduced_references(adapter, method, keep: int, params: dict | None) -> dict:
+    """Everything the agreement check compares against, computed by the fp32 reference up front, so
+    that the model's weights can be freed before any graph is loaded (a 7 B model and its graphs
+    never share the memory)."""
     from tpc.models.upcast import fp32_reference
 
     with fp32_reference(adapter.model):
-        vision = verify_reduced_vision(graphs, adapter, method, keep, params or {})
+        vision = vision_references(adapter, method, keep, params or {})
         generator = torch.Generator().manual_seed(11)
         size = adapter.vision.image_size
         pixels = torch.randn(2, 3, size, size, generator=generator)
         _, features, _ = method.reference(adapter, pixels, keep, **(params or {}))
-        decoder = verify_reduced_decoder(graphs, adapter, features.float())
+        decoder = decoder_references(adapter, features.float())
+    text = adapter.text
+    runtime = {
+        "num_kv_heads": text.num_kv_heads,
+        "head_dim": text.head_dim,
+        "num_layers": text.num_layers,
+        "feature_dim": adapter.vision.feature_dim,
+    }
+    return {"vision": vision, "decoder": decoder, "runtime": runtime}
+
+
+def compare_reduced(graphs, references: dict, thresholds: dict) -> dict:
+    """The agreement report of ``graphs`` against ``reduced_references``; ParityError below the thresholds."""
+    vision = compare_vision(graphs, references["vision"])
+    decoder = compare_decoder(graphs, references["decoder"], references["runtime"])
     decoder["passed"] = (
         decoder["logit_cosine_min"] >= thresholds["min_logit_cosine"]
         and decoder["token_agreement"] >= thresholds["min_token_agreement"]
@@ -177,3 +226,16 @@ def verify_reduced(graphs, adapter, method, keep: int, params: dict, buckets, th
             )
         raise ParityError("reduced-precision graphs disagree with the fp32 reference: " + "; ".join(parts))
     return report
+
+
+def verify_reduced(graphs, adapter, method, keep: int, params: dict | None, thresholds: dict) -> dict:
+    """``compare_reduced`` against references computed now (the model and the graphs both in memory)."""
+    return compare_reduced(graphs, reduced_references(adapter, method, keep, params), thresholds)
+
+
+def release_weights(model: torch.nn.Module) -> None:
+    """Free a model's weights (moved to the meta device): its structure and config stay readable."""
+    import gc
+
+    model.to("meta")
+    gc.collect()
