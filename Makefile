@@ -46,3 +46,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/llm_bench.py
 	$(PY) benchmarks/precision_bench.py
 	$(PY) benchmarks/cli_start_bench.py
+	$(PY) benchmarks/serving_bench.py --model llava-bench

@@ -30,12 +30,15 @@ def _register() -> None:
     from tpc.cli.build import build_cmd
     from tpc.cli.check import check_cmd
     from tpc.cli.compile import compile_cmd
+    from tpc.cli.export_triton import export_triton_cmd
     from tpc.cli.gate import gate_cmd
+    from tpc.cli.loadtest import loadtest_cmd
     from tpc.cli.methods import methods_cmd
     from tpc.cli.models import models_cmd
     from tpc.cli.presets import presets_cmd
     from tpc.cli.profile import profile_cmd
     from tpc.cli.run import run_cmd
+    from tpc.cli.serve import serve_cmd
 
     for command in (
         compile_cmd,
@@ -47,6 +50,9 @@ def _register() -> None:
         methods_cmd,
         models_cmd,
         presets_cmd,
+        serve_cmd,
+        loadtest_cmd,
+        export_triton_cmd,
     ):
         cli.add_command(command)
 

@@ -8,7 +8,7 @@ handle). ``tests/test_cli_start.py`` checks this in a fresh interpreter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tpc.artifact_layout import PROCESSOR_DIR
@@ -94,7 +94,9 @@ class CompiledModel:
         sampler: Sampler | None = None,
         timer: StageTimer | None = None,
         stop_at_eos: bool = True,
+        on_token: Callable[[int, int], bool] | None = None,
     ) -> Generation:
+        """``on_token(row, token_id)``: called for each token as it is produced; True stops that row."""
         if max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         if isinstance(prompts, str):  # one prompt (and its image) without the lists
@@ -120,7 +122,9 @@ class CompiledModel:
             vision, counts = (assembled.features, assembled.kept), assembled.counts
         with timer.stage("preprocess_ms"):
             batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
-        result = generate(self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision)
+        result = generate(
+            self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision, on_token
+        )
         result.image_tokens = counts
         result.crops_per_image = crops.per_image if crops is not None else None
         result.text = [self.decode(ids) for ids in result.token_ids]

@@ -8,6 +8,7 @@ timing goes through one ``StageTimer``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,11 +51,14 @@ def generate(
     timer: StageTimer | None = None,
     stop_at_eos: bool = True,
     vision: tuple[np.ndarray, np.ndarray] | None = None,
+    on_token: Callable[[int, int], bool] | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens``; ``stop_at_eos=False`` always runs them all (profiling).
 
     ``vision``: (features, kept indices) already computed by the caller (bucketed
     artifacts run vision before tokenising); otherwise the vision graph runs here.
+    ``on_token(row, token_id)`` is called for every token as it is produced (streaming);
+    returning True stops that row: it gets no later tokens, as if it had reached EOS.
     """
     sampler = sampler or Sampler()
     timer = timer or StageTimer()
@@ -88,6 +92,7 @@ def generate(
     ttft = sum(timer.ms.get(k, 0.0) for k in ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms"))
     timer.add("ttft_ms", ttft)
     tokens: list[list[int]] = [[int(t)] if max_new_tokens > 0 else [] for t in first]
+    stopped = np.array([bool(on_token(row, ids[0])) if on_token and ids else False for row, ids in enumerate(tokens)])
     steps = 0
     with timer.stage("decode_ms"):
         for group, decoder in zip(groups, decoders, strict=True):  # one group at a time: each has its own KV
@@ -100,6 +105,9 @@ def generate(
                 max_new_tokens,
                 sampler,
                 eos,
+                group.rows,
+                stopped[group.rows],
+                on_token,
             )
     decode_ms = timer.ms.setdefault("decode_ms", 0.0)
     timer.ms["decode_ms_per_token"] = decode_ms / steps if steps else 0.0
@@ -118,10 +126,23 @@ def generate(
 
 
 def _decode(
-    graphs, decoder, runtime: dict, next_ids, tokens: list[list[int]], max_new_tokens: int, sampler, eos
+    graphs,
+    decoder,
+    runtime: dict,
+    next_ids,
+    tokens: list[list[int]],
+    max_new_tokens: int,
+    sampler,
+    eos,
+    rows: np.ndarray,
+    stopped: np.ndarray,
+    on_token: Callable[[int, int], bool] | None,
 ) -> int:
-    """Decode steps of one group until every sample stopped; appends to ``tokens``; returns the steps."""
-    done = np.array([t[0] in eos if t else True for t in tokens])
+    """Decode steps of one group until every sample stopped; appends to ``tokens``; returns the steps.
+
+    ``rows``: the group's rows of the batch (what ``on_token`` is told); ``stopped``: rows already stopped.
+    """
+    done = np.array([t[0] in eos if t else True for t in tokens]) | stopped
     placeholder = np.zeros((len(tokens), 1, runtime["feature_dim"]), dtype=np.float32)
     steps = 0
     while steps + 1 < max_new_tokens and not done.all():
@@ -132,6 +153,8 @@ def _decode(
         for row in np.flatnonzero(~done):
             tokens[row].append(int(next_ids[row]))
             done[row] = next_ids[row] in eos
+            if on_token is not None and on_token(int(rows[row]), int(next_ids[row])):
+                done[row] = True
     return steps
 
 
