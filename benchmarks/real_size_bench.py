@@ -79,12 +79,29 @@ def write_checkpoint(root: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _check_summary(verification: dict) -> str:
+    """What the agreement check measured, in one table cell."""
+    if verification.get("skipped"):
+        return "skipped"
+    decoder = verification["decoder"]
+    kept = "/".join(r["indices"] for r in verification["vision"])
+    return (
+        f"kept indices {kept}; logit cosine >= {decoder['logit_cosine_min']:.4f}, greedy agreement "
+        f"{decoder['token_agreement']:.0%} (decoder run {decoder.get('run', 'whole')})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default="onnx,trt")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "real-size")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--verify", action="store_true", help="keep compile's verification (not memory-bounded yet)")
+    parser.add_argument(
+        "--verify",
+        default="onnx",
+        help="targets whose compile runs its agreement check with fp32 (comma-separated; '' for none): the "
+        "fp32 reference's outputs first, then the graphs a few layers at a time",
+    )
     args = parser.parse_args()
     checkpoint = args.out / "llava-7b-geometry"
     if not (checkpoint / "config.json").exists():
@@ -96,7 +113,10 @@ def main() -> None:
         art = args.out / f"artifact-{target}"
         cmd = [sys.executable, "-m", "tpc.cli", "compile", str(checkpoint), "--ratio", "0.89", "--target", target]
         cmd += ["--no-build"] if target == "trt" else []
-        cmd += [] if args.verify else ["--no-verify"]
+        # random weights: thresholds are loosened so that the memory measurement always completes; the
+        # measured agreement is what the table shows
+        checked = ["--min-logit-cosine", "0.98", "--min-token-agreement", "0.5"]
+        cmd += checked if target in args.verify.split(",") else ["--no-verify"]
         start = time.perf_counter()
         subprocess.run([*cmd, "-o", str(art), "--force"], check=True, cwd=ROOT)
         wall = time.perf_counter() - start
@@ -110,6 +130,7 @@ def main() -> None:
                 "peak_gib": manifest["compile_peak_memory_mb"] / 1024,
                 "artifact_gib": bytes_on_disk / 2**30,
                 "verified": not manifest["verification"].get("skipped"),
+                "check": _check_summary(manifest["verification"]),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -119,13 +140,15 @@ def main() -> None:
         "`python benchmarks/real_size_bench.py`: a checkpoint with LLaVA-1.5-7B's exact geometry (CLIP "
         "ViT-L/14-336, 32-layer 4096-wide Llama, random weights) stored in fp16 "
         f"({size / 2**30:.1f} GiB of safetensors), compiled with `tpc compile DIR --ratio 0.89 --target T` on this "
-        "machine (2 cores, 24 GiB). Peak memory is the compile process's VmHWM.",
+        "machine (2 cores, 24 GiB). Peak memory is the compile process's VmHWM. The check (random weights: "
+        "thresholds loosened to logit cosine 0.98 / agreement 0.5, the measured values shown) computes the fp32 "
+        "reference's outputs first, frees the model, then runs the fp16 decoder graph a few layers at a time.",
         "",
         "| target | graphs dtype | verification | wall s | peak memory GiB | artifact GiB |",
         "|---|---|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['target']} | {r['dtype']} | {'checked' if r['verified'] else 'skipped (--no-verify)'} | "
+        f"| {r['target']} | {r['dtype']} | {r['check'] if r['verified'] else 'skipped (--no-verify)'} | "
         f"{r['wall_s']:.0f} | {r['peak_gib']:.1f} | {r['artifact_gib']:.1f} |"
         for r in rows
     ]

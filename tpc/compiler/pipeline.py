@@ -201,12 +201,19 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.compiler.verify import verify_graphs
         from tpc.runtimes.ort import OrtGraphs
 
-        graphs = OrtGraphs(paths, session, adapter.text.num_layers)
-        if reduced:  # agreement with the fp32 reference (the same weights, upcast layer by layer)
+        if reduced:  # agreement with the fp32 reference (its outputs computed before the model was freed)
             from tpc.compiler.verify_precision import compare_reduced
+            from tpc.compiler.verify_segments import DecoderPieces
+            from tpc.runtimes.ort import session_options
 
-            verification = compare_reduced(graphs, references, settings.precision.thresholds(dtype))
+            pieces = DecoderPieces.load(paths[G.DECODER])  # half-precision weights run upcast: a few layers at once
+            loaded_paths = {n: p for n, p in paths.items() if pieces is None or n != G.DECODER}
+            graphs = OrtGraphs(loaded_paths, session, adapter.text.num_layers)
+            thresholds = settings.precision.thresholds(dtype)
+            runner = None if pieces is None else (pieces, session_options(session))
+            verification = compare_reduced(graphs, references, thresholds, runner)
         else:
+            graphs = OrtGraphs(paths, session, adapter.text.num_layers)
             verification = verify_graphs(
                 graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
             )

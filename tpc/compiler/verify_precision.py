@@ -144,28 +144,51 @@ def decoder_references(adapter, features: torch.Tensor, seed: int = 7) -> list[d
     return prompts
 
 
-def compare_decoder(graphs, prompts: list[dict], runtime: dict) -> dict:
-    """Logit cosine and greedy agreement of the graphs fed the reference's inputs and tokens."""
-    from tpc.runtimes.decoders import FlatDecoder
+def compare_decoder(graphs, prompts: list[dict], runtime: dict, pieces=None) -> dict:
+    """Logit cosine and greedy agreement of the graphs fed the reference's inputs and tokens.
 
-    cosines, agree, total = [], 0, 0
+    ``pieces``: ``(DecoderPieces, session options)`` to run the decoder a few layers at a time
+    (``tpc.compiler.verify_segments``) instead of ``graphs.decoder``: a half-precision 7 B decoder
+    does not fit ONNX Runtime's CPU provider whole."""
+    calls = []
     for prompt in prompts:
-        embeds = graphs.embed(prompt["ids"], prompt["image"])
-        decoder = FlatDecoder(graphs, runtime)
-        for step, expected in enumerate(prompt["logits"]):
-            got = decoder.prefill(embeds, prompt["mask"], prompt["positions"]) if step == 0 else decoder.step(embeds)
-            cosines += cosine(got, expected).tolist()
-            agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
-            total += len(expected)
-            token = expected.argmax(-1)[:, None].astype(np.int64)  # both continue with the reference's token
+        steps = [{"inputs_embeds": graphs.embed(prompt["ids"], prompt["image"])}]
+        mask, positions = prompt["mask"], prompt["positions"]
+        steps[0].update(attention_mask=mask, position_ids=positions)
+        for expected in prompt["logits"][:-1]:  # both continue with the reference's token
+            token = expected.argmax(-1)[:, None].astype(np.int64)
+            mask = np.concatenate([mask, np.ones((len(token), 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
             embeds = graphs.embed(token, np.zeros((len(token), 1, runtime["feature_dim"]), np.float32))
+            steps.append({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions})
+        calls.append(steps)
+    if pieces is not None:
+        got = pieces[0].run(pieces[1], calls)
+    else:
+        got = [_run_whole(graphs, steps, runtime) for steps in calls]
+    cosines, agree, total = [], 0, 0
+    for prompt, logits in zip(prompts, got, strict=True):
+        for expected, value in zip(prompt["logits"], logits, strict=True):
+            cosines += cosine(value, expected).tolist()
+            agree += int((value.argmax(-1) == expected.argmax(-1)).sum())
+            total += len(expected)
     return {
         "prompts": PROMPTS,
         "steps": STEPS + 1,
         "logit_cosine_min": float(min(cosines)),
         "logit_cosine_mean": float(np.mean(cosines)),
         "token_agreement": agree / total,
+        "run": "whole" if pieces is None else f"in {len(pieces[0].models)} pieces",
     }
+
+
+def _run_whole(graphs, steps: list[dict], runtime: dict) -> list[np.ndarray]:
+    from tpc.runtimes.decoders import FlatDecoder
+
+    decoder = FlatDecoder(graphs, runtime)
+    first = steps[0]
+    logits = [decoder.prefill(first["inputs_embeds"], first["attention_mask"], first["position_ids"])]
+    return logits + [decoder.step(step["inputs_embeds"]) for step in steps[1:]]
 
 
 def _dtype(model) -> torch.dtype:
@@ -196,10 +219,11 @@ def reduced_references(adapter, method, keep: int, params: dict | None) -> dict:
     return {"vision": vision, "decoder": decoder, "runtime": runtime}
 
 
-def compare_reduced(graphs, references: dict, thresholds: dict) -> dict:
-    """The agreement report of ``graphs`` against ``reduced_references``; ParityError below the thresholds."""
+def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> dict:
+    """The agreement report of ``graphs`` against ``reduced_references``; ParityError below the thresholds.
+    ``pieces``: run the decoder layer group by layer group (``compare_decoder``)."""
     vision = compare_vision(graphs, references["vision"])
-    decoder = compare_decoder(graphs, references["decoder"], references["runtime"])
+    decoder = compare_decoder(graphs, references["decoder"], references["runtime"], pieces)
     decoder["passed"] = (
         decoder["logit_cosine_min"] >= thresholds["min_logit_cosine"]
         and decoder["token_agreement"] >= thresholds["min_token_agreement"]

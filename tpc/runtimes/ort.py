@@ -111,7 +111,8 @@ class OrtGraphs:
                 if (p[0] if isinstance(p, tuple) else p) in available
             ] or ["CPUExecutionProvider"]
             self.sessions[name] = ort.InferenceSession(str(paths[name]), session_options(settings), providers=chain)
-        main = DECODER if DECODER in self.sessions else next(n for n in self.sessions if n.startswith("decoder"))
+        decoders = [n for n in self.sessions if n.startswith(DECODER)] or list(self.sessions)
+        main = DECODER if DECODER in self.sessions else decoders[0]
         self.provider = self.sessions[main].get_providers()[0]
         self.fell_back = self.provider != self.requested_provider
         if self.fell_back:
