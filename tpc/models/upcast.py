@@ -3,9 +3,10 @@
 ``fp32_reference(model)`` upcasts the few weights outside the repeated blocks (embeddings,
 norms, projector, LM head) for the duration, and the modules inside each block of every
 top-level ``nn.ModuleList`` (ViT layers, decoder layers) one at a time, each just for its own
-forward: a forward pre-hook casts the module's own weights to fp32, a forward hook casts them
-back (fp16 -> fp32 -> fp16 is exact). Peak memory is the half-precision model plus one
-module's weights in fp32, so a 7 B reference fits where two copies would not.
+forward: a forward pre-hook swaps fp32 copies of the module's own weights in, a forward hook
+swaps the original half-precision storage back (no new copy: memory-mapped checkpoint weights
+stay the only copy). Peak memory is the half-precision model plus one module's weights in fp32
+(and the outside weights), so a 7 B reference fits where two copies would not.
 """
 
 from __future__ import annotations
@@ -37,9 +38,32 @@ def _half(tensors, dtype: torch.dtype) -> list[torch.Tensor]:
     return [t for t in tensors if t.is_floating_point() and t.dtype == dtype]
 
 
-def _cast(tensors, dtype: torch.dtype) -> None:
-    for tensor in tensors:
-        tensor.data = tensor.data.to(dtype)
+class _Upcasts:
+    """fp32 copies swapped in for tensors, and their original storage swapped back afterwards.
+
+    Restoring puts the ORIGINAL storage back rather than casting fp32 -> half again: a checkpoint's
+    weights are often memory-mapped from its files, and a fresh half-precision copy would keep both
+    the mapped pages and the copy resident (a second copy of a 7 B model)."""
+
+    def __init__(self):
+        self.originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def up(self, tensors) -> None:
+        for tensor in tensors:
+            if id(tensor) not in self.originals:
+                self.originals[id(tensor)] = (tensor, tensor.data)
+                tensor.data = tensor.data.to(torch.float32)
+
+    def down(self, tensors) -> None:
+        for tensor in tensors:
+            entry = self.originals.pop(id(tensor), None)
+            if entry is not None:
+                tensor.data = entry[1]
+
+    def restore_all(self) -> None:
+        for tensor, original in self.originals.values():
+            tensor.data = original
+        self.originals.clear()
 
 
 @contextmanager
@@ -56,19 +80,17 @@ def fp32_reference(model: nn.Module) -> Iterator[nn.Module]:
     # block's submodules directly (a layer's norm, its q/k projections) computes in fp32 too
     modules = [m for block in blocks for m in block.modules()]
     own = {id(m): _half(_tensors(m, recurse=False), dtype) for m in modules}
-    handles = []
+    upcasts, handles = _Upcasts(), []
     try:
-        _cast(outside, torch.float32)
+        upcasts.up(outside)
         for module in modules:
             tensors = own[id(module)]
             if not tensors:
                 continue
-            handles.append(module.register_forward_pre_hook(lambda m, args, t=tensors: _cast(t, torch.float32)))
-            handles.append(module.register_forward_hook(lambda m, args, out, t=tensors: _cast(t, dtype)))
+            handles.append(module.register_forward_pre_hook(lambda m, args, t=tensors: upcasts.up(t)))
+            handles.append(module.register_forward_hook(lambda m, args, out, t=tensors: upcasts.down(t)))
         yield model
     finally:
         for handle in handles:
             handle.remove()
-        _cast(outside, dtype)
-        for tensors in own.values():
-            _cast(tensors, dtype)
+        upcasts.restore_all()
