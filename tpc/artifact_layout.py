@@ -37,6 +37,18 @@ SELECT_OUTPUTS = ["kept_hidden", "kept_position_ids", "kept_attention_mask", "ke
 # TensorRT's TopK and profiles take).
 DYNAMIC_SELECT_INPUTS = [*SELECT_INPUTS, "image_rows", "keep_rows"]
 
+# Selection at the LLM input (DART, CDPruner): the weightless graph between ``embed`` and the
+# decoder. ``text_mask`` marks the real prompt rows (not image, not padding). One graph per
+# image-span length: ``select_input`` when the artifact has one length, else ``select_input_n<length>``.
+SELECT_INPUT = "select_input"
+INPUT_SELECT_INPUTS = ["inputs_embeds", "attention_mask", "position_ids", "image_start", "text_mask"]
+INPUT_SELECT_OUTPUTS = ["kept_embeds", "kept_position_ids", "kept_attention_mask", "kept_image_indices"]
+
+
+def input_select_name(length: int, single: bool) -> str:
+    """The LLM-input selector for image spans of ``length`` rows (``single``: the artifact's only one)."""
+    return SELECT_INPUT if single else f"{SELECT_INPUT}_n{length}"
+
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
     """``past_key_0, past_value_0, past_key_1, ...`` (or ``present_...``)."""

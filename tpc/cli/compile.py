@@ -38,6 +38,19 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
     "--llm-method-arg", "llm_method_args", multiple=True, metavar="KEY=VALUE", help="A parameter of the in-LLM method."
 )
 @click.option("--llm-ratio", type=float, default=None, help="Fraction of the LLM's image tokens FastV removes.")
+@click.option(
+    "--input-method",
+    default=None,
+    help="Selection at the LLM input after the pre-LLM method: dart or cdpruner (or give it as --method alone).",
+)
+@click.option(
+    "--input-method-arg",
+    "input_method_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A parameter of the LLM-input method.",
+)
+@click.option("--input-ratio", type=float, default=None, help="Fraction of each image span the input method removes.")
 @click.option("--buckets", default=None, help="Serve several kept-token counts from one artifact, e.g. 32,64,128,192.")
 @click.option(
     "--target",
@@ -120,6 +133,9 @@ def compile_cmd(
     llm_method,
     llm_method_args,
     llm_ratio,
+    input_method,
+    input_method_args,
+    input_ratio,
     buckets,
     target,
     output,
@@ -150,7 +166,7 @@ def compile_cmd(
         output = Path("build") / f"{Path(model).name}-{label}-b{buckets.replace(',', '-')}"
     if output is None:
         budget = f"k{keep}" if keep is not None else f"r{ratio if ratio is not None else 0}"
-        name = label + (f"+{llm_method}" if llm_method else "")
+        name = label + (f"+{llm_method}" if llm_method else "") + (f"+{input_method}" if input_method else "")
         output = Path("build") / f"{Path(model).name}-{name}-{budget}"
     from tpc.compiler.trt_plan import PlanSettings
 
@@ -189,6 +205,9 @@ def compile_cmd(
         llm_method=llm_method,
         llm_method_args=llm_args,
         llm_ratio=llm_ratio,
+        input_method=input_method,
+        input_method_args=_pairs(input_method_args, "--input-method-arg"),
+        input_ratio=input_ratio,
         verify=not no_verify,
         force=force,
         dump_graphs=dump_graphs,
@@ -212,7 +231,7 @@ def compile_cmd(
     if manifest.get("buckets"):
         kind = "adaptive, " if manifest["buckets"]["adaptive"] else ""
         after = f"{kind}buckets {','.join(map(str, manifest['buckets']['sizes']))} of"
-    elif tokens["after"] == tokens["before"] and not manifest.get("llm_pruning"):
+    elif tokens["after"] == tokens["before"] and not (manifest.get("llm_pruning") or manifest.get("input_selection")):
         after = f"{after} (unpruned)"
     for note in manifest.get("notes", []) if not quiet else []:
         click.echo(f"note: {note}", err=True)
@@ -246,6 +265,10 @@ def compile_cmd(
         if rule:  # any block length: the counts shown are the longest block's
             into = f"up to {rule['max_image_tokens']} (per picture)"
         click.echo(f"in-LLM pruning {llm['method']}: {into} image tokens into the decoder; kept from {stages}")
+    selection = manifest.get("input_selection")
+    if selection and not quiet:
+        spans = ", ".join(f"{n} -> {span['keep']}" for n, span in selection["spans"].items())
+        click.echo(f"LLM-input selection {selection['method']}: image-span tokens {spans}")
     if target == "trt":
         if manifest.get("engines"):
             engines = manifest["engines"]

@@ -78,6 +78,8 @@ def run_cmd(
         }
         if result.llm_kept_indices is not None:  # image tokens an in-LLM method kept (of those the LLM got)
             payload["llm_kept_indices"] = result.llm_kept_indices[0].tolist()
+        if result.input_kept_indices is not None:  # image-span rows the LLM-input selection kept (-1 pads)
+            payload["input_kept_indices"] = result.input_kept_indices[0].tolist()
         click.echo(json.dumps(payload))
         return
     click.echo(text)

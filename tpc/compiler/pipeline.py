@@ -71,7 +71,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
     progress("load model")
     loaded = load_model(
-        settings.model, load_dtype(settings.precision, settings.target, settings.llm_method, settings.buckets)
+        settings.model,
+        load_dtype(settings.precision, settings.target, settings.llm_method or settings.input_method, settings.buckets),
     )
     adapter = make_adapter(loaded.model, loaded.processor)
     weights = next(loaded.model.parameters()).dtype
@@ -122,6 +123,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         llm_plans, llm_rule = _llm_plans(settings, adapter, method, keep, buckets)
         llm_plan = next(iter(llm_plans.values())) if None in llm_plans else _default_plan(adapter, keep, llm_plans)
 
+    from tpc.compiler import input_stage
+
+    input_selection = input_stage.prepare_input_stage(settings, adapter, keep)  # refusals before any tracing
     progress("trace vision")
     gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size, weights)
     progress("graph passes")
@@ -147,6 +151,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         }
     else:
         paths = {G.VISION: G.export_vision(gm, adapter.vision, out, weights)}
+    del gm  # the traced module keeps every weight of the checkpoint alive (its storage), not only the tower's
     progress("export embedding")
     paths[G.EMBED] = G.export_embedding(
         adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out, weights
@@ -158,6 +163,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.compiler.staged_graphs import export_staged_decoder
 
         paths.update(export_staged_decoder(adapter.model, llm_plans, adapter.text, out, dynamic=bool(llm_rule)))
+    paths.update(input_stage.export_input_stage(input_selection, adapter, out))
     loaded.processor.save_pretrained(str(out / "processor"))
     runtime_files = adapter.write_runtime_files(out)
     checked = _checked_method(method, adapter, settings)
@@ -177,6 +183,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
     runtime = _runtime_section(adapter, keep)
     runtime["dtype"] = str(weights).removeprefix("torch.")
+    if input_selection is not None:
+        runtime["input_selection"] = input_selection
     if llm_plan is not None:
         runtime["llm_pruning"] = llm_plan.as_dict()
         if llm_rule is not None:  # any block length: the plan is made per picture at run time
@@ -217,6 +225,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             verification = verify_graphs(
                 graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
             )
+            if input_selection is not None:
+                verification["input_selection"] = input_stage.check_input_stage(graphs, adapter, runtime)
         if adapter.layout_samples() and not bucket_info and not reduced:  # crops -> a picture's rows, every grid
             from tpc.compiler.verify import verify_layout
 
@@ -238,7 +248,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "versions": package_versions(),
         "model": dict(loaded.source, family=adapter.family, architecture=type(loaded.model).__name__),
         "method": {
-            "name": _method_label(method.name, llm_plan, settings),
+            "name": input_stage.method_label(settings, _method_label(method.name, llm_plan, settings)),
             "parameters": params,
             "prunes_at": method.prunes_at,
             "stage": method.stage,
@@ -246,6 +256,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             "vision_method": method.name,
         },
         **({"llm_pruning": llm_plan.as_dict()} if llm_plan is not None else {}),
+        **({"input_selection": input_selection} if input_selection is not None else {}),
         **({"llm_pruning_buckets": runtime["llm_pruning_buckets"]} if "llm_pruning_buckets" in runtime else {}),
         "ratio": settings.ratio if settings.keep is None else None,
         "keep": keep,

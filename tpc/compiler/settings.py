@@ -49,6 +49,9 @@ class CompileSettings:
     plan: PlanSettings = field(default_factory=PlanSettings)  # --target trt
     build_engines: bool = True  # --target trt: build here when TensorRT and a GPU are present
     precision: PrecisionSettings = field(default_factory=PrecisionSettings)  # --dtype, --quantize, thresholds
+    input_method: str | None = None  # selection at the LLM input after the pre-LLM method (--input-method)
+    input_method_args: dict[str, Any] = field(default_factory=dict)
+    input_ratio: float | None = None
 
 
 def check_settings(settings: CompileSettings) -> CompileSettings:
@@ -56,6 +59,9 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
     if settings.target not in TARGETS:
         raise UsageError(f"unknown target {settings.target!r}; choose one of: {', '.join(TARGETS)}")
     settings = split_llm_method(settings)
+    from tpc.compiler.input_settings import check_input_settings
+
+    settings = check_input_settings(settings)
     if settings.llm_method is not None:
         LLM_METHODS.get(settings.llm_method)
     if settings.llm_ratio is not None and not (
@@ -116,5 +122,6 @@ def split_llm_method(settings: CompileSettings) -> CompileSettings:
 
 
 def budget_given(settings: CompileSettings) -> bool:
-    """Whether the user asked for a pre-LLM budget (a ratio, a count, buckets or an in-LLM method)."""
-    return any((settings.ratio is not None, settings.keep is not None, bool(settings.buckets), settings.llm_method))
+    """Whether the user asked for a budget (a ratio, a count, buckets, an in-LLM or an LLM-input method)."""
+    given = (settings.ratio is not None, settings.keep is not None, bool(settings.buckets), settings.llm_method)
+    return any((*given, settings.input_method))

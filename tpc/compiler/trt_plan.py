@@ -179,6 +179,30 @@ def staged_engines(
     return engines
 
 
+def input_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill: int) -> dict[str, list]:
+    """Profiles of the LLM-input selectors (``select_input``): one per image-span length ``n``, over the
+    assembled prompt (the span plus at least one other row, up to the longest prefill)."""
+    from tpc.compiler.trt_check import TOPK_MAX_K
+
+    hidden, engines = runtime["hidden_size"], {}
+    for length, span in runtime["input_selection"]["spans"].items():
+        n = int(length)
+        if span["keep"] > TOPK_MAX_K:
+            raise UsageError(
+                f"the LLM-input selector keeps {span['keep']} of {n} image tokens; TensorRT's TopK takes at most "
+                f"{TOPK_MAX_K}: prune more (a higher ratio), or compile for --target ort"
+            )
+        lo, top = n + 1, max(n + 1, max_prefill)
+        mid = min(max(lo, opt_prefill), top)
+        shapes = {
+            "inputs_embeds": _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden)),
+            **{name: _range((1, lo), (1, mid), (b, top)) for name in ("attention_mask", "position_ids", "text_mask")},
+            "image_start": _range((1,), (1,), (b,)),
+        }
+        engines[span["graph"]] = [{"name": span["graph"], "shapes": shapes}]
+    return engines
+
+
 def make_plan(
     runtime: dict[str, Any],
     graph_files: dict[str, str],
@@ -217,6 +241,8 @@ def make_plan(
     if runtime.get("llm_pruning"):
         del engines["decoder"]
         engines.update(staged_engines(runtime, b, max_prefill, opt_prefill, opt_past, context))
+    if runtime.get("input_selection"):
+        engines.update(input_engines(runtime, b, max_prefill, opt_prefill))
     if buckets:
         del engines["vision"]
         per_crop = dataclasses.replace(settings, max_batch=b * crops)

@@ -40,6 +40,7 @@ class Generation:
     llm_kept_indices: np.ndarray | None = None  # [B, K'] image tokens an in-LLM method kept (of those it got)
     text: list[str] = field(default_factory=list)  # the decoded replies, per sample (CompiledModel.generate)
     crops_per_image: list[int] | None = None  # crops the vision graph ran per picture (anyres: 1 + grid)
+    input_kept_indices: np.ndarray | None = None  # [B, K''] image-span rows the LLM-input selection kept (-1 pads)
 
 
 def generate(
@@ -77,6 +78,14 @@ def generate(
         embeds = graphs.embed(batch.input_ids, features)
     mask = batch.attention_mask
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+    input_kept = None
+    if runtime.get("input_selection"):  # DART / CDPruner: shorten the prompt before the decoder
+        from tpc.runtimes.input_select import select_at_input
+
+        with timer.stage("select_input_ms"):
+            embeds, mask, positions, input_kept = select_at_input(
+                graphs, runtime, batch.input_ids, embeds, mask, positions
+            )
     if runtime.get("llm_pruning"):
         groups = image_groups(batch.input_ids, runtime["image_token_id"])
     else:
@@ -89,7 +98,9 @@ def generate(
             logits = decoder.prefill(embeds[rows], mask[rows], positions[rows], group.starts)
             first[rows] = sampler(logits)
             decoders.append(decoder)
-    ttft = sum(timer.ms.get(k, 0.0) for k in ("preprocess_ms", "vision_ms", "embed_ms", "prefill_ms"))
+    ttft = sum(
+        timer.ms.get(k, 0.0) for k in ("preprocess_ms", "vision_ms", "embed_ms", "select_input_ms", "prefill_ms")
+    )
     timer.add("ttft_ms", ttft)
     tokens: list[list[int]] = [[int(t)] if max_new_tokens > 0 else [] for t in first]
     stopped = np.array([bool(on_token(row, ids[0])) if on_token and ids else False for row, ids in enumerate(tokens)])
@@ -122,6 +133,7 @@ def generate(
         sum(d.kv_bytes() for d in decoders),
         kv_lengths=[max(lengths) for lengths in zip(*(d.kv_lengths() for d in decoders), strict=True)],
         llm_kept_indices=_llm_kept(groups, decoders, b),
+        input_kept_indices=input_kept,
     )
 
 
