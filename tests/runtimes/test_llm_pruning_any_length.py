@@ -7,14 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from tests.runtimes.test_llm_pruning_multicrop import PROMPTS, SQUARE, TALL
+from tests.runtimes.test_llm_pruning_multicrop import PROMPTS, SQUARE, TALL, reference_run
 from tpc.compiler.pipeline import CompileSettings, compile_model
 from tpc.compiler.verify_llm import expected_kv_lengths
-from tpc.methods import METHODS
 from tpc.methods.in_llm import plan_for_length
-from tpc.methods.in_llm_reference import reference_generate
 from tpc.models.families import make_adapter
 from tpc.models.presets import PRESETS, build_preset
 from tpc.runtimes.compiled_model import CompiledModel
@@ -69,22 +66,8 @@ def test_one_selector_per_stage_checked_at_several_lengths(family):
     assert all(r["passed"] for r in verification["llm_pruning"] + verification["llm_selectors"])
 
 
-def _reference(compiled, adapter, prompt: str, image):
-    """Hugging Face's unpruned rows of the picture (unpad, newlines), through the eager in-LLM reference
-    with the plan for that block length."""
-    runtime = compiled.runtime
-    method = METHODS.get(compiled.artifact.manifest["method"]["vision_method"])
-    rows, _ = adapter.reference_rows(image, method, runtime["keep"], {})
-    ids = compiled.encoder.tokens([prompt], [len(rows)]).input_ids
-    with torch.no_grad():
-        embeds = adapter.embedding_step()(torch.from_numpy(ids), rows[None])
-    plan = plan_for_length(runtime["llm_pruning_rule"], runtime["num_layers"], len(rows))
-    start = torch.tensor([ids[0].tolist().index(runtime["image_token_id"])])
-    run = reference_generate(adapter.model, embeds, torch.ones_like(torch.from_numpy(ids)), start, plan, NEW_TOKENS)
-    composed = np.arange(plan.image_tokens)[None]
-    for kept in run.kept:
-        composed = np.take_along_axis(composed, kept.numpy(), axis=1)
-    return plan, run, composed[0], ids.shape[1]
+def _rule_plan(runtime: dict, image_tokens: int):
+    return plan_for_length(runtime["llm_pruning_rule"], runtime["num_layers"], image_tokens)
 
 
 def test_pictures_of_different_lengths_equal_the_eager_reference(family):
@@ -94,7 +77,7 @@ def test_pictures_of_different_lengths_equal_the_eager_reference(family):
     both = compiled.generate(PROMPTS, images, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
     assert both.image_tokens[0] != both.image_tokens[1]
     for row, (prompt, image) in enumerate(zip(PROMPTS, images, strict=True)):
-        plan, ref, composed, prompt_len = _reference(compiled, adapter, prompt, image)
+        plan, ref, composed, prompt_len = reference_run(compiled, adapter, prompt, image, _rule_plan, NEW_TOKENS)
         assert plan.image_tokens == both.image_tokens[row]
         assert both.token_ids[row] == ref.tokens[0]
         assert np.array_equal(both.llm_kept_indices[row, : len(composed)], composed)

@@ -54,17 +54,22 @@ def family(request, tmp_path_factory):
     return preset, out, make_adapter(model, processor)
 
 
-def _reference(compiled, adapter, prompt: str, image):
-    """METHODS.md's per-crop rows, embedded and run through the eager in-LLM reference."""
+def _bucket_plan(runtime: dict, image_tokens: int) -> PruningPlan:
+    return PruningPlan.from_dict(runtime["llm_pruning_buckets"][str(image_tokens)])
+
+
+def reference_run(compiled, adapter, prompt: str, image, plan_for=_bucket_plan, new_tokens: int = NEW_TOKENS):
+    """The picture's reference rows (METHODS.md per crop, or HF's packing unpruned), embedded and run
+    through the eager in-LLM reference with ``plan_for(runtime, rows)``'s plan."""
     runtime = compiled.runtime
     method = METHODS.get(compiled.artifact.manifest["method"]["vision_method"])
     rows, _ = adapter.reference_rows(image, method, runtime["keep"], {})
     ids = compiled.encoder.tokens([prompt], [len(rows)]).input_ids
     with torch.no_grad():
         embeds = adapter.embedding_step()(torch.from_numpy(ids), rows[None])
-    plan = PruningPlan.from_dict(runtime["llm_pruning_buckets"][str(len(rows))])
+    plan = plan_for(runtime, len(rows))
     start = torch.tensor([ids[0].tolist().index(runtime["image_token_id"])])
-    run = reference_generate(adapter.model, embeds, torch.ones_like(torch.from_numpy(ids)), start, plan, NEW_TOKENS)
+    run = reference_generate(adapter.model, embeds, torch.ones_like(torch.from_numpy(ids)), start, plan, new_tokens)
     composed = np.arange(plan.image_tokens)[None]
     for kept in run.kept:
         composed = np.take_along_axis(composed, kept.numpy(), axis=1)
@@ -96,7 +101,7 @@ def test_batch_of_two_grids_equals_the_eager_reference_per_picture(family):
     both = compiled.generate(PROMPTS, images, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
     assert both.crops_per_image[0] != both.crops_per_image[1] and both.image_tokens[0] != both.image_tokens[1]
     for row, (prompt, image) in enumerate(zip(PROMPTS, images, strict=True)):
-        plan, ref, composed, prompt_len = _reference(compiled, adapter, prompt, image)
+        plan, ref, composed, prompt_len = reference_run(compiled, adapter, prompt, image)
         assert both.token_ids[row] == ref.tokens[0]
         assert np.array_equal(both.llm_kept_indices[row, : len(composed)], composed)
         assert (both.llm_kept_indices[row, len(composed) :] == -1).all()

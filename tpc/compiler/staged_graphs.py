@@ -62,6 +62,15 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
     )
 
 
+def _select_shapes(batch, seq) -> dict:
+    """The export dims of a stage selector's ``SELECT_INPUTS``: batch, and the sequence of the first four."""
+    return {**{name: {0: batch, 1: seq} for name in SELECT_INPUTS[:4]}, "image_start": {0: batch}}
+
+
+def _select_axes() -> dict:
+    return {name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]}
+
+
 def export_select(
     plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path, bucket: int | None = None
 ) -> Path:
@@ -85,14 +94,8 @@ def export_select(
         out_dir / f"{select_name(stage, bucket)}.onnx",
         input_names=SELECT_INPUTS,
         output_names=SELECT_OUTPUTS,
-        dynamic_shapes={
-            "hidden": {0: batch, 1: seq},
-            "score": {0: batch, 1: seq},
-            "position_ids": {0: batch, 1: seq},
-            "attention_mask": {0: batch, 1: seq},
-            "image_start": {0: batch},
-        },
-        axis_names={name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]},
+        dynamic_shapes=_select_shapes(batch, seq),
+        axis_names=_select_axes(),
     )
 
 
@@ -122,20 +125,8 @@ def export_dynamic_select(plan: PruningPlan, stage: int, hidden_size: int, max_c
         out_dir / f"{select_name(stage)}.onnx",
         input_names=DYNAMIC_SELECT_INPUTS,
         output_names=SELECT_OUTPUTS,
-        dynamic_shapes={
-            "hidden": {0: batch, 1: seq},
-            "score": {0: batch, 1: seq},
-            "position_ids": {0: batch, 1: seq},
-            "attention_mask": {0: batch, 1: seq},
-            "image_start": {0: batch},
-            "image_rows": {0: rows},
-            "keep_rows": {0: kept},
-        },
-        axis_names={
-            **{name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]},
-            "image_rows": {0: "image_rows"},
-            "keep_rows": {0: "keep_rows"},
-        },
+        dynamic_shapes={**_select_shapes(batch, seq), "image_rows": {0: rows}, "keep_rows": {0: kept}},
+        axis_names={**_select_axes(), "image_rows": {0: "image_rows"}, "keep_rows": {0: "keep_rows"}},
     )
 
 
