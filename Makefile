@@ -45,5 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/in_vit_bench.py --layers 4,8,12,16,22
 	$(PY) benchmarks/llm_bench.py
 	$(PY) benchmarks/precision_bench.py
+	$(PY) benchmarks/genai_int4_bench.py --write
+	$(PY) benchmarks/real_size_bench.py --targets onnx,trt   # ~40 GB of disk: a 7 B-geometry checkpoint and its graphs
 	$(PY) benchmarks/cli_start_bench.py
 	$(PY) benchmarks/serving_bench.py --model llava-bench
