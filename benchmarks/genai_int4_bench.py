@@ -27,7 +27,6 @@ upgraded in this environment, and GenAI runs on the very same onnxruntime build 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -39,144 +38,16 @@ import time
 from pathlib import Path
 
 from common import ROOT, profile_parser, write_section
+from genai_workers import Worker
 
 MARK = "<!-- genai-int4 -->"
 GENAI_SPEC = "onnxruntime-genai==0.18.0"
 DEFAULT_VENV = ROOT / "build" / "genai-venv"
-REPLY = "@@reply "  # worker answers start with this; anything else a library prints is passed through
 PASSAGE = (
     "A vision-language model turns one picture into hundreds of visual tokens, and most of them are redundant. "
     "The decoder then reads the kept tokens together with the question and answers one token at a time; on a "
     "laptop processor that answer is limited by how fast the weights stream through memory. "
 )
-
-
-# --- workers: one process per runtime, answering one JSON line per generation ---------------------
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def _serve(load, generate) -> None:
-    """Load, say so, then answer every request line on stdin with one reply line on stdout."""
-    start = time.perf_counter()
-    state = load()
-    ready = {"load_ms": (time.perf_counter() - start) * 1e3, "load_peak_rss_mb": _peak_rss_mb()}
-    print(REPLY + json.dumps(ready), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        result = generate(state, request["ids"], request["new_tokens"])
-        print(REPLY + json.dumps({**result, "peak_rss_mb": _peak_rss_mb()}), flush=True)
-
-
-def genai_worker(model_dir: Path) -> None:
-    """GenAI's own loop: ``append_tokens`` (prefill), then ``generate_next_token`` once per new token."""
-    import numpy as np
-    import onnxruntime_genai as og
-
-    def load():
-        return og.Model(str(model_dir))  # intra-op threads: the session options in its genai_config.json
-
-    def generate(model, ids, new_tokens):
-        prompt = np.asarray(ids, dtype=np.int32)
-        total = len(ids) + new_tokens
-        start = time.perf_counter()
-        params = og.GeneratorParams(model)
-        # min_length = max_length: end-of-sequence is masked until the last token, so every run is as long
-        params.set_search_options(do_sample=False, max_length=total, min_length=total)
-        generator = og.Generator(model, params)
-        generator.append_tokens(prompt)  # runs the prompt through the decoder
-        generator.generate_next_token()  # picks the first token from those logits
-        first = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            generator.generate_next_token()  # one decoder step on the last token, then the greedy pick
-        end = time.perf_counter()
-        tokens = [int(t) for t in generator.get_sequence(0)[len(ids) :]]
-        return {
-            "tokens": tokens,
-            "prefill_ms": (first - start) * 1e3,
-            "decode_ms": (end - first) * 1e3,
-            "steps": new_tokens - 1,
-        }
-
-    _serve(load, generate)
-
-
-class _GreedyNoEos:
-    """Greedy pick with the end-of-sequence ids masked: what GenAI's min_length does on the other side."""
-
-    def __init__(self, eos_ids):
-        self.eos = list(eos_ids)
-
-    def __call__(self, logits):
-        if not logits.flags.writeable:
-            logits = logits.copy()
-        logits[:, self.eos] = float("-inf")
-        return logits.argmax(axis=-1).astype("int64")
-
-
-def tpc_worker(artifact_dir: Path, threads: int) -> None:
-    """tpc's own generate loop (what ``tpc profile`` times) on the artifact's embed and decoder graphs."""
-    import numpy as np
-
-    from tpc.artifact_layout import DECODER, EMBED
-    from tpc.manifest import load_artifact
-    from tpc.runtimes.generate import generate as tpc_generate
-    from tpc.runtimes.ort import OrtGraphs
-    from tpc.runtimes.prompting import PromptBatch
-
-    def load():
-        artifact = load_artifact(artifact_dir)
-        runtime = artifact.runtime
-        paths = {name: artifact.graph_path(name) for name in (EMBED, DECODER)}  # text prompt: no vision graph
-        graphs = OrtGraphs(paths, artifact.manifest.get("session", {}), runtime["num_layers"], threads=threads)
-        return graphs, runtime, _GreedyNoEos(runtime["eos_token_ids"])
-
-    def generate(state, ids, new_tokens):
-        graphs, runtime, sampler = state
-        input_ids = np.asarray([ids], dtype=np.int64)
-        batch = PromptBatch(input_ids, np.ones_like(input_ids), None, [len(ids)])
-        result = tpc_generate(graphs, batch, runtime, new_tokens, sampler=sampler, stop_at_eos=False)
-        return {
-            "tokens": [int(t) for t in result.token_ids[0]],
-            "prefill_ms": result.timings_ms["ttft_ms"],  # embedding + decoder prefill + first pick
-            "decode_ms": result.timings_ms["decode_ms"],
-            "steps": result.decode_steps,
-        }
-
-    _serve(load, generate)
-
-
-class Worker:
-    def __init__(self, name: str, cmd: list[str]):
-        self.name = name
-        print("+", " ".join(cmd), flush=True)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.ready = self._read()
-
-    def _read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(REPLY):
-                return json.loads(line[len(REPLY) :])
-            sys.stdout.write(line)
-        raise RuntimeError(f"the {self.name} worker exited with code {self.proc.wait()}")
-
-    def run(self, ids: list[int], new_tokens: int) -> dict:
-        self.proc.stdin.write(json.dumps({"ids": ids, "new_tokens": new_tokens}) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:  # it already exited
-            pass
-        self.proc.wait(timeout=60)
 
 
 # --- preparing the two sides ---------------------------------------------------------------------
@@ -375,11 +246,10 @@ def agreement(a: list[int], b: list[int], first: int) -> dict:
 
 
 def measure(args, genai_dir: Path, art: Path, python: Path, ids: list[int]) -> dict:
-    script = str(Path(__file__).resolve())
-    env_threads = ["--threads", str(args.threads)]
+    script = str(Path(__file__).resolve().with_name("genai_workers.py"))
     workers = {
-        "genai": Worker("GenAI", [str(python), script, "--worker", "genai", "--worker-path", str(genai_dir)]),
-        "tpc": Worker("tpc", [sys.executable, script, "--worker", "tpc", "--worker-path", str(art), *env_threads]),
+        "genai": Worker("GenAI", [str(python), script, "genai", str(genai_dir)]),
+        "tpc": Worker("tpc", [sys.executable, script, "tpc", str(art), "--threads", str(args.threads)]),
     }
     runs: dict[str, list[dict]] = {"genai": [], "tpc": []}
     try:
@@ -410,13 +280,7 @@ def main() -> None:
     parser.add_argument("--agreement-steps", type=int, default=8)
     parser.add_argument("--genai-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--write", action="store_true", help="Write the section into --output (BENCHMARKS.md).")
-    parser.add_argument("--worker", choices=["genai", "tpc"], help=argparse.SUPPRESS)
-    parser.add_argument("--worker-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker == "genai":
-        return genai_worker(args.worker_path)
-    if args.worker == "tpc":
-        return tpc_worker(args.worker_path, args.threads)
     if args.runs < 1 or args.new_tokens < 2:
         raise SystemExit("--runs must be >= 1 and --new-tokens >= 2 (decode steps follow the first token)")
     args.out.mkdir(parents=True, exist_ok=True)
