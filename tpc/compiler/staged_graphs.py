@@ -62,6 +62,19 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
     )
 
 
+def _select_sample(t: int, hidden_size: int, seed: int) -> tuple:
+    """Example ``SELECT_INPUTS`` for tracing: a batch of 2 sequences of ``t`` rows, blocks at rows 2 and 3."""
+    b = 2
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, t, hidden_size, generator=generator),
+        torch.rand(b, t, generator=generator),
+        torch.arange(t).expand(b, t).contiguous(),
+        torch.ones(b, t, dtype=torch.int64),
+        torch.tensor([2, 3], dtype=torch.int64),
+    )
+
+
 def _select_shapes(batch, seq) -> dict:
     """The export dims of a stage selector's ``SELECT_INPUTS``: batch, and the sequence of the first four."""
     return {**{name: {0: batch, 1: seq} for name in SELECT_INPUTS[:4]}, "image_start": {0: batch}}
@@ -77,15 +90,7 @@ def export_select(
     spec = plan.stages[stage - 1]
     n_in = stage_inputs(plan, stage)
     module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
-    b, t = 2, n_in + 7
-    generator = torch.Generator().manual_seed(stage)
-    args = (
-        torch.randn(b, t, hidden_size, generator=generator),
-        torch.rand(b, t, generator=generator),
-        torch.arange(t).expand(b, t).contiguous(),
-        torch.ones(b, t, dtype=torch.int64),
-        torch.tensor([2, 3], dtype=torch.int64),
-    )
+    args = _select_sample(n_in + 7, hidden_size, stage)
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=n_in + 1, max=max_context)
     return export_onnx(
@@ -103,18 +108,8 @@ def export_dynamic_select(plan: PruningPlan, stage: int, hidden_size: int, max_c
     """Stage ``stage``'s selector for image blocks of any length (``DYNAMIC_SELECT_INPUTS``)."""
     spec = plan.stages[stage - 1]
     module = DynamicStageSelect(spec.positions == RENUMBERED).eval()
-    b, n, keep = 2, 6, 4  # distinct sizes so the tracer keeps the axes apart
-    t = n + 7
-    generator = torch.Generator().manual_seed(stage)
-    args = (
-        torch.randn(b, t, hidden_size, generator=generator),
-        torch.rand(b, t, generator=generator),
-        torch.arange(t).expand(b, t).contiguous(),
-        torch.ones(b, t, dtype=torch.int64),
-        torch.tensor([2, 3], dtype=torch.int64),
-        torch.arange(n),
-        torch.arange(keep),
-    )
+    n, keep = 6, 4  # distinct sizes so the tracer keeps the axes apart
+    args = (*_select_sample(n + 7, hidden_size, stage), torch.arange(n), torch.arange(keep))
     seq = torch.export.Dim("seq", min=2, max=max_context)
     rows = torch.export.Dim("image_rows", min=1, max=max_context)
     kept = torch.export.Dim("keep_rows", min=1, max=max_context)
