@@ -23,6 +23,16 @@ EMBED = "embed"
 DECODER = "decoder"
 GRAPH_NAMES = (VISION, EMBED, DECODER)
 
+# Families whose vision tower reads a grid of flattened patches (Qwen2.5-VL): one vision graph per
+# compiled grid, ``vision_<grid_h>x<grid_w>`` (patches), all reading one shared weights file.
+GRID_VISION_INPUT = "pixel_patches"
+SHARED_VISION_WEIGHTS = "vision.weights"
+
+
+def grid_vision_name(grid) -> str:
+    return f"{VISION}_{int(grid[0])}x{int(grid[1])}"
+
+
 # Bucketed artifacts: one encoder, one selector per kept-token count, one projector.
 ENCODER = "vision_encoder"
 PROJECTOR = "projector"

@@ -122,6 +122,15 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option("--max-context", type=int, default=None, help="TensorRT profiles: longest context (default: model's).")
 @click.option("--workspace-mb", type=int, default=4096, show_default=True, help="TensorRT builder workspace.")
 @click.option("--no-build", is_flag=True, help="--target trt: write the plan only, build engines on the target.")
+@click.option(
+    "--image-sizes",
+    default=None,
+    help="Grid families (Qwen2.5-VL): image sizes to compile, HEIGHTxWIDTH in pixels, e.g. 448x448,672x448.",
+)
+@click.option("--min-pixels", type=int, default=None, help="Grid families: the processor's smallest image area.")
+@click.option(
+    "--max-pixels", type=int, default=None, help="Grid families: the largest image area (default grid set up to it)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def compile_cmd(
     model,
@@ -155,10 +164,13 @@ def compile_cmd(
     max_context,
     workspace_mb,
     no_build,
+    image_sizes,
+    min_pixels,
+    max_pixels,
     quiet,
 ):
     """Compile MODEL (a preset, a checkpoint directory or a hub id) into an artifact."""
-    from tpc.compiler.settings import CompileSettings, check_settings
+    from tpc.compiler.settings import CompileSettings, check_settings, parse_image_sizes
     from tpc.progress import StageProgress
 
     label = (method or "default").replace(":", ".")
@@ -213,6 +225,9 @@ def compile_cmd(
         dump_graphs=dump_graphs,
         plan=plan,
         build_engines=not no_build,
+        image_sizes=parse_image_sizes(image_sizes),
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
     )
     check_settings(settings)  # every flag checked before torch is imported
     if dump_graphs is not None:

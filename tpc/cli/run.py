@@ -76,6 +76,17 @@ def run_cmd(
             "requested_provider": info["requested_provider"],
             "kv_lengths": result.kv_lengths,
         }
+        if result.pictures:  # grid families: the grid each picture ran at, and whether it was resized to it
+            picture = result.pictures[0]
+            payload["visual_tokens"]["before"] = picture["tokens"]
+            payload["image"] = {
+                "size": list(picture["size"]),
+                "grid": list(picture["grid"]),
+                "processor_grid": list(picture["processor_grid"]),
+                "resized_to": list(picture["resized_to"]) if picture["resized_to"] else None,
+                "tokens": picture["tokens"],
+                "kept": picture["kept"],
+            }
         if result.llm_kept_indices is not None:  # image tokens an in-LLM method kept (of those the LLM got)
             payload["llm_kept_indices"] = result.llm_kept_indices[0].tolist()
         if result.input_kept_indices is not None:  # image-span rows the LLM-input selection kept (-1 pads)
@@ -90,6 +101,13 @@ def run_cmd(
         f"{len(result.token_ids[0])} tokens",
         err=True,
     )
+    if result.pictures and result.pictures[0]["resized_to"]:
+        picture = result.pictures[0]
+        click.echo(
+            f"note: the image's grid {'x'.join(map(str, picture['processor_grid']))} was not compiled; resized to "
+            f"{'x'.join(map(str, picture['resized_to']))} px (grid {'x'.join(map(str, picture['grid']))})",
+            err=True,
+        )
     if result.llm_kept_indices is not None and result.kv_lengths:
         click.echo(
             f"in-LLM pruning kept {result.llm_kept_indices.shape[1]} image tokens; keys per decoder layer: "

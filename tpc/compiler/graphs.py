@@ -58,6 +58,8 @@ def export_decoder(
     embeds = torch.zeros(b, s, text.hidden_size, dtype=dtype)
     mask = torch.ones(b, p + s, dtype=torch.int64)
     positions = torch.arange(p, p + s).expand(b, s).contiguous()
+    if text.position_dims > 1:  # M-RoPE: (t, h, w) per token
+        positions = positions[..., None].expand(b, s, text.position_dims).contiguous()
     past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim, dtype=dtype) for _ in range(2 * text.num_layers))
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=1, max=text.max_context)

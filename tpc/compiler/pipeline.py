@@ -82,6 +82,11 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     if method is None:
         method = get_method(adapter.default_method)
         params = method.parse_args({})
+    grid_family = hasattr(adapter, "set_grids")  # one vision graph per compiled image grid (Qwen2.5-VL)
+    if grid_family:
+        from tpc.compiler import grid_vision
+
+        grid_vision.prepare(settings, adapter, method, reduced, getattr(loaded, "default_image_sizes", ()))
     if method.needs_cls and not adapter.vision.has_cls:
         from tpc.methods import builtin_methods
 
@@ -101,6 +106,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             "pass --ratio R or --keep K to prune"
         )
     keep = keep_count(adapter.vision.num_patches, settings.ratio, settings.keep)
+    if grid_family:  # every grid has its own budget; the manifest's keep is the largest grid's
+        keep = adapter.keep_of(adapter.grids[-1], settings.ratio, settings.keep)
     if method.resolve_keep is not None:
         keep = keep_count(adapter.vision.num_patches, keep=method.resolve_keep(keep, params))
     buckets = sorted(set(settings.buckets or []))
@@ -127,15 +134,21 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
     input_selection = input_stage.prepare_input_stage(settings, adapter, keep)  # refusals before any tracing
     progress("trace vision")
-    gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size, weights)
-    progress("graph passes")
-    ctx = PassContext(
-        layout=adapter.vision, method=method, keep=keep, params=params, select_layer=settings.select_layer
-    )
-    gm, pass_log = run_passes(gm, ctx, BUCKETED_PASSES if buckets else DEFAULT_PASSES, dump_dir=settings.dump_graphs)
-
-    progress("export vision")
     bucket_info: dict[str, Any] = {}
+    grid_info: dict[str, Any] = {}
+    if grid_family:
+        progress("graph passes")
+        progress("export vision")
+        paths, grid_info, pass_log = grid_vision.export_grid_vision(adapter, method, params, settings, out, weights)
+    else:  # one graph: crops on the batch axis
+        gm = trace_vision(adapter.vision_boundary(), adapter.vision.image_size, weights)
+        progress("graph passes")
+        ctx = PassContext(
+            layout=adapter.vision, method=method, keep=keep, params=params, select_layer=settings.select_layer
+        )
+        passes = BUCKETED_PASSES if buckets else DEFAULT_PASSES
+        gm, pass_log = run_passes(gm, ctx, passes, dump_dir=settings.dump_graphs)
+        progress("export vision")
     if buckets:
         from tpc.compiler.buckets import FORM, export_bucketed_vision
         from tpc.passes.expose_selection_inputs import selection_input_names
@@ -149,9 +162,9 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             "adaptive": bool(method.extra.get("adaptive")),
             "default": keep,
         }
-    else:
+    elif not grid_family:
         paths = {G.VISION: G.export_vision(gm, adapter.vision, out, weights)}
-    del gm  # the traced module keeps every weight of the checkpoint alive (its storage), not only the tower's
+    gm = None  # the traced module keeps every weight of the checkpoint alive (its storage), not only the tower's
     progress("export embedding")
     paths[G.EMBED] = G.export_embedding(
         adapter.embedding_step(), adapter.text, adapter.vision.feature_dim, out, weights
@@ -182,6 +195,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
     runtime = _runtime_section(adapter, keep)
+    if grid_info:
+        runtime["grid_vision"] = {k: grid_info[k] for k in ("grids", "keep", "tokens")}
     runtime["dtype"] = str(weights).removeprefix("torch.")
     if input_selection is not None:
         runtime["input_selection"] = input_selection
@@ -195,6 +210,10 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     if settings.target == "ort":
         progress("optimize for onnxruntime")
         paths = _optimize_for_ort(paths, out)
+        if grid_info:  # the optimizer wrote each grid graph's weights anew: one shared copy again
+            from tpc.compiler.grid_vision import share_grid_weights
+
+            grid_info["weights"] = share_grid_weights(paths, out)
     elif settings.target == "trt":
         progress("TensorRT plan and check")
         extra = _prepare_trt(settings, runtime, paths, signatures, out)
@@ -223,7 +242,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         else:
             graphs = OrtGraphs(paths, session, adapter.text.num_layers)
             verification = verify_graphs(
-                graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None
+                graphs, adapter, checked, keep, params, bucket_info or None, runtime, llm_plans or None, grid_info
             )
             if input_selection is not None:
                 verification["input_selection"] = input_stage.check_input_stage(graphs, adapter, runtime)
@@ -270,6 +289,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "passes": pass_log,
         "graphs": {name: dict(signatures[name], file=paths[name].name) for name in paths},
         **({"buckets": bucket_info} if bucket_info else {}),
+        **({"grid_vision": grid_info} if grid_info else {}),
         "session": session,
         "runtime": runtime,
         "verification": verification,
@@ -424,6 +444,7 @@ def _runtime_section(adapter, keep: int) -> dict[str, Any]:
         "dtype": "float32",
         "image_layout": adapter.image_layout(),
         "image_tokens_max": adapter.max_image_tokens(keep),
+        "position_dims": text.position_dims,
     }
 
 

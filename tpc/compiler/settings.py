@@ -52,6 +52,31 @@ class CompileSettings:
     input_method: str | None = None  # selection at the LLM input after the pre-LLM method (--input-method)
     input_method_args: dict[str, Any] = field(default_factory=dict)
     input_ratio: float | None = None
+    # grid families (Qwen2.5-VL): image sizes (height, width) to compile, or the processor's pixel bounds
+    image_sizes: list[tuple[int, int]] | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+def parse_image_sizes(text: str | None) -> list[tuple[int, int]] | None:
+    """``--image-sizes 448x448,672x448`` (height first, pixels) -> [(448, 448), (672, 448)]."""
+    if text is None:
+        return None
+    sizes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or min(int(p) for p in parts) < 1:
+            raise UsageError(f"--image-sizes {text}: {item.strip()!r} is not HEIGHTxWIDTH in pixels (e.g. 672x448)")
+        sizes.append((int(parts[0]), int(parts[1])))
+    return sizes
+
+
+def check_grid_settings(settings: CompileSettings) -> None:
+    for flag, value in (("--min-pixels", settings.min_pixels), ("--max-pixels", settings.max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{flag} {value} must be a positive number of pixels")
+    if settings.image_sizes is not None and not settings.image_sizes:
+        raise UsageError("--image-sizes: give at least one HEIGHTxWIDTH")
 
 
 def check_settings(settings: CompileSettings) -> CompileSettings:
@@ -88,6 +113,7 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
         settings.plan.validate(model_context=1 << 30)
     if settings.select_layer is not None and settings.buckets:
         raise UsageError("--select-layer and --buckets cannot be combined yet")
+    check_grid_settings(settings)
     check_precision(settings.precision, settings.target, settings.verify, settings.llm_method, settings.buckets)
     check_model_arg(settings.model)
     check_artifact_output(Path(settings.output), settings.force)

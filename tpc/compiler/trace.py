@@ -14,17 +14,24 @@ def batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
 
-def trace_vision(boundary: torch.nn.Module, image_size: int, dtype: torch.dtype = torch.float32) -> GraphModule:
+def trace_vision(
+    boundary: torch.nn.Module,
+    image_size: int,
+    dtype: torch.dtype = torch.float32,
+    sample: torch.Tensor | None = None,
+    input_name: str = "pixel_values",
+) -> GraphModule:
     """torch.export the vision boundary with a dynamic batch; return an editable module.
 
     The sample batch is 2: a sample of 1 would specialise the batch dimension. The
     returned module has plain positional inputs and a tuple output, so passes can add
     outputs by editing the output node.
     """
-    sample = torch.zeros(2, 3, image_size, image_size, dtype=dtype)  # the graph's input dtype is the weights'
+    if sample is None:  # the graph's input dtype is the weights'
+        sample = torch.zeros(2, 3, image_size, image_size, dtype=dtype)
     try:
         with torch.no_grad():
-            program = torch.export.export(boundary, (sample,), dynamic_shapes={"pixel_values": {0: batch_dim()}})
+            program = torch.export.export(boundary, (sample,), dynamic_shapes={input_name: {0: batch_dim()}})
     except Exception as exc:
         raise ExportError(f"torch.export of the vision tower failed: {type(exc).__name__}: {exc}") from exc
     gm = program.module()

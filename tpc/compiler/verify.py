@@ -58,7 +58,10 @@ def verify_embedding(graphs, adapter, keep: int, seed: int = 1) -> dict:
 def verify_decoder(
     graphs, adapter, runtime: dict | None = None, seed: int = 2, prompt_len: int = 6, steps: int = 2
 ) -> dict:
-    """Text-only prefill + decode against HF's language model (a staged decoder does not prune here)."""
+    """Text-only prefill + decode against HF's language model (a staged decoder does not prune here).
+
+    M-RoPE decoders get 3-D positions whose height and width components differ from the temporal one
+    (as an image block's do), so each rotary section is checked."""
     from transformers import DynamicCache
 
     from tpc.models.decoder_common import cache_kwargs
@@ -71,6 +74,10 @@ def verify_decoder(
     mask = torch.ones(2, prompt_len, dtype=torch.int64)
     mask[1, :2] = 0  # left padding on the second sample
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if text.position_dims == 3:  # t, h, w: h and w run ahead of t on some rows, as inside an image block
+        bump = torch.arange(prompt_len) % 3
+        bump[-1] = 0  # the last prompt token is text: decode continues from it
+        positions = torch.stack([positions, positions + bump, positions + 2 * bump], dim=-1) * mask[..., None]
     cache = DynamicCache(config=model.config.text_config)
     decoder = make_decoder(
         graphs, runtime or {"num_kv_heads": text.num_kv_heads, "head_dim": text.head_dim, "num_layers": text.num_layers}
@@ -80,7 +87,7 @@ def verify_decoder(
         out = model.model.language_model(
             inputs_embeds=embeds,
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=positions.permute(2, 0, 1) if positions.dim() == 3 else positions,
             use_cache=True,
             **cache_kwargs(model.model.language_model, cache),
         )
@@ -156,13 +163,18 @@ def verify_graphs(
     buckets: dict | None = None,
     runtime: dict | None = None,
     llm_plans: dict | None = None,
+    grid_info: dict | None = None,
 ) -> dict:
-    """``llm_plans``: in-LLM plans by bucket size (None: the fixed-K artifact's only plan)."""
-    vision = (
-        verify_buckets(graphs, adapter, method, params or {}, buckets, runtime)
-        if buckets
-        else verify_vision(graphs, adapter, method, keep, params)
-    )
+    """``llm_plans``: in-LLM plans by bucket size (None: the fixed-K artifact's only plan); ``grid_info``:
+    the vision graphs of a grid family (one per compiled grid)."""
+    if grid_info:
+        from tpc.compiler.grid_vision import verify_grid_vision
+
+        vision = verify_grid_vision(graphs, adapter, method, params or {}, grid_info)
+    elif buckets:
+        vision = verify_buckets(graphs, adapter, method, params or {}, buckets, runtime)
+    else:
+        vision = verify_vision(graphs, adapter, method, keep, params)
     report = {
         "vision": vision,
         "embed": verify_embedding(graphs, adapter, keep),
@@ -217,7 +229,8 @@ def _length_key(bucket) -> int:
 
 def summarize(report: dict) -> str:
     parts = [
-        f"vision b{r['batch']}{' k' + str(r['bucket']) if 'bucket' in r else ''}: indices {r['indices']}, "
+        f"vision{' ' + 'x'.join(map(str, r['grid'])) if 'grid' in r else ''} b{r['batch']}"
+        f"{' k' + str(r['bucket']) if 'bucket' in r else ''}: indices {r['indices']}, "
         f"features diff {r['features_max_abs_diff']:.2e}"
         for r in report["vision"]
     ]

@@ -29,4 +29,7 @@ def reference_received(adapter, ref: dict, layer: int | None = None) -> torch.Te
     q, k, scale = adapter.reference_qk(ref["hidden_states"], layer)
     attention = torch.softmax(torch.einsum("bhqd,bhkd->bhqk", q, k) * scale, dim=-1)
     column = attention.mean(dim=1).mean(dim=1)
+    pool = getattr(adapter, "pool_patch_scores", None)  # patches -> LLM tokens (Qwen's merger: mean of 4)
+    if pool is not None:
+        return pool(column, ref)
     return column[:, 1:] if adapter.vision.has_cls else column

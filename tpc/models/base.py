@@ -15,6 +15,7 @@ class LoadedModel:
     model: Any
     processor: Any
     source: dict[str, Any] = field(default_factory=dict)
+    default_image_sizes: tuple = ()  # grid families' presets: the image sizes compiled when none are given
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class VisionLayout:
     has_cls: bool
     image_size: int
     feature_dim: int  # width of the projected features (the LLM's hidden size)
+    grid: tuple[int, int] | None = None  # (rows, cols) of the LLM tokens when not a square of num_patches
+    token_group: int = 1  # ViT patches per LLM token (Qwen's 2x2 merger: 4); a token's score is their mean
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class TextLayout:
     image_token_id: int
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
+    position_dims: int = 1  # 3: M-RoPE (t, h, w) position ids [B, S, 3]
 
 
 class ModelAdapter(Protocol):

@@ -78,6 +78,17 @@ FAMILIES: dict[str, Family] = {
             processor_class="LlavaOnevisionProcessor",
             processor_parts="tpc.models.onevision_processor:load_parts",
         ),
+        Family(
+            "qwen2_5_vl",
+            "Qwen2.5-VL",
+            "tpc.models.qwen2_5_vl:QwenVLAdapter",
+            "Qwen2_5_VLForConditionalGeneration",
+            has_cls=False,
+            multi_crop=False,
+            decoder="Qwen2 (M-RoPE)",
+            processor_class="Qwen2_5_VLProcessor",
+            processor_parts="tpc.models.qwen_processor:load_parts",
+        ),
     )
 }
 

@@ -7,6 +7,10 @@
   ``geometry`` says what ``tpc.models.anyres`` needs.
 * LLaVA-OneVision, as ``LlavaOnevisionImageProcessorPil`` computes it: the same anyres crops,
   cut at the ``height x width`` size (no center crop), SigLIP's mean/std.
+* Qwen2-VL / Qwen2.5-VL, as ``Qwen2VLImageProcessorPil`` computes it: resize to the ``smart_resize``
+  size (sides multiples of patch * merge, area within min/max pixels), rescale, normalize, then
+  flatten into patches in processor order (each patch repeated ``temporal_patch_size`` times);
+  ``preprocess_grid`` may first force an image onto a given size (a compiled grid).
 
 ``IMAGE_PROCESSORS`` tells ``tpc.runtimes.light_processor`` which processor class holds which
 image processor types and how to build it; the runtime names no family.
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpc.runtimes.light_images import BICUBIC, CLIP_KEYS, ClipImageProcessor
+from tpc.runtimes.light_images import BICUBIC, CLIP_KEYS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipImageProcessor
 from tpc.runtimes.light_text import UnsupportedProcessor
 
 log = logging.getLogger(__name__)
@@ -238,10 +242,235 @@ def _onevision(image_config, directory, processor_config):
     )
 
 
+QWEN_TYPES = {"Qwen2VLImageProcessor", "Qwen2VLImageProcessorPil"}
+QWEN_KEYS = {
+    "do_convert_rgb",
+    "do_normalize",
+    "do_rescale",
+    "do_resize",
+    "image_mean",
+    "image_std",
+    "resample",
+    "rescale_factor",
+    "size",
+    "min_pixels",
+    "max_pixels",
+    "patch_size",
+    "temporal_patch_size",
+    "merge_size",
+    "image_processor_type",
+    "processor_class",
+}
+QWEN_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}  # transformers' default (min, max pixels)
+
+
+def force_size(image, size: tuple[int, int]):
+    """``image`` (PIL, or a uint8 [H, W(, C)] array) as an RGB PIL image resized with PIL bicubic to exactly
+    ``size`` (height, width); transparency composited on white first, as transformers converts to RGB."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise TypeError(f"cannot force the size of a {type(image).__name__} (PIL images or uint8 arrays)")
+        image = Image.fromarray(array)
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    else:
+        rgb = image.convert("RGB")
+    height, width = (int(v) for v in size)
+    return rgb.resize((width, height), resample=BICUBIC)
+
+
+def patchify(image: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int) -> np.ndarray:
+    """[C, H, W] -> [grid_h * grid_w, C * temporal * patch * patch] float32 in processor order (merge units
+    in raster order, their merge x merge patches consecutive), every patch repeated over the temporal axis."""
+    image = np.asarray(image, dtype=np.float32)
+    channel, height, width = image.shape
+    unit = patch_size * merge_size
+    if height % unit or width % unit:
+        raise ValueError(f"image of {height}x{width} is not a grid of {unit}-pixel merge units")
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = image.reshape(
+        channel, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
+    ).transpose(1, 4, 2, 5, 0, 3, 6)
+    patches = np.broadcast_to(
+        patches[:, :, :, :, :, None], (*patches.shape[:5], temporal_patch_size, *patches.shape[5:])
+    )
+    return patches.reshape(grid_h * grid_w, channel * temporal_patch_size * patch_size * patch_size)
+
+
+class QwenVLImageProcessor(ClipImageProcessor):
+    """Qwen2-VL / Qwen2.5-VL preprocessing of PIL images, as transformers' ``Qwen2VLImageProcessorPil``
+    computes it, bit for bit: RGB, PIL resize to ``smart_resize``'s size, rescale, normalize, patchify.
+
+    ``min_pixels`` / ``max_pixels`` are ``size["shortest_edge"]`` / ``size["longest_edge"]`` (legacy
+    top-level ``min_pixels`` / ``max_pixels`` keys override them, as in transformers).
+    """
+
+    _types = QWEN_TYPES
+    _keys = QWEN_KEYS
+
+    def __init__(self, config: dict, fallback_dir: Path | None = None):
+        from tpc.models.qwen_geometry import smart_resize
+
+        self._smart_resize = smart_resize
+        unknown = sorted(set(config) - self._keys)
+        if unknown:
+            raise UnsupportedProcessor(f"image processor keys {unknown}")
+        if config.get("image_processor_type") not in self._types:
+            raise UnsupportedProcessor(f"image processor {config.get('image_processor_type')!r}")
+        if not config.get("do_convert_rgb", True):
+            raise UnsupportedProcessor("do_convert_rgb false")
+        self.config = dict(config)
+        size = config.get("size")
+        size = dict(QWEN_SIZE) if size is None else dict(size) if isinstance(size, dict) else size
+        if not isinstance(size, dict):
+            raise UnsupportedProcessor(f"size {size!r}")
+        for legacy, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+            if config.get(legacy) is not None:
+                size[key] = config[legacy]
+                size.pop(legacy, None)
+        if set(size) != {"shortest_edge", "longest_edge"} or not all(
+            isinstance(v, int) and v > 0 for v in size.values()
+        ):
+            raise UnsupportedProcessor(f"size {size!r} (handled: shortest_edge and longest_edge, in pixels)")
+        self.size = size
+        self.min_pixels, self.max_pixels = int(size["shortest_edge"]), int(size["longest_edge"])
+        self.do_resize = bool(config.get("do_resize", True))
+        self.resample = config.get("resample", BICUBIC)
+        if self.resample is None:
+            self.resample = 2  # transformers' PIL backend: bilinear when unset
+        if not isinstance(self.resample, int) or not 0 <= self.resample <= 5:
+            raise UnsupportedProcessor(f"resample {self.resample!r}")
+        self.do_center_crop = False
+        self.crop_size = None
+        self.do_rescale = bool(config.get("do_rescale", True))
+        self.rescale_factor = config.get("rescale_factor", 1 / 255)
+        self.do_normalize = bool(config.get("do_normalize", True))
+        self.image_mean = config.get("image_mean", OPENAI_CLIP_MEAN)
+        self.image_std = config.get("image_std", OPENAI_CLIP_STD)
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)):
+                setattr(self, name, [value] * 3)
+            elif not (isinstance(value, list) and len(value) == 3):
+                raise UnsupportedProcessor(f"{name} {value!r}")
+        for name, default in (("patch_size", 14), ("temporal_patch_size", 2), ("merge_size", 2)):
+            value = config.get(name, default)
+            if not isinstance(value, int) or value < 1:
+                raise UnsupportedProcessor(f"{name} {value!r}")
+            setattr(self, name, value)
+        self.geometry = {
+            "patch_size": self.patch_size,
+            "merge_size": self.merge_size,
+            "temporal_patch_size": self.temporal_patch_size,
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+        }
+        self._fallback_dir = fallback_dir
+        self._fallback = None
+
+    def to_dict(self) -> dict:
+        return dict(self.config)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the image is resized to (``smart_resize``)."""
+        factor = self.patch_size * self.merge_size
+        return self._smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+
+    def grid_of(self, image_hw) -> tuple[int, int]:
+        """(grid_h, grid_w) in patches of an image of ``image_hw`` (height, width) pixels."""
+        height, width = (int(v) for v in image_hw)
+        if self.do_resize:
+            height, width = self.output_size(height, width)
+        return height // self.patch_size, width // self.patch_size
+
+    def image_token_count(self, image_hw) -> int:
+        """The ``<|image_pad|>`` placeholders the processor writes for an image of ``image_hw``."""
+        grid_h, grid_w = self.grid_of(image_hw)
+        return grid_h * grid_w // self.merge_size**2
+
+    def patches(self, image) -> tuple[np.ndarray, tuple[int, int]]:
+        """One PIL image: its flattened patches [grid_h * grid_w, 3 * temporal * patch**2] and its grid."""
+        array = self.finish(self.to_rgb(image))
+        flat = patchify(array, self.patch_size, self.merge_size, self.temporal_patch_size)
+        return flat, (array.shape[1] // self.patch_size, array.shape[2] // self.patch_size)
+
+    def preprocess_grid(self, images, sizes=None) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Each image's patches ``[L_i, 3 * temporal * patch**2]`` float32 and its ``(grid_h, grid_w)``.
+
+        ``sizes``: per image a ``(height, width)`` to resize it to first (PIL bicubic), or None; the size
+        must be one ``smart_resize`` keeps (multiples of patch * merge within min/max pixels).
+        """
+        from PIL import Image
+
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        images = _forced(images, sizes, self.output_size if self.do_resize else None)
+        if not all(isinstance(i, Image.Image) for i in images):
+            out = self._transformers()(images, return_tensors=None)
+            return _split(out["pixel_values"], out["image_grid_thw"])
+        results = [self.patches(i) for i in images]
+        return [r[0] for r in results], [r[1] for r in results]
+
+    def __call__(self, images, return_tensors: str | None = "np") -> dict:
+        """What transformers returns: ``pixel_values`` [sum L_i, 3 * temporal * patch**2] float32 and
+        ``image_grid_thw`` [n, 3] int64 (t = 1 for images)."""
+        from PIL import Image
+
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not all(isinstance(i, Image.Image) for i in images):
+            return self._transformers()(images, return_tensors=return_tensors)
+        pixels, grids = self.preprocess_grid(images)
+        return {
+            "pixel_values": np.concatenate(pixels, axis=0),
+            "image_grid_thw": np.array([[1, h, w] for h, w in grids], dtype=np.int64),
+        }
+
+    _transformers = LlavaOnevisionImageProcessor._transformers  # AutoImageProcessor (PIL backend), no torchvision
+
+
+def _forced(images: list, sizes, output_size) -> list:
+    """``images`` with those that ``sizes`` names resized to their size (checked to be a fixed point of
+    ``output_size``: the processor's own resize then keeps it)."""
+    if sizes is None:
+        return images
+    sizes = list(sizes)
+    if len(sizes) != len(images):
+        raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
+    out = []
+    for image, size in zip(images, sizes, strict=True):
+        if size is not None:
+            size = (int(size[0]), int(size[1]))
+            if output_size is not None and tuple(output_size(*size)) != size:
+                raise ValueError(f"size {size} is not one the processor keeps (it resizes it to {output_size(*size)})")
+            image = force_size(image, size)
+        out.append(image)
+    return out
+
+
+def _split(pixel_values, image_grid_thw) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """transformers' concatenated patches, cut per image by its grid."""
+    pixel_values = np.asarray(pixel_values, dtype=np.float32)
+    grids = [tuple(int(v) for v in g) for g in np.asarray(image_grid_thw)]
+    pieces, start = [], 0
+    for t, h, w in grids:
+        pieces.append(pixel_values[start : start + t * h * w])
+        start += t * h * w
+    return pieces, [(h, w) for _, h, w in grids]
+
+
+def _qwen(image_config, directory, processor_config):
+    return QwenVLImageProcessor(image_config, directory)
+
+
 # processor_class -> (the image processor types it may hold, None: the image processor checks its own type;
 #                     how to build the light image processor from its config and processor_config.json)
 IMAGE_PROCESSORS = {
     "LlavaProcessor": (None, _clip),
     "LlavaNextProcessor": (NEXT_TYPES, _next),
     "LlavaOnevisionProcessor": (ONEVISION_TYPES, _onevision),
+    "Qwen2_5_VLProcessor": (QWEN_TYPES, _qwen),
+    "Qwen2VLProcessor": (QWEN_TYPES, _qwen),
 }

@@ -68,6 +68,10 @@ class LlavaDecoderStep(nn.Module):
         self.text_config = model.config.text_config
         self.num_layers = self.text_config.num_hidden_layers
 
+    def hf_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """The position ids as the transformers model takes them (M-RoPE families reorder them)."""
+        return position_ids
+
     def forward(self, inputs_embeds, attention_mask, position_ids, past):
         from transformers import DynamicCache
 
@@ -79,7 +83,7 @@ class LlavaDecoderStep(nn.Module):
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=mask,
-            position_ids=position_ids,
+            position_ids=self.hf_positions(position_ids),
             use_cache=True,
             **cache_kwargs(self.language_model, cache),
         )

@@ -29,7 +29,7 @@ def load_model(model_arg: str, dtype: str = "fp32") -> LoadedModel:
             if dtype not in ("fp32", "auto"):
                 cast_weights(model, _torch_dtype(dtype))
             source = {"kind": "preset", "id": model_arg, "revision": f"seed={preset.seed}"}
-            return LoadedModel(model, processor, source)
+            return LoadedModel(model, processor, source, default_image_sizes=preset.image_sizes)
         return _load_pretrained(hub_location(preset.hub_id), kind="hub", alias=model_arg, dtype=dtype)
     if source.kind == "local":
         return _load_pretrained(source.location, kind="local", dtype=dtype)

@@ -15,6 +15,7 @@ from typing import Any
 LLAVA_15_7B = "llava-hf/llava-1.5-7b-hf"
 LLAVA_NEXT_MISTRAL_7B = "llava-hf/llava-v1.6-mistral-7b-hf"
 LLAVA_ONEVISION_05B = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+QWEN2_5_VL_3B = "Qwen/Qwen2.5-VL-3B-Instruct"
 # llava-hf/llava-v1.6-*: grids 1x2, 2x1, 2x2, 3x1, 1x3 of 336 px crops
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -38,6 +39,10 @@ class Preset:
     text_model: str = "llama"  # decoder config: llama, mistral or qwen2
     pinpoints: tuple = ()  # llava_next, llava_onevision: image_grid_pinpoints
     vision_aspect_ratio: str = "anyres_max_9"  # llava_onevision
+    # qwen2_5_vl: the processor's pixel bounds and the image sizes (height, width) compiled by default
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    image_sizes: tuple = ()
 
     @property
     def builtin(self) -> bool:
@@ -81,6 +86,20 @@ _BENCH_DECODER = dict(
 )
 # llava-hf/llava-onevision-qwen2-*-ov-hf: every grid of 1..6 x 1..6 crops of 384 px (36 pinpoints)
 ONEVISION_PINPOINTS = tuple((384 * h, 384 * w) for h in range(1, 7) for w in range(1, 7))
+
+_QWEN_VISION_3B = dict(  # Qwen2.5-VL-3B's ViT (its out_hidden_size follows the decoder)
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    hidden_act="silu",
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+)
 
 PRESETS: dict[str, Preset] = {
     "llava": Preset("llava", "LLaVA-1.5-7B from the hub (needs network or a local cache)", hub_id=LLAVA_15_7B),
@@ -203,6 +222,61 @@ PRESETS: dict[str, Preset] = {
         text_model="qwen2",
         pinpoints=ONEVISION_PINPOINTS,
     ),
+    "qwen2.5-vl": Preset(
+        "qwen2.5-vl",
+        "Qwen2.5-VL-3B-Instruct from the hub (needs network or a local cache)",
+        hub_id=QWEN2_5_VL_3B,
+        family="qwen2_5_vl",
+    ),
+    "qwen2.5-vl-tiny": Preset(
+        "qwen2.5-vl-tiny",
+        "tiny random Qwen2.5-VL (14 px patches, 2x2 merger, window 112 px, 4 ViT blocks of which 2 full-attention; "
+        "4-layer Qwen2 with M-RoPE) for tests",
+        vision=dict(
+            _QWEN_VISION_3B, depth=4, hidden_size=64, intermediate_size=128, num_heads=4, fullatt_block_indexes=[1, 3]
+        ),
+        text=dict(
+            vocab_size=320,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=False,
+        ),
+        initializer_range=0.2,
+        attention_gain=1.0,
+        family="qwen2_5_vl",
+        text_model="qwen2_5_vl",
+        max_pixels=448 * 448,
+        image_sizes=((224, 224), (168, 280), (280, 168)),
+    ),
+    "qwen2.5-vl-bench": Preset(
+        "qwen2.5-vl-bench",
+        "random Qwen2.5-VL: the 3B model's ViT (32 blocks, 1280 wide, window attention) at 672x448 and 448x672, "
+        "a ~0.5B Qwen2 decoder with M-RoPE",
+        vision=_QWEN_VISION_3B,
+        text=dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
+            tie_word_embeddings=True,
+        ),
+        initializer_range=0.02,
+        attention_gain=1.0,
+        family="qwen2_5_vl",
+        text_model="qwen2_5_vl",
+        image_sizes=((672, 448), (448, 672)),
+    ),
 }
 
 
@@ -260,10 +334,59 @@ _FAMILY_CONFIGS = {
 _TEXT_CONFIGS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
 
 
+def _build_qwen(preset: Preset):
+    """A seeded random ``Qwen2_5_VLForConditionalGeneration`` and its in-code processor."""
+    import torch
+    import transformers
+
+    from tpc.models import tiny_processor as tp
+
+    text = dict(
+        preset.text,
+        bos_token_id=None,
+        eos_token_id=tp.QWEN_EOS_ID,
+        pad_token_id=tp.QWEN_PAD_ID,
+        initializer_range=preset.initializer_range,
+    )
+    vision = dict(preset.vision, out_hidden_size=preset.text["hidden_size"], initializer_range=preset.initializer_range)
+    config = transformers.Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tp.QWEN_IMAGE_TOKEN_ID,
+        video_token_id=tp.QWEN_VIDEO_TOKEN_ID,
+        vision_start_token_id=tp.QWEN_VISION_START_ID,
+        vision_end_token_id=tp.QWEN_VISION_END_ID,
+        tie_word_embeddings=bool(preset.text.get("tie_word_embeddings", False)),
+    )
+    config._attn_implementation = "sdpa"
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(preset.seed)
+    try:
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+        if preset.attention_gain != 1.0:
+            with torch.no_grad():
+                for block in model.model.visual.blocks:
+                    width = block.attn.qkv.in_features
+                    block.attn.qkv.weight[: 2 * width].mul_(preset.attention_gain)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.eval()
+    processor = tp.build_qwen2_5_vl_processor(
+        patch_size=preset.vision["patch_size"],
+        merge_size=preset.vision["spatial_merge_size"],
+        min_pixels=preset.min_pixels,
+        max_pixels=preset.max_pixels,
+    )
+    return model, processor
+
+
 def build_preset(preset: Preset):
     """Instantiate a built-in preset: (model, processor) of its family, seeded random weights."""
     import torch
     import transformers
+
+    if preset.family == "qwen2_5_vl":
+        return _build_qwen(preset)
 
     from tpc.models.tiny_processor import IMAGE_TOKEN_ID
 

@@ -8,7 +8,9 @@ preprocessing and the Mistral template of llava-hf/llava-v1.6-mistral-7b-hf) tha
 ``save_pretrained`` writes and ``AutoProcessor`` reloads, and an ``OnevisionProcessor``
 (``LlavaOnevisionImageProcessorPil`` and the ChatML template of llava-hf/llava-onevision-*;
 transformers' own processor needs torchvision) whose saved files ``AutoProcessor`` reloads
-where torchvision is installed and ``tpc.models.onevision_processor.load_parts`` everywhere.
+where torchvision is installed and ``tpc.models.onevision_processor.load_parts`` everywhere, and a
+``QwenVLProcessor`` for Qwen2-VL / Qwen2.5-VL (``Qwen2VLImageProcessorPil``, Qwen's ChatML template and a
+byte tokenizer with Qwen's special tokens), reloaded the same ways (``tpc.models.qwen_processor.load_parts``).
 """
 
 from __future__ import annotations
@@ -218,3 +220,123 @@ def build_llava_onevision_processor(
         vision_feature_select_strategy="full",
         vision_aspect_ratio=vision_aspect_ratio,
     )
+
+
+# --------------------------------------------------------------------------- Qwen2-VL / Qwen2.5-VL
+
+# Qwen's special tokens, ids 0-6 in this order, then the 256 byte symbols (263 ids in all).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_PAD_ID = QWEN_SPECIAL_TOKENS.index("<|endoftext|>")
+QWEN_EOS_ID = QWEN_SPECIAL_TOKENS.index("<|im_end|>")
+QWEN_VISION_START_ID = QWEN_SPECIAL_TOKENS.index("<|vision_start|>")
+QWEN_VISION_END_ID = QWEN_SPECIAL_TOKENS.index("<|vision_end|>")
+QWEN_IMAGE_TOKEN_ID = QWEN_SPECIAL_TOKENS.index("<|image_pad|>")
+QWEN_VIDEO_TOKEN_ID = QWEN_SPECIAL_TOKENS.index("<|video_pad|>")
+
+# The chat template of Qwen/Qwen2.5-VL-*-Instruct (and Qwen/Qwen2-VL-*-Instruct): ChatML with a default system
+# turn, each image as <|vision_start|><|image_pad|><|vision_end|> where it stands among the texts.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen_byte_tokenizer():
+    """A fast tokenizer for the Qwen presets: ids 0-6 are QWEN_SPECIAL_TOKENS, then the 256 byte symbols.
+
+    Like Qwen2's tokenizer: no BOS, EOS ``<|im_end|>``, padding with ``<|endoftext|>`` on the left, no
+    unknown token (byte-level BPE encodes any text); the other special tokens are extra special tokens.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(QWEN_SPECIAL_TOKENS)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    return tokenizer
+
+
+def build_qwen2_5_vl_processor(
+    patch_size: int = 14,
+    merge_size: int = 2,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    processor_class: str = "Qwen2_5_VLProcessor",
+):
+    """A ``QwenVLProcessor`` configured like Qwen/Qwen2.5-VL-*-Instruct (``processor_class``
+    "Qwen2VLProcessor": like Qwen/Qwen2-VL-*-Instruct, the same processing and template).
+
+    ``Qwen2VLImageProcessorPil`` (CLIP mean/std, bicubic, temporal patch 2, ``patch_size``, ``merge_size``;
+    ``min_pixels`` / ``max_pixels``, default 4 and 1280 merge units of ``(patch_size * merge_size)**2``
+    pixels, transformers' defaults at patch 14), the Qwen byte tokenizer (QWEN_SPECIAL_TOKENS) and Qwen's
+    ChatML template. transformers' own processor needs torchvision.
+    """
+    from transformers import Qwen2VLImageProcessorPil
+
+    from tpc.models.qwen_processor import QwenVLProcessor
+
+    unit = (patch_size * merge_size) ** 2
+    image_processor = Qwen2VLImageProcessorPil(
+        size={
+            "shortest_edge": 4 * unit if min_pixels is None else int(min_pixels),
+            "longest_edge": 1280 * unit if max_pixels is None else int(max_pixels),
+        },
+        patch_size=patch_size,
+        merge_size=merge_size,
+        temporal_patch_size=2,
+        resample=3,  # bicubic
+        do_resize=True,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        do_convert_rgb=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    return QwenVLProcessor(
+        image_processor, build_qwen_byte_tokenizer(), QWEN2_5_VL_CHAT_TEMPLATE, processor_class=processor_class
+    )
+
+
+def build_qwen2_vl_processor(patch_size: int = 14, merge_size: int = 2, min_pixels=None, max_pixels=None):
+    """``build_qwen2_5_vl_processor`` saved as a ``Qwen2VLProcessor`` (Qwen2-VL's processing is the same)."""
+    return build_qwen2_5_vl_processor(patch_size, merge_size, min_pixels, max_pixels, "Qwen2VLProcessor")

@@ -22,8 +22,11 @@ from tpc.passes.infra import PassContext, PassResult
 from tpc.passes.insert_token_selection import projector_entry
 
 
-def _mean_heads(key):
-    return key.mean(dim=1)
+def _mean_heads(key, group: int = 1):
+    keys = key.mean(dim=1)  # [B, T, hd]
+    if group > 1:  # several patches per LLM token (consecutive): the token's key is their mean
+        keys = keys.reshape(keys.shape[0], -1, group, keys.shape[-1]).mean(dim=2)
+    return keys
 
 
 def expose_feature_values(gm: GraphModule, ctx: PassContext) -> PassResult:
@@ -38,7 +41,7 @@ def expose_feature_values(gm: GraphModule, ctx: PassContext) -> PassResult:
     if "keys" in needs and find_value(gm, "keys") is None:
         sdpa = find_attention(gm, ctx.layout.layers_path, ctx.layout.feature_layer)
         with gm.graph.inserting_before(sdpa.next):
-            keys = call_in_graph(gm, _mean_heads, sdpa.args[1])
+            keys = call_in_graph(gm, _mean_heads, sdpa.args[1], group=ctx.layout.token_group)
         keys.meta[TPC_VALUE] = "keys"
         stats["keys"] = keys.name
     return PassResult(gm, bool(stats), stats)

@@ -41,7 +41,8 @@ def _received(gm: GraphModule, ctx: PassContext):
     scale = layout.head_dim**-0.5 if scale is None else float(scale)
     # inserting_before(next) keeps the recorded ops in order (inserting_after would reverse them)
     with gm.graph.inserting_before(sdpa.next):
-        node = call_in_graph(gm, received_attention, sdpa.args[0], sdpa.args[1], scale=scale, drop_cls=layout.has_cls)
+        constants = dict(scale=scale, drop_cls=layout.has_cls, group=layout.token_group)
+        node = call_in_graph(gm, received_attention, sdpa.args[0], sdpa.args[1], **constants)
     return node, sdpa, scale
 
 

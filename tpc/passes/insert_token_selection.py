@@ -48,7 +48,7 @@ def insert_token_selection(gm: GraphModule, ctx: PassContext) -> PassResult:
             raise ExportError(f"method {method.name} needs graph value {name!r}, which no earlier pass exposed")
         inputs[name] = node
     side = int(round(ctx.layout.num_patches**0.5))
-    static = {"grid": (side, side)}
+    static = {"grid": ctx.layout.grid or (side, side)}
     outputs = output_values(gm)
     if method.stage == POST_PROJECTOR:
         inputs["features"] = outputs[0]

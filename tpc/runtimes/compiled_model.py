@@ -113,7 +113,9 @@ class CompiledModel:
         counts = vision = None
         if crops is not None:
             with timer.stage("vision_ms"):  # crops are the vision graph's batch axis
-                if self.bucketed is not None:
+                if hasattr(self.layout, "run"):  # one vision graph per compiled grid
+                    features, kept, counts = self.layout.run(self.graphs, crops)
+                elif self.bucketed is not None:
                     features, kept, counts = self.bucketed(crops.pixel_values)
                 else:
                     features, kept = self.graphs.vision(crops.pixel_values)
@@ -122,11 +124,17 @@ class CompiledModel:
             vision, counts = (assembled.features, assembled.kept), assembled.counts
         with timer.stage("preprocess_ms"):
             batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
+            if self.runtime.get("position_dims", 1) == 3:  # M-RoPE: each picture's grid and kept tokens
+                pictures = getattr(crops, "pictures", None)
+                batch.image_grids = [[p.grid] for p in pictures] if pictures else [[] for _ in prompts]
+                batch.image_kept = self.layout.kept_per_image(kept, counts) if pictures else None
         result = generate(
             self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision, on_token
         )
         result.image_tokens = counts
         result.crops_per_image = crops.per_image if crops is not None else None
+        if getattr(crops, "pictures", None):
+            result.pictures = [dict(vars(p)) for p in crops.pictures]
         result.text = [self.decode(ids) for ids in result.token_ids]
         return result
 

@@ -41,6 +41,7 @@ class Generation:
     text: list[str] = field(default_factory=list)  # the decoded replies, per sample (CompiledModel.generate)
     crops_per_image: list[int] | None = None  # crops the vision graph ran per picture (anyres: 1 + grid)
     input_kept_indices: np.ndarray | None = None  # [B, K''] image-span rows the LLM-input selection kept (-1 pads)
+    pictures: list[dict] | None = None  # grid families: each picture's size, compiled grid, resize, tokens, kept
 
 
 def generate(
@@ -77,7 +78,7 @@ def generate(
     with timer.stage("embed_ms"):
         embeds = graphs.embed(batch.input_ids, features)
     mask = batch.attention_mask
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+    positions = prompt_positions(batch, runtime)
     input_kept = None
     if runtime.get("input_selection"):  # DART / CDPruner: shorten the prompt before the decoder
         from tpc.runtimes.input_select import select_at_input
@@ -135,6 +136,19 @@ def generate(
         llm_kept_indices=_llm_kept(groups, decoders, b),
         input_kept_indices=input_kept,
     )
+
+
+def prompt_positions(batch: PromptBatch, runtime: dict) -> np.ndarray:
+    """Position ids of a left-padded prompt: [B, S] (0, 1, ... over the real tokens), or [B, S, 3] for
+    M-RoPE decoders (an image's tokens at their ORIGINAL grid positions, whatever was pruned)."""
+    mask = batch.attention_mask
+    if runtime.get("position_dims", 1) == 1:
+        return np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+    from tpc.models.qwen_geometry import mrope_positions
+
+    grids = batch.image_grids or [[] for _ in range(batch.batch_size)]
+    merge = int(runtime["image_layout"].get("merge_size", 2))
+    return mrope_positions(batch.input_ids, mask, runtime["image_token_id"], grids, merge, batch.image_kept)
 
 
 def _decode(

@@ -142,6 +142,10 @@ class AnyResLayout:
 
 def image_layout(runtime: dict, root: Path):
     kind = runtime.get("image_layout", {}).get("kind", "single")
+    if kind == "grid":  # Qwen2.5-VL: a vision graph per compiled image grid
+        from tpc.runtimes.grid_layout import GridLayout
+
+        return GridLayout(runtime, root)
     return {"single": SingleCropLayout, "anyres": AnyResLayout}[kind](runtime, root)
 
 

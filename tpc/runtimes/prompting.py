@@ -26,6 +26,8 @@ class PromptBatch:
     attention_mask: np.ndarray  # [B, S] int64
     pixel_values: np.ndarray | None  # [B, 3, H, W] float32, or None for text-only prompts
     prompt_lengths: list[int]
+    image_grids: list[list[tuple[int, int]]] | None = None  # M-RoPE families: each sample's picture grids
+    image_kept: list[list[np.ndarray]] | None = None  # and each picture's kept merged-token indices
 
     @property
     def batch_size(self) -> int:

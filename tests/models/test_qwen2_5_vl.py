@@ -1,0 +1,147 @@
+"""Qwen2.5-VL end to end on the tiny preset: compiled artifacts against Hugging Face, token for token.
+
+* ratio 0 equals Hugging Face ``generate`` (greedy) for pictures of three grid shapes and text only;
+* pruned (received attention after the merger) equals the same model with the selection applied
+  eagerly: kept indices from Hugging Face's own tower (window order undone), the kept tokens and the
+  text at the UNPRUNED prompt's 3-D positions;
+* a picture whose grid was not compiled is resized to the nearest compiled grid and runs as Hugging
+  Face runs the resized picture;
+* a batch of two pictures of different grids equals each picture alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tpc.compiler.pipeline import CompileSettings, compile_model
+from tpc.models.presets import PRESETS, build_preset
+from tpc.models.qwen2_5_vl import QwenVisionBoundary, QwenVLAdapter
+from tpc.models.qwen_reference import hf_generate, hf_pruned_generate
+from tpc.runtimes.compiled_model import CompiledModel
+
+PROMPT = "What is in the picture?"
+NEW = 6
+SIZES = [(224, 224), (168, 280), (280, 168)]  # the preset's compiled sizes: grids 16x16, 12x20, 20x12
+
+
+def _picture(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def _trim(tokens, eos):
+    out = []
+    for t in tokens:
+        out.append(t)
+        if t in eos:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    model, processor = build_preset(PRESETS["qwen2.5-vl-tiny"])
+    return QwenVLAdapter(model, processor)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qwen")
+    built = {}
+
+    def get(ratio: float):
+        if ratio not in built:
+            out = root / f"qwen-{ratio}"
+            compile_model(CompileSettings(model="qwen2.5-vl-tiny", output=out, ratio=ratio or None, target="ort"))
+            built[ratio] = CompiledModel.load(out)
+        return built[ratio]
+
+    return get
+
+
+def test_boundary_equals_hugging_face_tower(qwen):
+    """Processor order with windows gathered = HF's window-order tower, on grids that are not window multiples."""
+    for grid in [(6, 10), (12, 20), (34, 50)]:
+        qwen.set_grids([grid])
+        length = grid[0] * grid[1]
+        patches = torch.randn(2, length, qwen.patch_values, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ours = QwenVisionBoundary(qwen.model, grid)(patches)
+            thw = torch.tensor([[1, *grid]] * 2)
+            ref = qwen.model.model.visual(patches.reshape(2 * length, -1), grid_thw=thw).pooler_output
+        torch.testing.assert_close(ours, ref.reshape(2, length // 4, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_ratio0_equals_hf_generate(qwen, compiled):
+    model = compiled(0.0)
+    eos = set(model.runtime["eos_token_ids"])
+    for seed, (height, width) in enumerate(SIZES):
+        picture = _picture(height, width, seed)
+        got = model.generate([PROMPT], [picture], max_new_tokens=NEW)
+        expected = hf_generate(qwen.model, qwen.processor, picture, PROMPT, NEW)
+        assert got.token_ids[0] == _trim(expected, eos), (height, width)
+        assert got.pictures[0]["resized_to"] is None
+        assert got.image_tokens == [height * width // 28**2]
+    text_only = model.generate([PROMPT], None, max_new_tokens=NEW)
+    assert text_only.token_ids[0] == _trim(hf_generate(qwen.model, qwen.processor, None, PROMPT, NEW), eos)
+
+
+def test_pruned_equals_eager_reference(qwen, compiled):
+    from tpc.methods import get_method
+
+    model = compiled(0.75)
+    method = get_method("received")
+    eos = set(model.runtime["eos_token_ids"])
+    for seed, (height, width) in enumerate(SIZES[:2]):
+        picture = _picture(height, width, seed + 10)
+        got = model.generate([PROMPT], [picture], max_new_tokens=NEW)
+        tokens, kept, _ = hf_pruned_generate(qwen, method, {}, picture, PROMPT, NEW, 0.75)
+        count = got.image_tokens[0]
+        assert count == -(-(height * width // 28**2) // 4)  # ceil(M * 0.25)
+        np.testing.assert_array_equal(got.kept_indices[0, :count], kept.numpy())
+        assert got.token_ids[0] == _trim(tokens, eos)
+
+
+def test_kept_positions_are_the_unpruned_ones(qwen, compiled):
+    """The runtime's 3-D positions of a pruned prompt = ``get_rope_index`` of the unpruned prompt, kept rows."""
+    from tpc.methods import get_method
+    from tpc.runtimes.generate import prompt_positions
+
+    model = compiled(0.75)
+    picture = _picture(168, 280, 3)
+    crops = model.encoder.crops([picture], 1, model.layout)
+    features, kept, counts = model.layout.run(model.graphs, crops)
+    batch = model.encoder.tokens([PROMPT], counts)
+    batch.image_grids = [[crops.pictures[0].grid]]
+    batch.image_kept = model.layout.kept_per_image(kept, counts)
+    ours = prompt_positions(batch, model.runtime)[0]
+    _, ref_kept, ref_positions = hf_pruned_generate(qwen, get_method("received"), {}, picture, PROMPT, 1, 0.75)
+    np.testing.assert_array_equal(kept[0, : counts[0]], ref_kept.numpy())
+    np.testing.assert_array_equal(ours, ref_positions[:, 0].T.numpy())
+
+
+def test_uncompiled_size_is_resized_to_the_nearest_grid(qwen, compiled):
+    model = compiled(0.0)
+    picture = _picture(300, 200, 5)  # the processor's grid 22x14 is not compiled; nearest by aspect: 20x12
+    got = model.generate([PROMPT], [picture], max_new_tokens=NEW)
+    info = got.pictures[0]
+    assert info["processor_grid"] == (22, 14) and info["grid"] == (20, 12) and info["resized_to"] == (280, 168)
+    resized = picture.resize((168, 280), Image.BICUBIC)
+    expected = hf_generate(qwen.model, qwen.processor, resized, PROMPT, NEW)
+    assert got.token_ids[0] == _trim(expected, set(model.runtime["eos_token_ids"]))
+
+
+def test_batch_of_two_grids_equals_each_alone(compiled):
+    model = compiled(0.75)
+    pictures = [_picture(224, 224, 7), _picture(168, 280, 8)]
+    prompts = [PROMPT, "Describe the colours you can see in this image, please."]
+    both = model.generate(prompts, pictures, max_new_tokens=NEW)
+    for row in range(2):
+        alone = model.generate([prompts[row]], [pictures[row]], max_new_tokens=NEW)
+        assert both.token_ids[row] == alone.token_ids[0]
+        count = alone.image_tokens[0]
+        np.testing.assert_array_equal(both.kept_indices[row, :count], alone.kept_indices[0, :count])
+    assert both.image_tokens == [16, 15]

@@ -1,0 +1,82 @@
+"""Eager Hugging Face references for Qwen2.5-VL generation: unpruned, and with a method applied in PyTorch.
+
+* ``hf_generate``: Hugging Face's own ``generate`` (greedy) on the processor's inputs: the ratio-0 target.
+* ``hf_pruned_generate``: the same model with the selection done eagerly (METHODS.md, Qwen2.5-VL):
+  the method's reference on Hugging Face's vision tower picks each picture's merged tokens, the prompt
+  keeps one placeholder per kept token, the kept tokens and the text keep the 3-D positions
+  ``get_rope_index`` gives the UNPRUNED prompt, and decoding continues from the unpruned ``rope_deltas``.
+  A greedy loop over Hugging Face's model with its own cache; batch 1.
+
+Used by the tests and by ``benchmarks/qwen_bench.py`` (the "HF + method eagerly" row).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def templated(processor, prompt: str, with_image: bool = True) -> str:
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def hf_inputs(processor, image, prompt: str) -> dict:
+    """The processor's model inputs for one picture (or None) and one prompt, as tensors."""
+    text = templated(processor, prompt, image is not None)
+    images = None if image is None else [image]
+    return dict(processor(images=images, text=[text], return_tensors="pt"))
+
+
+@torch.no_grad()
+def hf_generate(model, processor, image, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy tokens of Hugging Face's ``generate`` (new tokens only)."""
+    inputs = hf_inputs(processor, image, prompt)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+@torch.no_grad()
+def hf_pruned_generate(adapter, method, params: dict, image, prompt: str, max_new_tokens: int, ratio: float):
+    """Greedy tokens with ``method`` applied eagerly at ``ratio``; returns (tokens, kept indices, positions)."""
+    from transformers import DynamicCache
+
+    model, processor = adapter.model, adapter.processor
+    inputs = hf_inputs(processor, image, prompt)
+    ids, thw = inputs["input_ids"], inputs["image_grid_thw"]
+    grid = (int(thw[0, 1]), int(thw[0, 2]))
+    view = adapter.for_grid(grid)
+    keep = adapter.keep_of(grid, ratio, None)
+    patches = inputs["pixel_values"].reshape(1, grid[0] * grid[1], -1)
+    kept, features, _ = method.reference(view, patches, keep, **params)
+    kept = kept[0]
+    positions, deltas = model.model.get_rope_index(
+        ids, inputs["mm_token_type_ids"], image_grid_thw=thw, attention_mask=inputs["attention_mask"]
+    )
+    is_image = ids[0] == adapter.text.image_token_id
+    image_rows = torch.nonzero(is_image).flatten()
+    drop = torch.ones(len(image_rows), dtype=torch.bool)
+    drop[kept] = False
+    keep_row = torch.ones(ids.shape[1], dtype=torch.bool)
+    keep_row[image_rows[drop]] = False
+    ids = ids[:, keep_row]
+    positions = positions[:, :, keep_row]
+    embeds = model.get_input_embeddings()(ids)
+    embeds[0, ids[0] == adapter.text.image_token_id] = features[0].to(embeds.dtype)
+    cache = DynamicCache(config=model.config.text_config)
+    mask = torch.ones_like(ids)
+    tokens: list[int] = []
+    step_positions = positions
+    for _ in range(max_new_tokens):
+        out = model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=step_positions, cache=cache, use_cache=True
+        )
+        token = int(model.lm_head(out.last_hidden_state[:, -1]).argmax(-1))
+        tokens.append(token)
+        if token in adapter.text.eos_token_ids:
+            break
+        # decode continues from the unpruned prompt's rope_deltas: max position + 1, + 1 per step
+        next_position = int(positions.max()) + len(tokens) if deltas is not None else None
+        step_positions = torch.full((3, 1, 1), next_position, dtype=torch.int64)
+        embeds = model.get_input_embeddings()(torch.tensor([[token]]))
+        mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+    return tokens, kept, positions
