@@ -169,9 +169,10 @@ def test_tensorrt_plan_covers_the_largest_grid_times_the_batch(tmp_path, capsys)
 def test_unsupported_family_lists_the_supported(tmp_path, capsys):
     import json
 
-    ckpt = tmp_path / "qwen"
+    ckpt = tmp_path / "idefics"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
     code, _, err = run_cli(["compile", str(ckpt), "-o", str(tmp_path / "out")], capsys)
     assert code == 3
-    assert "model type 'qwen2_5_vl' is not supported; supported families: llava (LLaVA-1.5), llava_next" in err
+    assert "model type 'idefics3' is not supported; supported families: llava (LLaVA-1.5), llava_next" in err
+    assert "qwen2_5_vl (Qwen2.5-VL)" in err

@@ -145,3 +145,84 @@ def test_batch_of_two_grids_equals_each_alone(compiled):
         count = alone.image_tokens[0]
         np.testing.assert_array_equal(both.kept_indices[row, :count], alone.kept_indices[0, :count])
     assert both.image_tokens == [16, 15]
+
+
+@pytest.mark.parametrize("llm_method", ["fastv", "pdrop"])
+def test_in_llm_pruning_with_mrope_equals_eager_reference(qwen, tmp_path, llm_method):
+    """FastV (original 3-D positions) / PyramidDrop (renumbered) inside the decoder, on a real picture's
+    prompt: the kept image tokens and the greedy tokens equal the eager reference run on Hugging Face's
+    own layers, fed the image features and the ``get_rope_index`` positions Hugging Face computes."""
+    from tpc.methods.in_llm_reference import reference_generate
+    from tpc.models.qwen_reference import hf_inputs
+    from tpc.runtimes.decoders import llm_plan_for
+
+    out = tmp_path / llm_method
+    settings = CompileSettings(model="qwen2.5-vl-tiny", output=out, method=llm_method, target="ort")
+    settings.ratio = 0.5 if llm_method == "fastv" else None
+    compile_model(settings)
+    model = CompiledModel.load(out)
+    picture = _picture(168, 280, 21)
+    got = model.generate([PROMPT], [picture], max_new_tokens=NEW)
+
+    inputs = hf_inputs(qwen.processor, picture, PROMPT)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        hf = qwen.model.model
+        positions, _ = hf.get_rope_index(ids, inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
+        features = hf.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output[0]
+        embeds = qwen.model.get_input_embeddings()(ids)
+        is_image = ids[0] == qwen.text.image_token_id
+        embeds[0, is_image] = features
+    plan, _ = llm_plan_for(model.runtime, int(is_image.sum()))
+    start = torch.tensor([int(torch.nonzero(is_image)[0])])
+    ref = reference_generate(
+        qwen.model, embeds, torch.ones_like(ids), start, plan, NEW, positions=positions.permute(1, 2, 0)
+    )
+    assert got.token_ids[0] == _trim(ref.tokens[0], set(model.runtime["eos_token_ids"]))
+    kept = torch.arange(plan.image_tokens)
+    for stage_kept in ref.kept:
+        kept = kept[stage_kept[0]]
+    np.testing.assert_array_equal(got.llm_kept_indices[0], kept.numpy())
+
+
+@pytest.mark.parametrize("name", ["visionzip", "divprune"])
+def test_other_methods_after_the_merger_equal_eager_reference(qwen, tmp_path, name):
+    """VisionZip (dominant by the merged tokens' received attention, contextual merged by their keys) and
+    DivPrune (diversity of the projected tokens) at one grid: compile verifies, and generation equals the
+    method applied eagerly on Hugging Face's model."""
+    import json
+
+    from tpc.methods import get_method
+
+    out = tmp_path / name
+    compile_model(
+        CompileSettings(
+            model="qwen2.5-vl-tiny", output=out, method=name, ratio=0.75, target="ort", image_sizes=[(168, 280)]
+        )
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(r["indices"] == "exact" for r in manifest["verification"]["vision"])
+    model = CompiledModel.load(out)
+    picture = _picture(168, 280, 31)
+    got = model.generate([PROMPT], [picture], max_new_tokens=NEW)
+    method = get_method(name)
+    params = manifest["method"]["parameters"]
+    tokens, kept, _ = hf_pruned_generate(qwen, method, params, picture, PROMPT, NEW, 0.75)
+    np.testing.assert_array_equal(got.kept_indices[0, : got.image_tokens[0]], kept.numpy())
+    assert got.token_ids[0] == _trim(tokens, set(model.runtime["eos_token_ids"]))
+
+
+def test_refusals_are_one_line_usage_errors(tmp_path):
+    from tpc.errors import UsageError
+
+    cases = [
+        (dict(method="fastervlm", ratio=0.5), "fastervlm"),
+        (dict(method="pool", ratio=0.75), "methods that apply: received"),
+        (dict(ratio=0.5, buckets=[8, 16]), "--buckets"),
+        (dict(ratio=0.5, image_sizes=[(100, 100)], min_pixels=90000, max_pixels=80000), "--min-pixels"),
+    ]
+    for kwargs, text in cases:
+        out = tmp_path / "refused"
+        with pytest.raises(UsageError, match=text):
+            compile_model(CompileSettings(model="qwen2.5-vl-tiny", output=out, target="ort", **kwargs))
+        assert not out.exists() and not list(tmp_path.glob(".refused*"))

@@ -219,9 +219,9 @@ def test_mismatched_runs_raise():
         qg.mrope_positions(ids, mask, IMAGE, [[(4, 4), (4, 4)]])
     with pytest.raises(ValueError, match="expected 3"):
         qg.mrope_positions(ids, mask, IMAGE, [[(8, 8)]], kept=[[np.array([0, 5, 9])]])
-    with pytest.raises(ValueError, match="sorted unique"):
+    with pytest.raises(ValueError, match="unique indices"):
         qg.mrope_positions(ids, mask, IMAGE, [[(8, 8)]], kept=[[np.array([0, 5, 5, 9])]])
-    with pytest.raises(ValueError, match="sorted unique"):
+    with pytest.raises(ValueError, match="unique indices"):
         qg.mrope_positions(ids, mask, IMAGE, [[(8, 8)]], kept=[[np.array([0, 5, 9, 16])]])
     with pytest.raises(ValueError, match="grids has 2 entries"):
         qg.mrope_positions(ids, mask, IMAGE, [[(4, 4)], []])

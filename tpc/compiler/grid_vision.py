@@ -72,6 +72,7 @@ def prepare(settings, adapter, method, reduced: bool, default_sizes=()) -> None:
         )
     grids = resolve_grids(settings, adapter, default_sizes)
     adapter.set_grids(sorted(set(grids), key=lambda g: (g[0] * g[1], g)))
+    adapter.set_budget(settings.ratio, settings.keep)
 
 
 def export_grid_vision(adapter, method, params: dict, settings, out: Path, dtype) -> tuple[dict, dict, list]:

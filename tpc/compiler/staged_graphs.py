@@ -37,7 +37,7 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
     b, s, p = 2, 5, 3  # distinct sample sizes so the tracer keeps the axes apart
     embeds = torch.zeros(b, s, text.hidden_size)
     mask = torch.ones(b, p + s, dtype=torch.int64)
-    positions = torch.arange(p, p + s).expand(b, s).contiguous()
+    positions = _positions(torch.arange(p, p + s).expand(b, s), text.position_dims)
     past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim) for _ in range(2 * (end - start)))
     inputs, outputs = segment_io(plan, index)
     batch = batch_dim()
@@ -62,14 +62,21 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
     )
 
 
-def _select_sample(t: int, hidden_size: int, seed: int) -> tuple:
+def _positions(positions: torch.Tensor, dims: int) -> torch.Tensor:
+    """1-D sample position ids [B, S], or M-RoPE ones [B, S, dims] (t, h, w)."""
+    if dims == 1:
+        return positions.contiguous()
+    return positions[..., None].expand(*positions.shape, dims).contiguous()
+
+
+def _select_sample(t: int, hidden_size: int, seed: int, dims: int = 1) -> tuple:
     """Example ``SELECT_INPUTS`` for tracing: a batch of 2 sequences of ``t`` rows, blocks at rows 2 and 3."""
     b = 2
     generator = torch.Generator().manual_seed(seed)
     return (
         torch.randn(b, t, hidden_size, generator=generator),
         torch.rand(b, t, generator=generator),
-        torch.arange(t).expand(b, t).contiguous(),
+        _positions(torch.arange(t).expand(b, t), dims),
         torch.ones(b, t, dtype=torch.int64),
         torch.tensor([2, 3], dtype=torch.int64),
     )
@@ -85,12 +92,18 @@ def _select_axes() -> dict:
 
 
 def export_select(
-    plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path, bucket: int | None = None
+    plan: PruningPlan,
+    stage: int,
+    hidden_size: int,
+    max_context: int,
+    out_dir: Path,
+    bucket: int | None = None,
+    dims: int = 1,
 ) -> Path:
     spec = plan.stages[stage - 1]
     n_in = stage_inputs(plan, stage)
     module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
-    args = _select_sample(n_in + 7, hidden_size, stage)
+    args = _select_sample(n_in + 7, hidden_size, stage, dims)
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=n_in + 1, max=max_context)
     return export_onnx(
@@ -104,12 +117,14 @@ def export_select(
     )
 
 
-def export_dynamic_select(plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path) -> Path:
+def export_dynamic_select(
+    plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path, dims: int = 1
+) -> Path:
     """Stage ``stage``'s selector for image blocks of any length (``DYNAMIC_SELECT_INPUTS``)."""
     spec = plan.stages[stage - 1]
     module = DynamicStageSelect(spec.positions == RENUMBERED).eval()
     n, keep = 6, 4  # distinct sizes so the tracer keeps the axes apart
-    args = (*_select_sample(n + 7, hidden_size, stage), torch.arange(n), torch.arange(keep))
+    args = (*_select_sample(n + 7, hidden_size, stage, dims), torch.arange(n), torch.arange(keep))
     seq = torch.export.Dim("seq", min=2, max=max_context)
     rows = torch.export.Dim("image_rows", min=1, max=max_context)
     kept = torch.export.Dim("keep_rows", min=1, max=max_context)
@@ -139,12 +154,12 @@ def export_staged_decoder(
         paths[segment_name(index)] = export_segment(model, first, index, text, out_dir)
         if index < len(first.stages) and dynamic:
             paths[select_name(index + 1)] = export_dynamic_select(
-                first, index + 1, text.hidden_size, text.max_context, out_dir
+                first, index + 1, text.hidden_size, text.max_context, out_dir, text.position_dims
             )
         elif index < len(first.stages):
             for bucket, plan in plans.items():
                 paths[select_name(index + 1, bucket)] = export_select(
-                    plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket
+                    plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket, text.position_dims
                 )
     return paths
 

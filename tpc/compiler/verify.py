@@ -199,7 +199,9 @@ def verify_graphs(
         report["llm_selectors"] = [
             entry
             for bucket, plan in llm_plans.items()
-            for entry in verify_selectors(graphs, plan, adapter.text.hidden_size, None if rule else bucket, bool(rule))
+            for entry in verify_selectors(
+                graphs, plan, adapter.text.hidden_size, None if rule else bucket, bool(rule), dims=adapter.text.position_dims
+            )
         ]
     report["passed"] = (
         all(r["passed"] for r in report["vision"])

@@ -38,10 +38,12 @@ def verify_staged_decoder(
         if batch == 2:
             mask[1, :2] = 0  # left padding on the second sample
         step_embeds = [torch.randn(batch, 1, hidden, generator=generator) * 0.5 for _ in range(steps)]
-        ref = reference_generate(adapter.model, embeds, mask, image_start, plan, steps + 1, step_embeds)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if adapter.text.position_dims == 3:
+            positions = grid_positions(mask, image_start, plan.image_tokens)
+        ref = reference_generate(adapter.model, embeds, mask, image_start, plan, steps + 1, step_embeds, positions)
 
         decoder = StagedDecoder(graphs, runtime, plan, bucket)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = [decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy(), image_start.numpy())]
         logits += [decoder.step(e.numpy()) for e in step_embeds]
 
@@ -84,6 +86,26 @@ def verify_staged_decoder(
     return results
 
 
+def grid_positions(mask: torch.Tensor, image_start: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """M-RoPE positions [B, S, 3] of prompts whose image block of ``image_tokens`` rows is a grid (as wide as
+    ``ceil(sqrt(n))``): t = h = w for text, (p, p + row, p + col) inside the block, and the text after it
+    continuing from p + max(rows, cols), as ``get_rope_index`` numbers a picture."""
+    width = max(1, int(np.ceil(np.sqrt(image_tokens))))
+    rows = -(-image_tokens // width)
+    out = torch.zeros(*mask.shape, 3, dtype=torch.int64)
+    for b, start in enumerate(image_start.tolist()):
+        real = torch.nonzero(mask[b]).flatten()
+        first = int(real[0])
+        block = start - first  # positions before the image: 0 .. block-1
+        text_before = torch.arange(block)
+        index = torch.arange(image_tokens)
+        image = torch.stack([torch.full_like(index, block), block + index // width, block + index % width], dim=-1)
+        after = len(real) - block - image_tokens
+        text_after = block + max(rows, width) + torch.arange(after)
+        out[b, first:] = torch.cat([text_before[:, None].expand(-1, 3), image, text_after[:, None].expand(-1, 3)])
+    return out
+
+
 def _reference_select(hidden, score, positions, mask, starts, n_in: int, keep: int, renumber: bool):
     """METHODS.md's stage rule written out per sample: the top ``keep`` image rows (ties: lower index)
     in ascending order, every text row, positions gathered (or renumbered over the mask)."""
@@ -93,13 +115,15 @@ def _reference_select(hidden, score, positions, mask, starts, n_in: int, keep: i
         index = torch.cat([torch.arange(start), start + kept, torch.arange(start + n_in, hidden.shape[1])])
         m = mask[b, index]
         p = (m.cumsum(-1) - 1).clamp(min=0) if renumber else positions[b, index]
+        if renumber and positions.dim() == 3:
+            p = p[:, None].expand(-1, 3)
         rows.append((hidden[b, index], p, m, kept))
     return [torch.stack(parts) for parts in zip(*rows, strict=True)]
 
 
 @torch.no_grad()
 def verify_selectors(
-    graphs, plan: PruningPlan, hidden_size: int, bucket, dynamic: bool = False, seed: int = 5
+    graphs, plan: PruningPlan, hidden_size: int, bucket, dynamic: bool = False, seed: int = 5, dims: int = 1
 ) -> list[dict]:
     """Every stage selector of ``plan`` alone against ``_reference_select`` (batch 2, blocks at
     different offsets, left padding, tied scores inside the image block). ``dynamic``: the
@@ -119,6 +143,8 @@ def verify_selectors(
         mask[1, :3] = 0
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         starts = torch.tensor([2, 5], dtype=torch.int64)
+        if dims == 3:
+            positions = grid_positions(mask, starts, n_in)
         want = _reference_select(hidden, score, positions, mask, starts, n_in, spec.keep, spec.positions == RENUMBERED)
         feeds = {
             "hidden": hidden.numpy(),

@@ -58,11 +58,13 @@ def reference_generate(
     plan: PruningPlan,
     max_new_tokens: int = 1,
     step_embeds: list[torch.Tensor] | None = None,
+    positions: torch.Tensor | None = None,
 ) -> ReferenceRun:
     """Prefill (pruning at each stage when an image is present), then greedy decode steps.
 
     ``step_embeds``: the embeddings fed at each decode step; default: the embedding of
-    the greedy token (what generation does).
+    the greedy token (what generation does). ``positions``: the prompt's position ids, [B, S]
+    or M-RoPE's [B, S, 3] (t, h, w); default: 0, 1, ... over the mask.
     """
     from transformers import DynamicCache
 
@@ -71,7 +73,15 @@ def reference_generate(
     cache = DynamicCache(config=model.config.text_config)
     stages = {s.layer: s for s in plan.stages} if image_start is not None else {}
     h, m = embeds, mask.to(torch.int64)
-    pos = (m.cumsum(-1) - 1).clamp(min=0)
+    pos = (m.cumsum(-1) - 1).clamp(min=0) if positions is None else positions
+    mrope = pos.dim() == 3
+
+    def rotary(x, p):  # M-RoPE's rotary takes [3, B, S]
+        return lm.rotary_emb(x, p.permute(2, 0, 1) if mrope else p)
+
+    def layer_pos(p):
+        return None if mrope else p
+
     inputs: list[torch.Tensor] = []
     layer_mask, layer_last = [], []
     n_img = plan.image_tokens
@@ -79,7 +89,7 @@ def reference_generate(
         if i in stages:
             stage = stages[i]
             src = inputs[stage.score_layer] if stage.score_layer < i else h
-            cos, sin = lm.rotary_emb(src, pos)
+            cos, sin = rotary(src, pos)
             weights = _attention_weights(
                 lm.layers[stage.score_layer], src, cos, sin, _additive_mask(m, src.shape[1], src.dtype)
             )
@@ -95,16 +105,20 @@ def reference_generate(
             )
             h = h[torch.arange(h.shape[0])[:, None], index]
             m = torch.gather(m, 1, index)
-            pos = (m.cumsum(-1) - 1).clamp(min=0) if stage.positions == RENUMBERED else torch.gather(pos, 1, index)
+            if stage.positions == RENUMBERED:
+                pos = (m.cumsum(-1) - 1).clamp(min=0)
+                pos = pos[..., None].expand(*pos.shape, 3) if mrope else pos
+            else:
+                pos = pos[torch.arange(pos.shape[0])[:, None], index]
             run.kept.append(kept)
             run.scores.append(image_scores)
             n_img = stage.keep
         inputs.append(h)
-        cos, sin = lm.rotary_emb(h, pos)
+        cos, sin = rotary(h, pos)
         h = layer(
             h,
             attention_mask=_additive_mask(m, h.shape[1], h.dtype),
-            position_ids=pos,
+            position_ids=layer_pos(pos),
             use_cache=True,
             position_embeddings=(cos, sin),
             **cache_kwargs(layer, cache),
@@ -121,11 +135,11 @@ def reference_generate(
         for i, layer in enumerate(lm.layers):
             layer_mask[i] = torch.cat([layer_mask[i], torch.ones_like(layer_mask[i][:, :1])], dim=1)
             layer_last[i] = layer_last[i] + 1
-            cos, sin = lm.rotary_emb(h, layer_last[i])
+            cos, sin = rotary(h, layer_last[i])
             h = layer(
                 h,
                 attention_mask=_additive_mask(layer_mask[i], 1, h.dtype),
-                position_ids=layer_last[i],
+                position_ids=layer_pos(layer_last[i]),
                 use_cache=True,
                 position_embeddings=(cos, sin),
                 **cache_kwargs(layer, cache),

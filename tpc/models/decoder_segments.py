@@ -80,7 +80,9 @@ class DecoderSegment(nn.Module):
     def forward(self, hidden, attention_mask, position_ids, past):
         seq = hidden.shape[1]
         mask = causal_padding_mask(attention_mask, seq, hidden.dtype)
-        cos, sin = self.rotary_emb(hidden, position_ids)
+        mrope = position_ids.dim() == 3  # M-RoPE (t, h, w) [B, S, 3]: the rotary takes [3, B, S]
+        cos, sin = self.rotary_emb(hidden, position_ids.permute(2, 0, 1) if mrope else position_ids)
+        layer_positions = None if mrope else position_ids
         cache = SegmentCache({self.start + n: (past[2 * n], past[2 * n + 1]) for n in range(len(self.layers))})
         score_input = None
         for n, layer in enumerate(self.layers):
@@ -89,7 +91,7 @@ class DecoderSegment(nn.Module):
             hidden = layer(
                 hidden,
                 attention_mask=mask,
-                position_ids=position_ids,
+                position_ids=layer_positions,
                 use_cache=True,
                 position_embeddings=(cos, sin),
                 **cache_kwargs(layer, cache),
@@ -151,8 +153,12 @@ def select_rows(hidden, score, position_ids, attention_mask, image_start, offset
     index = stage_index(image_start, kept, hidden.shape[1], offsets.shape[0] - keep)
     hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     mask = torch.gather(attention_mask, 1, index)
-    if renumber:
+    if renumber:  # M-RoPE: t = h = w, as for text
         positions = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)
+        if position_ids.dim() == 3:
+            positions = positions.unsqueeze(-1).expand(-1, -1, position_ids.shape[-1])
+    elif position_ids.dim() == 3:  # M-RoPE: every kept row keeps its (t, h, w)
+        positions = torch.gather(position_ids, 1, index.unsqueeze(-1).expand(-1, -1, position_ids.shape[-1]))
     else:
         positions = torch.gather(position_ids, 1, index)
     return hidden, positions, mask, kept

@@ -79,6 +79,17 @@ FAMILIES: dict[str, Family] = {
             processor_parts="tpc.models.onevision_processor:load_parts",
         ),
         Family(
+            "qwen2_vl",
+            "Qwen2-VL",
+            "tpc.models.qwen2_vl:Qwen2VLAdapter",
+            "Qwen2VLForConditionalGeneration",
+            has_cls=False,
+            multi_crop=False,
+            decoder="Qwen2 (M-RoPE)",
+            processor_class="Qwen2VLProcessor",
+            processor_parts="tpc.models.qwen_processor:load_parts",
+        ),
+        Family(
             "qwen2_5_vl",
             "Qwen2.5-VL",
             "tpc.models.qwen2_5_vl:QwenVLAdapter",
@@ -93,11 +104,25 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# model types refused with a reason: why the three-graph cut (vision -> embedding -> decoder) cannot carry them
+_DEEPSTACK = (
+    "its DeepStack feeds intermediate ViT features into the first decoder layers, which tpc's "
+    "vision -> embedding -> decoder cut does not carry"
+)
+REFUSED: dict[str, str] = {"qwen3_vl": f"Qwen3-VL: {_DEEPSTACK}", "qwen3_vl_moe": f"Qwen3-VL-MoE: {_DEEPSTACK}"}
+
+
 def family_for(model_type: str | None, where: str = "") -> Family:
     """The family of ``model_type``; an unsupported one is a one-line ModelLoadError listing the supported."""
     if model_type in FAMILIES:
         return FAMILIES[model_type]
     prefix = f"{where}: " if where else ""
+    if model_type in REFUSED:
+        qwen = ", ".join(f"{f.model_type} ({f.title})" for f in FAMILIES.values() if f.model_type.startswith("qwen"))
+        raise ModelLoadError(
+            f"{prefix}model type {model_type!r} is not supported ({REFUSED[model_type]}); "
+            f"supported Qwen families: {qwen}"
+        )
     raise ModelLoadError(
         f"{prefix}model type {model_type!r} is not supported; supported families: "
         + ", ".join(f"{f.model_type} ({f.title})" for f in FAMILIES.values())

@@ -1,10 +1,11 @@
 """Built-in model presets: hub aliases and offline, randomly initialised models of each family.
 
 ``*-tiny`` and ``*-bench`` are real architectures of their family (``LlavaForConditionalGeneration``,
-``LlavaNextForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``) with seeded random
-weights and an in-code processor, so tests, the demo and benchmarks run with no network. ``llava``,
-``llava-next`` and ``llava-onevision`` are published checkpoints. ``build_preset`` dispatches on the
-preset's family (``_FAMILY_CONFIGS``).
+``LlavaNextForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``,
+``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``) with seeded random weights and
+an in-code processor, so tests, the demo and benchmarks run with no network. ``llava``, ``llava-next``,
+``llava-onevision``, ``qwen2-vl`` and ``qwen2.5-vl`` are published checkpoints. ``build_preset`` dispatches
+on the preset's family (``_FAMILY_CONFIGS``, ``_QWEN_CLASSES``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ LLAVA_15_7B = "llava-hf/llava-1.5-7b-hf"
 LLAVA_NEXT_MISTRAL_7B = "llava-hf/llava-v1.6-mistral-7b-hf"
 LLAVA_ONEVISION_05B = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 QWEN2_5_VL_3B = "Qwen/Qwen2.5-VL-3B-Instruct"
+QWEN2_VL_2B = "Qwen/Qwen2-VL-2B-Instruct"
 # llava-hf/llava-v1.6-*: grids 1x2, 2x1, 2x2, 3x1, 1x3 of 336 px crops
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -39,7 +41,7 @@ class Preset:
     text_model: str = "llama"  # decoder config: llama, mistral or qwen2
     pinpoints: tuple = ()  # llava_next, llava_onevision: image_grid_pinpoints
     vision_aspect_ratio: str = "anyres_max_9"  # llava_onevision
-    # qwen2_5_vl: the processor's pixel bounds and the image sizes (height, width) compiled by default
+    # qwen2_vl, qwen2_5_vl: the processor's pixel bounds and the image sizes (height, width) compiled by default
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
     image_sizes: tuple = ()
@@ -99,6 +101,16 @@ _QWEN_VISION_3B = dict(  # Qwen2.5-VL-3B's ViT (its out_hidden_size follows the 
     window_size=112,
     fullatt_block_indexes=[7, 15, 23, 31],
     tokens_per_second=2,
+)
+_QWEN2_VL_TINY_VISION = dict(  # Qwen2-VL's ViT layout (no windows, LayerNorm, quick_gelu MLP), tiny
+    depth=3,
+    embed_dim=48,
+    mlp_ratio=4,
+    num_heads=3,
+    hidden_act="quick_gelu",
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -222,6 +234,36 @@ PRESETS: dict[str, Preset] = {
         text_model="qwen2",
         pinpoints=ONEVISION_PINPOINTS,
     ),
+    "qwen2-vl": Preset(
+        "qwen2-vl",
+        "Qwen2-VL-2B-Instruct from the hub (needs network or a local cache)",
+        hub_id=QWEN2_VL_2B,
+        family="qwen2_vl",
+    ),
+    "qwen2-vl-tiny": Preset(
+        "qwen2-vl-tiny",
+        "tiny random Qwen2-VL (14 px patches, 2x2 merger, 3 full-attention ViT blocks 48 wide; "
+        "4-layer Qwen2 with M-RoPE) for tests",
+        vision=_QWEN2_VL_TINY_VISION,
+        text=dict(
+            vocab_size=320,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=False,
+        ),
+        initializer_range=0.2,
+        attention_gain=1.0,
+        family="qwen2_vl",
+        text_model="qwen2_vl",
+        max_pixels=448 * 448,
+        image_sizes=((224, 224), (168, 280)),
+    ),
     "qwen2.5-vl": Preset(
         "qwen2.5-vl",
         "Qwen2.5-VL-3B-Instruct from the hub (needs network or a local cache)",
@@ -334,8 +376,21 @@ _FAMILY_CONFIGS = {
 _TEXT_CONFIGS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
 
 
+# family -> (config class, model class, processor builder, vision config key of the merged tokens' width)
+_QWEN_CLASSES = {
+    "qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "build_qwen2_vl_processor", "hidden_size"),
+    "qwen2_5_vl": (
+        "Qwen2_5_VLConfig",
+        "Qwen2_5_VLForConditionalGeneration",
+        "build_qwen2_5_vl_processor",
+        "out_hidden_size",
+    ),
+}
+
+
 def _build_qwen(preset: Preset):
-    """A seeded random ``Qwen2_5_VLForConditionalGeneration`` and its in-code processor."""
+    """A seeded random ``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` (the
+    preset's family) and its in-code processor."""
     import torch
     import transformers
 
@@ -348,8 +403,10 @@ def _build_qwen(preset: Preset):
         pad_token_id=tp.QWEN_PAD_ID,
         initializer_range=preset.initializer_range,
     )
-    vision = dict(preset.vision, out_hidden_size=preset.text["hidden_size"], initializer_range=preset.initializer_range)
-    config = transformers.Qwen2_5_VLConfig(
+    config_class, model_class, processor_builder, out_key = _QWEN_CLASSES[preset.family]
+    vision = dict(preset.vision, initializer_range=preset.initializer_range)
+    vision[out_key] = preset.text["hidden_size"]
+    config = getattr(transformers, config_class)(
         vision_config=vision,
         text_config=text,
         image_token_id=tp.QWEN_IMAGE_TOKEN_ID,
@@ -362,7 +419,7 @@ def _build_qwen(preset: Preset):
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(preset.seed)
     try:
-        model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+        model = getattr(transformers, model_class)(config)
         if preset.attention_gain != 1.0:
             with torch.no_grad():
                 for block in model.model.visual.blocks:
@@ -371,7 +428,7 @@ def _build_qwen(preset: Preset):
     finally:
         torch.random.set_rng_state(generator_state)
     model.eval()
-    processor = tp.build_qwen2_5_vl_processor(
+    processor = getattr(tp, processor_builder)(
         patch_size=preset.vision["patch_size"],
         merge_size=preset.vision["spatial_merge_size"],
         min_pixels=preset.min_pixels,
@@ -385,7 +442,7 @@ def build_preset(preset: Preset):
     import torch
     import transformers
 
-    if preset.family == "qwen2_5_vl":
+    if preset.family in _QWEN_CLASSES:
         return _build_qwen(preset)
 
     from tpc.models.tiny_processor import IMAGE_TOKEN_ID

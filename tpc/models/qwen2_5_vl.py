@@ -167,6 +167,7 @@ class QwenVLAdapter:
     title = "Qwen2.5-VL"
     default_method = "received"  # no [CLS]: the attention merged tokens receive in the last ViT block
     supported_methods = ("received", "visionzip", "divprune", "random")
+    window_order = True  # Hugging Face's tower runs in window order (the references undo it)
 
     def __init__(self, model, processor):
         config = model.config
@@ -191,6 +192,7 @@ class QwenVLAdapter:
         self.min_pixels = int(getattr(image_processor, "min_pixels", None) or 56 * 56)
         self.max_pixels = int(getattr(image_processor, "max_pixels", None) or 14 * 14 * 4 * 1280)
         self.grids: list[tuple[int, int]] = []
+        self.grid_keep: dict[tuple[int, int], int] = {}  # kept tokens per grid (set_budget)
         self.vision = self._layout((self.merge * 2, self.merge * 2))  # replaced by set_grids
 
     # -- grids ----------------------------------------------------------------
@@ -201,6 +203,10 @@ class QwenVLAdapter:
             raise ModelLoadError(f"{self.title}: grids {bad} are not multiples of the merge size {self.merge}")
         self.grids = [tuple(map(int, g)) for g in grids]
         self.vision = self._layout(max(self.grids, key=lambda g: g[0] * g[1]))
+
+    def set_budget(self, ratio: float | None, keep: int | None) -> None:
+        """Each compiled grid's kept-token count under ``--ratio``/``--keep`` (METHODS.md: per picture)."""
+        self.grid_keep = {grid: self.keep_of(grid, ratio, keep) for grid in self.grids}
 
     def tokens_of(self, grid: tuple[int, int]) -> int:
         return grid[0] * grid[1] // self.merge**2
@@ -214,19 +220,25 @@ class QwenVLAdapter:
             return tokens
         return max(1, math.ceil(tokens * (1.0 - ratio) - 1e-9))
 
+    def vision_widths(self) -> tuple[int, int]:
+        """(ViT width, merged-token width): Qwen2.5-VL's vision ``hidden_size`` and ``out_hidden_size``."""
+        vc = self.model.config.vision_config
+        return vc.hidden_size, vc.out_hidden_size
+
     def _layout(self, grid: tuple[int, int]) -> VisionLayout:
         vc = self.model.config.vision_config
+        width, out_width = self.vision_widths()
         return VisionLayout(
             layers_path="blocks",
             projector_path="merger_mlp",
             num_layers=vc.depth,
             feature_layer=vc.depth - 1,
             num_heads=vc.num_heads,
-            head_dim=vc.hidden_size // vc.num_heads,
+            head_dim=width // vc.num_heads,
             num_patches=self.tokens_of(grid),
             has_cls=False,
             image_size=0,
-            feature_dim=vc.out_hidden_size,
+            feature_dim=out_width,
             grid=(grid[0] // self.merge, grid[1] // self.merge),
             token_group=self.merge**2,
         )
@@ -248,10 +260,12 @@ class QwenVLAdapter:
         }
 
     def max_image_tokens(self, keep: int) -> int:
-        return max(self.tokens_of(g) for g in self.grids) if keep >= self.vision.num_patches else keep
+        """The longest image block a picture gives the LLM (the largest grid's kept tokens)."""
+        return max(self.grid_keep.values()) if self.grid_keep else keep
 
     def image_token_counts(self, keep: int) -> list[int] | None:
-        return None
+        """Every image-block length a picture can have: one per compiled grid's kept count."""
+        return sorted(set(self.grid_keep.values())) if self.grid_keep else [keep]
 
     def layout_samples(self) -> list:
         return []
@@ -289,13 +303,21 @@ class QwenGridView:
     def grid_thw(self, batch: int) -> torch.Tensor:
         return torch.tensor([[1, self.grid[0], self.grid[1]]] * batch, dtype=torch.int64)
 
+    def window_index(self, thw: torch.Tensor) -> torch.Tensor:
+        """Hugging Face's permutation of the merge units of ``thw`` into window order; the identity for a
+        tower without windows (Qwen2-VL: ``window_order`` False, the processor's order throughout)."""
+        if not self.adapter.window_order:
+            return torch.arange(int(thw.prod(dim=-1).sum()) // self.adapter.merge**2)
+        from transformers.vision_utils import get_vision_window_index
+
+        vc = self.model.config.vision_config
+        return get_vision_window_index(thw, vc.spatial_merge_size, vc.window_size, vc.patch_size)[0]
+
     @torch.no_grad()
     def reference_vision(self, pixel_patches: torch.Tensor) -> dict:
         """Hugging Face's tower on ``[B, L, P]`` patches: every block's input in WINDOW order
         (``hidden_states``), the merged tokens before the merger MLP in raster order (``patches``),
         and the window permutation."""
-        from transformers.vision_utils import get_vision_window_index
-
         visual = self.model.model.visual
         b, length, _ = pixel_patches.shape
         thw = self.grid_thw(b)
@@ -310,8 +332,7 @@ class QwenGridView:
         finally:
             for hook in hooks:
                 hook.remove()
-        vc = self.model.config.vision_config
-        window_index, _ = get_vision_window_index(thw, vc.spatial_merge_size, vc.window_size, vc.patch_size)
+        window_index = self.window_index(thw)
         last = out.last_hidden_state  # window order
         captured.append(last)
         group = self.adapter.merge**2
@@ -334,19 +355,22 @@ class QwenGridView:
     @torch.no_grad()
     def reference_qk(self, hidden_states, layer_index: int):
         """Query and key ``[B, H, L, hd]`` of ViT block ``layer_index``, in window order, by HF's modules."""
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-        from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+        import importlib
+
+        from transformers.vision_utils import get_vision_position_ids
 
         visual = self.model.model.visual
+        apply_rotary_pos_emb_vision = importlib.import_module(type(visual).__module__).apply_rotary_pos_emb_vision
         vc = self.model.config.vision_config
         block = visual.blocks[layer_index]
         x = hidden_states[layer_index]
         b, length, _ = x.shape
         thw = self.grid_thw(1)
         positions = get_vision_position_ids(thw, vc.spatial_merge_size)
-        window_index, _ = get_vision_window_index(thw, vc.spatial_merge_size, vc.window_size, vc.patch_size)
         cos, sin = visual.rotary_pos_emb(x, positions)
-        cos, sin = (visual.permute_input_for_window_attn(t, window_index, length) for t in (cos, sin))
+        if self.adapter.window_order:
+            window_index = self.window_index(thw)
+            cos, sin = (visual.permute_input_for_window_attn(t, window_index, length) for t in (cos, sin))
         heads = block.attn.num_heads
         qkv = block.attn.qkv(block.norm1(x)).reshape(b, length, 3, heads, -1)
         q, k = qkv[:, :, 0], qkv[:, :, 1]

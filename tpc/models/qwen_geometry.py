@@ -144,9 +144,10 @@ def mrope_positions(
     """``[B, S, 3]`` int64 M-RoPE positions ``(t, h, w)`` of a (left-)padded batch, pruned or not.
 
     ``grids[b]`` lists the grids of sample b's images in prompt order; each image is one contiguous
-    run of ``image_token_id`` in ``input_ids``. ``kept[b][i]`` (None = unpruned) is the sorted array
-    of the merged-token indices (raster order) kept from image i; its run then holds ``len(kept)``
-    tokens. Positions are those of the UNPRUNED sequence (HF ``get_rope_index``): text advances the
+    run of ``image_token_id`` in ``input_ids``. ``kept[b][i]`` (None = unpruned) is the array
+    of the merged-token indices (raster order) kept from image i, in the order its rows appear (ascending
+    for top-k methods; VisionZip's contextual tokens follow its dominant ones); its run then holds
+    ``len(kept)`` tokens. Positions are those of the UNPRUNED sequence (HF ``get_rope_index``): text advances the
     running position by 1 per token, an image starting at p gets ``merged_positions(grid, start=p)``
     and advances it by ``max(lh, lw)``; kept tokens take their unpruned positions and later text
     keeps its unpruned positions. Padding (mask 0) gets 0; a text-only sample gets
@@ -177,8 +178,8 @@ def mrope_positions(
             full = merged_positions(grid, merge, start=pos)
             if keep is not None:
                 keep = np.asarray(keep, dtype=np.int64).reshape(-1)
-                if keep.size and (keep[0] < 0 or keep[-1] >= len(full) or np.any(np.diff(keep) <= 0)):
-                    raise ValueError(f"sample {b} image {i}: kept must be sorted unique indices in [0, {len(full)})")
+                if keep.size and (keep.min() < 0 or keep.max() >= len(full) or len(np.unique(keep)) != keep.size):
+                    raise ValueError(f"sample {b} image {i}: kept must be unique indices in [0, {len(full)})")
                 full = full[keep]
             if end - start != len(full):
                 raise ValueError(

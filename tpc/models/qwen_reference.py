@@ -12,6 +12,8 @@ Used by the tests and by ``benchmarks/qwen_bench.py`` (the "HF + method eagerly"
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 
@@ -36,8 +38,11 @@ def hf_generate(model, processor, image, prompt: str, max_new_tokens: int) -> li
 
 
 @torch.no_grad()
-def hf_pruned_generate(adapter, method, params: dict, image, prompt: str, max_new_tokens: int, ratio: float):
-    """Greedy tokens with ``method`` applied eagerly at ``ratio``; returns (tokens, kept indices, positions)."""
+def hf_pruned_generate(
+    adapter, method, params: dict, image, prompt: str, max_new_tokens: int, ratio: float, on_token=None
+):
+    """Greedy tokens with ``method`` applied eagerly at ``ratio``; returns (tokens, kept indices, positions).
+    ``on_token(time)`` is called as each token is produced (benchmarks time TTFT and decode with it)."""
     from transformers import DynamicCache
 
     model, processor = adapter.model, adapter.processor
@@ -54,12 +59,11 @@ def hf_pruned_generate(adapter, method, params: dict, image, prompt: str, max_ne
     )
     is_image = ids[0] == adapter.text.image_token_id
     image_rows = torch.nonzero(is_image).flatten()
-    drop = torch.ones(len(image_rows), dtype=torch.bool)
-    drop[kept] = False
-    keep_row = torch.ones(ids.shape[1], dtype=torch.bool)
-    keep_row[image_rows[drop]] = False
-    ids = ids[:, keep_row]
-    positions = positions[:, :, keep_row]
+    start, end = int(image_rows[0]), int(image_rows[-1]) + 1
+    # the kept tokens in the method's order (VisionZip: dominant, then contextual), each at its own position
+    rows = torch.cat([torch.arange(start), image_rows[kept], torch.arange(end, ids.shape[1])])
+    ids = ids[:, rows]
+    positions = positions[:, :, rows]
     embeds = model.get_input_embeddings()(ids)
     embeds[0, ids[0] == adapter.text.image_token_id] = features[0].to(embeds.dtype)
     cache = DynamicCache(config=model.config.text_config)
@@ -72,6 +76,8 @@ def hf_pruned_generate(adapter, method, params: dict, image, prompt: str, max_ne
         )
         token = int(model.lm_head(out.last_hidden_state[:, -1]).argmax(-1))
         tokens.append(token)
+        if on_token is not None:
+            on_token(time.perf_counter())
         if token in adapter.text.eos_token_ids:
             break
         # decode continues from the unpruned prompt's rope_deltas: max position + 1, + 1 per step
