@@ -29,6 +29,16 @@ def multicrop_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    """Qwen2.5-VL tiny at ratio 0.75, two compiled grids (224x224 and 168x280): one vision graph each."""
+    out = tmp_path_factory.mktemp("serving") / "qwen"
+    settings = CompileSettings(
+        model="qwen2.5-vl-tiny", output=out, ratio=0.75, image_sizes=[(224, 224), (168, 280)], verify=False
+    )
+    return compile_model(settings)
+
+
+@pytest.fixture(scope="session")
 def bucketed_model(bucketed_dir):
     from tpc.runtimes.compiled_model import CompiledModel
 

@@ -326,6 +326,30 @@ def test_a_multi_crop_model_is_served_and_batches_mixed_grids(multicrop_dir):
         assert single.crops_per_image[0] > 1
 
 
+def test_a_grid_family_is_served_and_batches_mixed_grids(qwen_dir):
+    """Qwen2.5-VL: pictures of two compiled grids (and one resized to the nearest grid) in one batch; each answer
+    equals its single run, with the picture's own kept-token count."""
+    from tpc.runtimes.compiled_model import CompiledModel
+
+    model = CompiledModel.load(qwen_dir, threads=1)
+    held = HeldModel(model)
+    pictures = [noise_image(224, 224, seed=5), noise_image(168, 280, seed=6), noise_image(300, 200, seed=7)]
+    with serving(held, max_batch=4, model_name="qwen") as url, ThreadPoolExecutor(4) as pool:
+        blocker = pool.submit(post, url, chat("qwen", "Hold.", max_tokens=2))
+        assert held.running.wait(60)
+        futures = [pool.submit(post, url, chat("qwen", PROMPT, data_url(p), max_tokens=6, seed=1)) for p in pictures]
+        wait_for(lambda: metric(url, "tpc_queue_depth") == 3, what="three queued requests")
+        held.release()
+        assert blocker.result().status_code == 200
+        answers = [f.result().json() for f in futures]
+    for answer, picture in zip(answers, pictures, strict=True):
+        single = model.generate([PROMPT], [picture], 6)
+        assert answer["tpc"]["batch_size"] == 3
+        assert answer["tpc"]["token_ids"] == single.token_ids[0]
+        assert answer["tpc"]["visual_tokens"] == single.image_tokens[0]
+    assert [a["tpc"]["visual_tokens"] for a in answers] == [16, 15, 16]
+
+
 def test_serve_command_errors_are_one_line(bucketed_dir, capsys, tmp_path):
     code, _, err = run_cli(["serve", str(bucketed_dir), "--max-batch", "0"], capsys)
     assert code == 2 and err.strip() == "error: --max-batch must be at least 1, got 0"

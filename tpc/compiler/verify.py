@@ -200,7 +200,12 @@ def verify_graphs(
             entry
             for bucket, plan in llm_plans.items()
             for entry in verify_selectors(
-                graphs, plan, adapter.text.hidden_size, None if rule else bucket, bool(rule), dims=adapter.text.position_dims
+                graphs,
+                plan,
+                adapter.text.hidden_size,
+                None if rule else bucket,
+                bool(rule),
+                dims=adapter.text.position_dims,
             )
         ]
     report["passed"] = (

@@ -30,6 +30,10 @@ class Family:
     processor_class: str = ""  # processor_class of its saved processor (processor_config.json)
     # "module:function" (location, config=None) -> processor from its parts, when AutoProcessor fails
     processor_parts: str | None = None
+    # grid families (Qwen): one vision graph per compiled image grid, and only the methods that select merged
+    # tokens after the 2x2 merger (None: every method whose score the encoder has)
+    grid: bool = False
+    methods: tuple[str, ...] | None = None
 
     def adapter_class(self):
         return _resolve(self.adapter)
@@ -43,6 +47,8 @@ def _resolve(spec: str):
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 
+
+GRID_METHODS = ("received", "visionzip", "divprune", "random")
 
 FAMILIES: dict[str, Family] = {
     family.model_type: family
@@ -88,6 +94,8 @@ FAMILIES: dict[str, Family] = {
             decoder="Qwen2 (M-RoPE)",
             processor_class="Qwen2VLProcessor",
             processor_parts="tpc.models.qwen_processor:load_parts",
+            grid=True,
+            methods=GRID_METHODS,
         ),
         Family(
             "qwen2_5_vl",
@@ -99,6 +107,8 @@ FAMILIES: dict[str, Family] = {
             decoder="Qwen2 (M-RoPE)",
             processor_class="Qwen2_5_VLProcessor",
             processor_parts="tpc.models.qwen_processor:load_parts",
+            grid=True,
+            methods=GRID_METHODS,
         ),
     )
 }

@@ -32,6 +32,7 @@ from torch import nn
 
 from tpc.errors import ModelLoadError
 from tpc.models.base import TextLayout, VisionLayout
+from tpc.models.families import GRID_METHODS
 from tpc.models.llava import LlavaDecoderStep, LlavaEmbeddingStep
 
 PATCH_SCORES_GROUP = "merge"
@@ -166,7 +167,7 @@ class QwenVLAdapter:
     family = "qwen2_5_vl"
     title = "Qwen2.5-VL"
     default_method = "received"  # no [CLS]: the attention merged tokens receive in the last ViT block
-    supported_methods = ("received", "visionzip", "divprune", "random")
+    supported_methods = GRID_METHODS  # methods that select merged tokens after the 2x2 merger
     window_order = True  # Hugging Face's tower runs in window order (the references undo it)
 
     def __init__(self, model, processor):
