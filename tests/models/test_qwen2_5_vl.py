@@ -226,3 +226,27 @@ def test_refusals_are_one_line_usage_errors(tmp_path):
         with pytest.raises(UsageError, match=text):
             compile_model(CompileSettings(model="qwen2.5-vl-tiny", output=out, target="ort", **kwargs))
         assert not out.exists() and not list(tmp_path.glob(".refused*"))
+
+
+@pytest.mark.parametrize("name", ["dart", "cdpruner"])
+def test_selection_at_the_llm_input_with_mrope_equals_eager_reference(qwen, tmp_path, name):
+    """DART / CDPruner on the assembled input of an unpruned picture: the kept span rows and the greedy tokens
+    equal the naive reference run on Hugging Face's own prompt embeddings, kept rows at their original 3-D
+    positions."""
+    import json
+
+    from tpc.models.qwen_reference import hf_input_selected_generate
+
+    out = tmp_path / name
+    compile_model(
+        CompileSettings(
+            model="qwen2.5-vl-tiny", output=out, method=name, ratio=0.75, target="ort", image_sizes=[(168, 280)]
+        )
+    )
+    params = json.loads((out / "manifest.json").read_text())["input_selection"]["parameters"]
+    model = CompiledModel.load(out)
+    picture = _picture(168, 280, 41)
+    got = model.generate([PROMPT], [picture], max_new_tokens=NEW)
+    tokens, kept = hf_input_selected_generate(qwen, name, params, picture, PROMPT, NEW, 0.75)
+    np.testing.assert_array_equal(got.input_kept_indices[0], kept.numpy())
+    assert got.token_ids[0] == _trim(tokens, set(model.runtime["eos_token_ids"]))

@@ -46,7 +46,11 @@ class InputSelect(nn.Module):
         kept = self.select(image, inputs_embeds, text_mask, self.keep, **self.params)
         index = stage_index(image_start, kept, inputs_embeds.shape[1], self.length - self.keep)
         embeds = torch.gather(inputs_embeds, 1, index.unsqueeze(-1).expand(-1, -1, width))
-        return embeds, torch.gather(position_ids, 1, index), torch.gather(attention_mask, 1, index), kept
+        if position_ids.dim() == 3:  # M-RoPE (t, h, w): every kept row keeps its three
+            positions = torch.gather(position_ids, 1, index.unsqueeze(-1).expand(-1, -1, position_ids.shape[-1]))
+        else:
+            positions = torch.gather(position_ids, 1, index)
+        return embeds, positions, torch.gather(attention_mask, 1, index), kept
 
 
 def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
@@ -72,8 +76,11 @@ def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
     }
 
 
-def export_input_selectors(plan: dict[str, Any], hidden_size: int, max_context: int, out_dir: Path) -> dict[str, Path]:
-    """One ``select_input`` graph per span length of ``plan`` (batch and sequence length dynamic)."""
+def export_input_selectors(
+    plan: dict[str, Any], hidden_size: int, max_context: int, out_dir: Path, dims: int = 1
+) -> dict[str, Path]:
+    """One ``select_input`` graph per span length of ``plan`` (batch and sequence length dynamic); ``dims``:
+    3 for M-RoPE position ids [B, T, 3]."""
     paths = {}
     for length, span in plan["spans"].items():
         n = int(length)
@@ -84,10 +91,13 @@ def export_input_selectors(plan: dict[str, Any], hidden_size: int, max_context: 
         text_mask = mask.clone()
         text_mask[0, 2 : 2 + n] = 0
         text_mask[1, 3 : 3 + n] = 0
+        positions = torch.arange(t).expand(b, t)
+        if dims > 1:
+            positions = positions[..., None].expand(b, t, dims)
         args = (
             torch.randn(b, t, hidden_size, generator=generator),
             mask,
-            torch.arange(t).expand(b, t).contiguous(),
+            positions.contiguous(),
             torch.tensor([2, 3], dtype=torch.int64),
             text_mask,
         )
@@ -129,7 +139,8 @@ def prepare_input_stage(settings, adapter, keep: int) -> dict[str, Any] | None:
 def export_input_stage(plan: dict[str, Any] | None, adapter, out_dir: Path) -> dict[str, Path]:
     if plan is None:
         return {}
-    return export_input_selectors(plan, adapter.text.hidden_size, adapter.text.max_context, out_dir)
+    text = adapter.text
+    return export_input_selectors(plan, text.hidden_size, text.max_context, out_dir, text.position_dims)
 
 
 def check_input_stage(graphs, adapter, runtime: dict) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from tpc.compiler.parity import close
 from tpc.methods.llm_input import input_reference
 
 
-def _batch(n: int, hidden: int, seed: int):
+def _batch(n: int, hidden: int, seed: int, dims: int = 1):
     """Embeddings [2,T,D], mask, positions, span starts and text mask: sample 1 left-padded, a shorter
-    prompt (some text rows masked out as if they were padding) and a span two rows later."""
+    prompt (some text rows masked out as if they were padding) and a span two rows later. ``dims`` 3:
+    M-RoPE positions [2,T,3] with the span laid out as a grid (``verify_llm.grid_positions``)."""
     generator = torch.Generator().manual_seed(seed)
     t = n + 11
     embeds = torch.randn(2, t, hidden, generator=generator) * 0.5
@@ -37,6 +38,10 @@ def _batch(n: int, hidden: int, seed: int):
         image[b, start : start + n] = True
     text_mask = ((~image) & (mask != 0)).to(torch.int64)
     text_mask[1, -3:-1] = 0  # a different prompt: fewer real text rows
+    if dims == 3:
+        from tpc.compiler.verify_llm import grid_positions
+
+        positions = grid_positions(mask, starts, n)
     return embeds, mask, positions, starts, text_mask
 
 
@@ -49,12 +54,12 @@ def _reference_rows(embeds, mask, positions, starts, kept, n: int):
 
 
 @torch.no_grad()
-def verify_input_selectors(graphs, plan: dict, hidden: int, seed: int = 7) -> list[dict]:
+def verify_input_selectors(graphs, plan: dict, hidden: int, seed: int = 7, dims: int = 1) -> list[dict]:
     reference = input_reference(plan["method"])
     results = []
     for length, span in plan["spans"].items():
         n, keep = int(length), span["keep"]
-        embeds, mask, positions, starts, text_mask = _batch(n, hidden, seed + n)
+        embeds, mask, positions, starts, text_mask = _batch(n, hidden, seed + n, dims)
         image = torch.stack([embeds[b, s : s + n] for b, s in enumerate(starts.tolist())])
         kept = reference(image, embeds, text_mask, keep, **plan["parameters"])
         want = [*_reference_rows(embeds, mask, positions, starts, kept, n), kept]
@@ -89,7 +94,8 @@ def verify_input_end_to_end(graphs, adapter, runtime: dict, seed: int = 11) -> d
     plan = runtime["input_selection"]
     n = max(int(length) for length in plan["spans"])
     model, image_id = adapter.model, runtime["image_token_id"]
-    embeds, mask, positions, starts, _ = _batch(n, adapter.text.hidden_size, seed)
+    dims = adapter.text.position_dims
+    embeds, mask, positions, starts, _ = _batch(n, adapter.text.hidden_size, seed, dims)
     ids = np.full(mask.shape, 1 if image_id != 1 else 2, dtype=np.int64)
     for b, start in enumerate(starts.tolist()):
         ids[b, start : start + n] = image_id
@@ -112,7 +118,8 @@ def verify_input_end_to_end(graphs, adapter, runtime: dict, seed: int = 11) -> d
         full_rows = torch.cat([rows, step[b : b + 1]], dim=1)
         full_pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
         for i, length in enumerate((rows.shape[1], full_rows.shape[1])):
-            out = lm(inputs_embeds=full_rows[:, :length], position_ids=full_pos[:, :length])
+            hf_pos = full_pos[:, :length]
+            out = lm(inputs_embeds=full_rows[:, :length], position_ids=hf_pos.permute(2, 0, 1) if dims == 3 else hf_pos)
             want = model.lm_head(out.last_hidden_state[:, -1]).numpy()
             good, diff = close(got[i][b : b + 1], want)
             worst, ok = max(worst, diff), ok and good
@@ -126,7 +133,7 @@ def verify_input_end_to_end(graphs, adapter, runtime: dict, seed: int = 11) -> d
 
 def verify_input_stage(graphs, adapter, runtime: dict) -> dict:
     plan = runtime["input_selection"]
-    selectors = verify_input_selectors(graphs, plan, adapter.text.hidden_size)
+    selectors = verify_input_selectors(graphs, plan, adapter.text.hidden_size, dims=adapter.text.position_dims)
     end_to_end = verify_input_end_to_end(graphs, adapter, runtime)
     return {"selectors": selectors, "end_to_end": end_to_end}
 

@@ -43,8 +43,6 @@ def hf_pruned_generate(
 ):
     """Greedy tokens with ``method`` applied eagerly at ``ratio``; returns (tokens, kept indices, positions).
     ``on_token(time)`` is called as each token is produced (benchmarks time TTFT and decode with it)."""
-    from transformers import DynamicCache
-
     model, processor = adapter.model, adapter.processor
     inputs = hf_inputs(processor, image, prompt)
     ids, thw = inputs["input_ids"], inputs["image_grid_thw"]
@@ -54,7 +52,7 @@ def hf_pruned_generate(
     patches = inputs["pixel_values"].reshape(1, grid[0] * grid[1], -1)
     kept, features, _ = method.reference(view, patches, keep, **params)
     kept = kept[0]
-    positions, deltas = model.model.get_rope_index(
+    positions, _ = model.model.get_rope_index(
         ids, inputs["mm_token_type_ids"], image_grid_thw=thw, attention_mask=inputs["attention_mask"]
     )
     is_image = ids[0] == adapter.text.image_token_id
@@ -66,8 +64,20 @@ def hf_pruned_generate(
     positions = positions[:, :, rows]
     embeds = model.get_input_embeddings()(ids)
     embeds[0, ids[0] == adapter.text.image_token_id] = features[0].to(embeds.dtype)
+    tokens = greedy(adapter, embeds, positions, max_new_tokens, on_token)
+    return tokens, kept, positions
+
+
+@torch.no_grad()
+def greedy(adapter, embeds: torch.Tensor, positions: torch.Tensor, max_new_tokens: int, on_token=None) -> list[int]:
+    """Greedy tokens of Hugging Face's language model on one prompt's embeddings [1, S, D] at M-RoPE
+    ``positions`` [3, 1, S]; decoding continues at the prompt's largest position + 1 (the unpruned
+    ``rope_deltas`` when the positions are the unpruned prompt's)."""
+    from transformers import DynamicCache
+
+    model = adapter.model
     cache = DynamicCache(config=model.config.text_config)
-    mask = torch.ones_like(ids)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.int64)
     tokens: list[int] = []
     step_positions = positions
     for _ in range(max_new_tokens):
@@ -80,9 +90,32 @@ def hf_pruned_generate(
             on_token(time.perf_counter())
         if token in adapter.text.eos_token_ids:
             break
-        # decode continues from the unpruned prompt's rope_deltas: max position + 1, + 1 per step
-        next_position = int(positions.max()) + len(tokens) if deltas is not None else None
-        step_positions = torch.full((3, 1, 1), next_position, dtype=torch.int64)
+        step_positions = torch.full((3, 1, 1), int(positions.max()) + len(tokens), dtype=torch.int64)
         embeds = model.get_input_embeddings()(torch.tensor([[token]]))
         mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
-    return tokens, kept, positions
+    return tokens
+
+
+@torch.no_grad()
+def hf_input_selected_generate(adapter, name: str, params: dict, image, prompt: str, max_new_tokens: int, ratio):
+    """Greedy tokens with an LLM-input method (DART, CDPruner) applied eagerly to Hugging Face's unpruned
+    prompt embeddings (its own image features), the kept rows at their ``get_rope_index`` positions; returns
+    (tokens, kept span indices)."""
+    from tpc.methods.llm_input import input_keep, input_reference
+
+    model, processor = adapter.model, adapter.processor
+    inputs = hf_inputs(processor, image, prompt)
+    ids = inputs["input_ids"]
+    hf = model.model
+    positions, _ = hf.get_rope_index(ids, inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
+    features = hf.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output[0]
+    embeds = model.get_input_embeddings()(ids)
+    is_image = ids[0] == adapter.text.image_token_id
+    embeds[0, is_image] = features.to(embeds.dtype)
+    rows = torch.nonzero(is_image).flatten()
+    start, end = int(rows[0]), int(rows[-1]) + 1
+    text_mask = (~is_image).to(torch.int64)[None]
+    keep = input_keep(end - start, ratio)
+    kept = input_reference(name)(embeds[:, start:end], embeds, text_mask, keep, **params)[0]
+    index = torch.cat([torch.arange(start), start + kept, torch.arange(end, ids.shape[1])])
+    return greedy(adapter, embeds[:, index], positions[:, :, index], max_new_tokens), kept

@@ -54,7 +54,7 @@ def select_at_input(graphs, runtime: dict, input_ids, embeds, mask, positions):
     length = max(part[0].shape[0] for part in parts)
     new_embeds = np.zeros((b, length, embeds.shape[-1]), dtype=embeds.dtype)
     new_mask = np.zeros((b, length), dtype=np.int64)
-    new_positions = np.zeros((b, length), dtype=np.int64)
+    new_positions = np.zeros((b, length, *positions.shape[2:]), dtype=np.int64)  # M-RoPE: [B, T, 3]
     for row, (e, m, p) in enumerate(parts):
         new_embeds[row, length - e.shape[0] :] = e
         new_mask[row, length - e.shape[0] :] = m
