@@ -295,3 +295,22 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys):
     assert code == 0, err
     stages = [line for line in err.splitlines() if PROGRESS_LINE.match(line)]
     assert stages[0].startswith("compile [1/9] load model (+") and len(stages) >= 6
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_artifact(tmp_path, capsys, monkeypatch):
+    """The disk filling up while compile writes is the machine's fault: one line, exit 1, nothing left behind."""
+    import errno
+
+    import tpc.compiler.pipeline as pipeline
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "decoder.onnx.data"))
+
+    monkeypatch.setattr(pipeline, "write_manifest", full)
+    code, _, err = run_cli(
+        ["compile", "llava-tiny", "--ratio", "0.5", "--no-verify", "-o", str(tmp_path / "out")], capsys
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("error: No space left on device writing ")
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -72,6 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     except TpcError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the machine, not tpc: a full disk or a read-only one is one line, not a traceback
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 if __name__ == "__main__":
