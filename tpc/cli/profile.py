@@ -23,7 +23,16 @@ def _ratios(text: str) -> list[float]:
 @click.option("--warmup", type=int, default=3, show_default=True, help="Unmeasured warm-up runs.")
 @click.option("--image", default=None, help="Image file (default: a synthetic image; 'none': text only).")
 @click.option(
-    "--image-size", default=None, help="HxW of the synthetic image (default: one crop, square), e.g. 672x1344."
+    "--image-size",
+    default=None,
+    help="HxW of the synthetic image in pixels (default: one crop, square; grid families: the --grid's size), "
+    "e.g. 672x1344.",
+)
+@click.option(
+    "--grid",
+    default=None,
+    help="Grid families (Qwen2.5-VL): the compiled grid HxW in patches (or vision_HxW) whose graph the synthetic "
+    "picture runs (default: the largest compiled grid, at its exact pixel size).",
 )
 @click.option("--prompt", default=None, help="Prompt text (default: synthetic, --prompt-tokens long).")
 @click.option("--prompt-tokens", type=int, default=64, show_default=True)
@@ -56,6 +65,7 @@ def profile_cmd(
     warmup,
     image,
     image_size,
+    grid,
     prompt,
     prompt_tokens,
     batch,
@@ -86,6 +96,7 @@ def profile_cmd(
         prompt_tokens=prompt_tokens,
         image=image,
         image_size=image_size,
+        grid=grid,
         provider=provider,
         threads=threads,
         runtime=runtime,

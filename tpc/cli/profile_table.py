@@ -34,6 +34,13 @@ def print_profile(profile: dict) -> None:
     console = Console()
     console.print(table)
     tokens = profile["visual_tokens"]
+    if "grid" in tokens:  # grid families: the compiled grid the picture ran at
+        size = "x".join(str(v) for v in tokens["image_size"])
+        resized = f", resized to {'x'.join(str(v) for v in tokens['resized_to'])}" if tokens.get("resized_to") else ""
+        console.print(
+            f"grid {tokens['grid'][0]}x{tokens['grid'][1]} patches ({tokens['graph']}, picture {size} px{resized}): "
+            f"{tokens['before']} image tokens, {tokens['after']} kept"
+        )
     console.print(
         f"visual tokens {tokens['before']} -> {tokens['after']}, prompt {profile['prompt_length']} tokens, "
         f"KV cache {profile['kv_cache_bytes'] / 2**20:.1f} MiB, peak memory {profile['peak_memory_mb']:.0f} MB, "

@@ -55,12 +55,13 @@ def resolve_grids(settings, adapter, default_sizes=()) -> list[tuple[int, int]]:
 
 
 def prepare(settings, adapter, method, reduced: bool, default_sizes=()) -> None:
-    """Refuse what grid families do not support yet (before any tracing) and fix the compiled grids."""
+    """Refuse what grid families do not support yet (before any tracing) and fix the compiled grids.
+
+    Reduced precision (``reduced``: fp16/bf16 weights, ``--quantize`` of the decoder) is supported: the
+    agreement check runs per compiled grid (``verify_precision.grid_vision_references``)."""
     refused = [
         (settings.buckets, "--buckets"),
         (settings.select_layer is not None, "--select-layer"),
-        (reduced, "half-precision weights (--dtype fp16/bf16)"),
-        (settings.precision.quantize is not None, "--quantize"),
     ]
     for given, flag in refused:
         if given:

@@ -186,7 +186,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
         getattr(progress, "add_stages", lambda n: None)(1)
         progress("fp32 reference outputs")
-        references = reduced_references(adapter, checked, keep, params)
+        references = reduced_references(adapter, checked, keep, params, grid_info or None)
         release_weights(loaded.model)  # a 7 B model and its graphs never share the memory
     quantized: dict[str, Any] = {}
     if settings.precision.quantize is not None:

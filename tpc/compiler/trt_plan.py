@@ -10,6 +10,11 @@ Profiles cover every shape the runtime asks for:
 * ``embed``: prompt rows 1..max_prefill, and image rows 1 (decode placeholder) .. K;
 * ``decoder`` profile 0 ``prefill``: seq 1..max_prefill with an empty past (past_seq 0);
   profile 1 ``decode``: one token with past_seq 1..max_context-1.
+
+Grid families (Qwen2.5-VL, ``runtime.grid_vision``) have one vision graph per compiled grid,
+``vision_<h>x<w>``: each is its own engine with one profile, ``pixel_patches`` [1..max_batch, L, P]
+with L = h * w fixed by the grid; K (embed, prefill) is the largest kept count of any grid; M-RoPE
+decoders (``position_dims`` 3) take ``position_ids`` [batch, seq, 3].
 """
 
 from __future__ import annotations
@@ -84,6 +89,26 @@ def bucket_engines(signatures: dict[str, dict], buckets: list[int], settings: Pl
     return engines
 
 
+def _positions(lo, opt, hi, dims: int = 1) -> dict[str, list[int]]:
+    """``position_ids`` ranges: [batch, seq], or [batch, seq, dims] for M-RoPE (t, h, w) positions."""
+    extra = (dims,) if dims > 1 else ()
+    return _range((*lo, *extra), (*opt, *extra), (*hi, *extra))
+
+
+def grid_vision_engines(runtime: dict[str, Any], b: int) -> dict[str, list]:
+    """One engine per compiled grid (``runtime.grid_vision``), each with one batch profile: ``pixel_patches``
+    [1..b, L, P], L = grid_h * grid_w (fixed by the grid), P the values of one flattened patch."""
+    from tpc.artifact_layout import GRID_VISION_INPUT
+
+    values = runtime["image_layout"]["patch_values"]
+    engines = {}
+    for name, (gh, gw) in runtime["grid_vision"]["grids"].items():
+        length = int(gh) * int(gw)
+        shapes = {GRID_VISION_INPUT: _range((1, length, values), (1, length, values), (b, length, values))}
+        engines[name] = [{"name": name, "shapes": shapes}]
+    return engines
+
+
 def decoder_profiles(
     first: str,
     past_names: list[str],
@@ -93,6 +118,7 @@ def decoder_profiles(
     opt_prefill: int,
     opt_past: int,
     context: int,
+    position_dims: int = 1,
 ) -> list[dict]:
     """Profile 0 ``prefill`` (empty past, up to ``max_prefill`` rows) and 1 ``decode`` (one row,
     past up to the context) of a decoder graph whose first input is ``first``."""
@@ -100,7 +126,7 @@ def decoder_profiles(
     prefill = {
         first: _range((1, 1, hidden), (1, opt_prefill, hidden), (b, max_prefill, hidden)),
         "attention_mask": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
-        "position_ids": _range((1, 1), (1, opt_prefill), (b, max_prefill)),
+        "position_ids": _positions((1, 1), (1, opt_prefill), (b, max_prefill), position_dims),
     }
     prefill.update(
         {n: _range((1, heads, 0, head_dim), (1, heads, 0, head_dim), (b, heads, 0, head_dim)) for n in past_names}
@@ -108,7 +134,7 @@ def decoder_profiles(
     decode = {
         first: _range((1, 1, hidden), (1, 1, hidden), (b, 1, hidden)),
         "attention_mask": _range((1, 2), (1, opt_past + 1), (b, context)),
-        "position_ids": _range((1, 1), (1, 1), (b, 1)),
+        "position_ids": _positions((1, 1), (1, 1), (b, 1), position_dims),
     }
     decode.update(
         {
@@ -137,6 +163,7 @@ def staged_engines(
     rule = runtime.get("llm_pruning_rule")  # one selector per stage for image blocks of any length
     plans = {int(k): PruningPlan.from_dict(v) for k, v in per_bucket.items()} if per_bucket else {None: plan}
     hidden, heads, head_dim = runtime["hidden_size"], runtime["num_kv_heads"], runtime["head_dim"]
+    dims = runtime.get("position_dims", 1)  # M-RoPE: position_ids [batch, seq, 3]
     engines: dict[str, list] = {}
     for index in range(len(plan.segments())):
         # the longest prefill a segment sees: the bucket that dropped the fewest image tokens
@@ -147,7 +174,15 @@ def staged_engines(
         hi, opt = max(1, max_prefill - dropped), max(1, min(opt_prefill - opt_dropped, max_prefill - dropped))
         inputs, _ = segment_io(plan, index)
         engines[segment_name(index)] = decoder_profiles(
-            inputs[0], inputs[3:], (hidden, heads, head_dim), b, hi, opt, max(1, opt_past - opt_dropped), context
+            inputs[0],
+            inputs[3:],
+            (hidden, heads, head_dim),
+            b,
+            hi,
+            opt,
+            max(1, opt_past - opt_dropped),
+            context,
+            dims,
         )
         if index == len(plan.stages):
             continue
@@ -160,6 +195,7 @@ def staged_engines(
                 **{n: _range((1, lo), (1, mid), (b, top)) for n in ("score", "position_ids", "attention_mask")},
                 "image_start": _range((1,), (1,), (b,)),
             }
+            shapes["position_ids"] = _positions((1, lo), (1, mid), (b, top), dims)
             if rule:  # block length and kept count as input lengths, up to the longest block
                 shapes["image_rows"] = _range((1,), (n_in,), (rule["max_image_tokens"],))
                 most = bucket_plan.stages[index].keep  # the longest block keeps the most (counts grow with n)
@@ -173,6 +209,7 @@ def staged_engines(
                 lo, mid = 2, min(max(2, opt), top)
                 for name in ("score", "position_ids", "attention_mask"):
                     shapes[name] = _range((1, lo), (1, mid), (b, top))
+                shapes["position_ids"] = _positions((1, lo), (1, mid), (b, top), dims)
                 shapes["hidden"] = _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden))
             name = select_name(index + 1, bucket)
             engines[name] = [{"name": name, "shapes": shapes}]
@@ -199,6 +236,7 @@ def input_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill
             **{name: _range((1, lo), (1, mid), (b, top)) for name in ("attention_mask", "position_ids", "text_mask")},
             "image_start": _range((1,), (1,), (b,)),
         }
+        shapes["position_ids"] = _positions((1, lo), (1, mid), (b, top), runtime.get("position_dims", 1))
         engines[span["graph"]] = [{"name": span["graph"], "shapes": shapes}]
     return engines
 
@@ -218,6 +256,10 @@ def make_plan(
     crops = runtime.get("image_layout", {}).get("crops_max", 1)  # crops are the vision graph's batch axis
     if crops > 1:  # a picture's rows: every crop's kept tokens (+ newline rows when unpruned)
         k = runtime.get("image_tokens_max", crops * k)
+    grids = runtime.get("grid_vision")
+    if grids:  # one picture per sample, of any compiled grid: the image block reaches the largest kept count
+        k = max([k, runtime.get("image_tokens_max", 0), *grids["keep"].values()])
+    position_dims = runtime.get("position_dims", 1)
     size, hidden = runtime["image_size"], runtime["hidden_size"]
     heads, head_dim, layers = runtime["num_kv_heads"], runtime["head_dim"], runtime["num_layers"]
     context = settings.max_context or runtime["max_context"]
@@ -235,9 +277,20 @@ def make_plan(
         "vision": [{"name": "vision", "shapes": vision}],
         "embed": [{"name": "embed", "shapes": embed}],
         "decoder": decoder_profiles(
-            "inputs_embeds", past_names, (hidden, heads, head_dim), b, max_prefill, opt_prefill, opt_past, context
+            "inputs_embeds",
+            past_names,
+            (hidden, heads, head_dim),
+            b,
+            max_prefill,
+            opt_prefill,
+            opt_past,
+            context,
+            position_dims,
         ),
     }
+    if grids:  # no single-image vision graph: one engine per compiled grid (built first, like vision)
+        del engines["vision"]
+        engines = {**grid_vision_engines(runtime, b), **engines}
     if runtime.get("llm_pruning"):
         del engines["decoder"]
         engines.update(staged_engines(runtime, b, max_prefill, opt_prefill, opt_past, context))

@@ -261,7 +261,7 @@ def summarize(report: dict) -> str:
 def verify_layout(graphs, adapter, method, keep: int, params: dict, runtime: dict, root) -> list[dict]:
     """Multi-crop families: a picture of every crop grid through the compiled vision graph and the
     runtime's arrangement of its rows, against the adapter's reference (Hugging Face unpruned)."""
-    from tpc.runtimes.image_layout import image_layout
+    from tpc.runtimes.layouts import image_layout
 
     layout = image_layout(runtime, root)
     results = []

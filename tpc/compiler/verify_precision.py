@@ -75,10 +75,50 @@ def vision_references(adapter, method, keep: int, params: dict, seed: int = 0) -
     return references
 
 
+@torch.no_grad()
+def grid_vision_references(adapter, method, params: dict, grids: dict, seed: int = 0) -> list[dict]:
+    """``vision_references`` of a grid family (Qwen2.5-VL): every compiled grid's graph, batch 1 and 2, on
+    random patches ``[B, L, P]``, against the method's reference at that grid (the adapter's per-grid view).
+
+    ``grids``: the compile's ``grid_vision`` record (``grids``: graph name -> grid, ``keep``: graph name -> K).
+    """
+    from tpc.artifact_layout import GRID_VISION_INPUT
+
+    generator = torch.Generator().manual_seed(seed)
+    references = []
+    for name, grid in grids["grids"].items():
+        view = adapter.for_grid(tuple(grid))
+        keep = grids["keep"][name]
+        for batch in (1, 2):
+            patches = torch.randn(batch, grid[0] * grid[1], adapter.patch_values, generator=generator)
+            indices, features, scores = method.reference(view, patches, keep, **params)
+            everything = None
+            if method.extra.get("gathers"):
+                everything = view.project(view.reference_vision(patches)["patches"]).float().numpy()
+            references.append(
+                {
+                    "graph": name,
+                    "grid": list(grid),
+                    "input": GRID_VISION_INPUT,
+                    "batch": batch,
+                    "pixels": patches.numpy(),
+                    "indices": indices.numpy(),
+                    "features": features.float().numpy(),
+                    "scores": None if scores is None else scores.float().numpy(),
+                    "all_features": everything,
+                }
+            )
+    return references
+
+
 def compare_vision(graphs, references: list[dict]) -> list[dict]:
     results = []
     for ref in references:
-        features, kept = graphs.vision(ref["pixels"])
+        if "graph" in ref:  # one graph per compiled grid
+            features, kept = graphs.run_graph(ref["graph"], {ref["input"]: ref["pixels"]})
+            kept = np.asarray(kept).astype(np.int64)
+        else:
+            features, kept = graphs.vision(ref["pixels"])
         verdict, overlap = index_verdict(kept, ref["indices"], ref["scores"])
         want = ref["features"]
         if verdict == "near-tie" and ref["all_features"] is not None:  # the reference at the graph's own picks
@@ -89,6 +129,7 @@ def compare_vision(graphs, references: list[dict]) -> list[dict]:
         feature_cosine = float(cosine(features.reshape(-1, features.shape[-1]), want.reshape(-1, want.shape[-1])).min())
         results.append(
             {
+                **({"graph": ref["graph"], "grid": ref["grid"]} if "graph" in ref else {}),
                 "batch": ref["batch"],
                 "indices": verdict,
                 "kept_overlap": overlap,
@@ -100,9 +141,16 @@ def compare_vision(graphs, references: list[dict]) -> list[dict]:
 
 
 @torch.no_grad()
-def decoder_references(adapter, features: torch.Tensor, seed: int = 7) -> list[dict]:
+def decoder_references(adapter, features: torch.Tensor, seed: int = 7, image_grid: dict | None = None) -> list[dict]:
     """``PROMPTS`` prompts (batch 2 per call, the second left-padded) of ``STEPS`` + 1 greedy steps:
-    the inputs and the fp32 reference's logits at every step (teacher-forced with its own tokens)."""
+    the inputs and the fp32 reference's logits at every step (teacher-forced with its own tokens).
+
+    ``image_grid`` (M-RoPE decoders, ``position_dims`` 3): ``{"grid": (h, w) in patches, "merge": m,
+    "kept": [B, K] merged-token indices}`` of the pictures whose features fill the image block. The
+    prompts then carry 3-D positions (``qwen_geometry.mrope_positions``: the kept tokens at their unpruned
+    grid positions, the text after the image past the grid's extent), ``[B, S, 3]`` as the graphs take
+    them and ``[3, B, S]`` for Hugging Face; decode steps continue at the last position + 1 on every axis
+    (what ``FlatDecoder`` feeds). The image block starts after the second row's padding."""
     from transformers import DynamicCache
 
     from tpc.models.decoder_common import cache_kwargs
@@ -112,15 +160,19 @@ def decoder_references(adapter, features: torch.Tensor, seed: int = 7) -> list[d
     rng = np.random.default_rng(seed)
     keep = features.shape[1]
     image = features[:2] if features.shape[0] >= 2 else features.expand(2, -1, -1)
+    start = 2 if image_grid is None else 4  # 3-D positions need every image token unpadded
     prompts = []
     for prompt in range(PROMPTS // 2):
         length = keep + 8 + 3 * prompt
         ids = rng.integers(1, min(text.vocab_size, 1000), size=(2, length)).astype(np.int64)
         ids[ids == text.image_token_id] = 1
-        ids[:, 2 : 2 + keep] = text.image_token_id
+        ids[:, start : start + keep] = text.image_token_id
         mask = np.ones((2, length), dtype=np.int64)
         mask[1, :3] = 0
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        if image_grid is None:
+            positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        else:
+            positions = _grid_positions(ids, mask, text.image_token_id, image_grid)
         ref_in = adapter.embedding_step()(torch.from_numpy(ids), image.float().to(_dtype(model))).float()
         ref_mask, ref_pos = torch.from_numpy(mask), torch.from_numpy(positions)
         cache = DynamicCache(config=model.config.text_config)
@@ -129,7 +181,7 @@ def decoder_references(adapter, features: torch.Tensor, seed: int = 7) -> list[d
             out = lm(
                 inputs_embeds=ref_in,
                 attention_mask=ref_mask,
-                position_ids=ref_pos,
+                position_ids=ref_pos if ref_pos.dim() == 2 else ref_pos.permute(2, 0, 1),  # HF: [3, B, S]
                 use_cache=True,
                 **cache_kwargs(lm, cache),
             )
@@ -142,6 +194,17 @@ def decoder_references(adapter, features: torch.Tensor, seed: int = 7) -> list[d
             {"ids": ids, "mask": mask, "positions": positions, "image": image.float().numpy(), "logits": logits}
         )
     return prompts
+
+
+def _grid_positions(ids: np.ndarray, mask: np.ndarray, image_token_id: int, image_grid: dict) -> np.ndarray:
+    """``[B, S, 3]`` M-RoPE positions of prompts whose one image block holds ``image_grid``'s kept tokens, in
+    the order the method emits them (what the runtime feeds: a kept token at its unpruned grid position)."""
+    from tpc.models.qwen_geometry import mrope_positions
+
+    grid, kept = tuple(image_grid["grid"]), np.asarray(image_grid["kept"], dtype=np.int64)
+    rows = len(ids)
+    kept = kept[:rows] if len(kept) >= rows else np.repeat(kept[:1], rows, axis=0)
+    return mrope_positions(ids, mask, image_token_id, [[grid]] * rows, int(image_grid["merge"]), [[k] for k in kept])
 
 
 def compare_decoder(graphs, prompts: list[dict], runtime: dict, pieces=None) -> dict:
@@ -196,19 +259,33 @@ def _dtype(model) -> torch.dtype:
 
 
 @torch.no_grad()
-def reduced_references(adapter, method, keep: int, params: dict | None) -> dict:
+def reduced_references(adapter, method, keep: int, params: dict | None, grids: dict | None = None) -> dict:
     """Everything the agreement check compares against, computed by the fp32 reference up front, so
     that the model's weights can be freed before any graph is loaded (a 7 B model and its graphs
-    never share the memory)."""
+    never share the memory).
+
+    ``grids``: a grid family's ``grid_vision`` record (one vision graph per compiled grid): the vision
+    references are per grid (``grid_vision_references``) and the decoder's image block holds pictures of
+    the largest grid, at the 3-D positions of the tokens they kept."""
     from tpc.models.upcast import fp32_reference
 
+    params = params or {}
     with fp32_reference(adapter.model):
-        vision = vision_references(adapter, method, keep, params or {})
         generator = torch.Generator().manual_seed(11)
-        size = adapter.vision.image_size
-        pixels = torch.randn(2, 3, size, size, generator=generator)
-        _, features, _ = method.reference(adapter, pixels, keep, **(params or {}))
-        decoder = decoder_references(adapter, features.float())
+        if grids:
+            vision = grid_vision_references(adapter, method, params, grids)
+            name, grid = max(grids["grids"].items(), key=lambda item: (item[1][0] * item[1][1], tuple(item[1])))
+            view = adapter.for_grid(tuple(grid))
+            patches = torch.randn(2, grid[0] * grid[1], adapter.patch_values, generator=generator)
+            indices, features, _ = method.reference(view, patches, grids["keep"][name], **params)
+            image_grid = {"grid": list(grid), "merge": adapter.merge, "kept": indices.numpy()}
+            decoder = decoder_references(adapter, features.float(), image_grid=image_grid)
+        else:
+            vision = vision_references(adapter, method, keep, params)
+            size = adapter.vision.image_size
+            pixels = torch.randn(2, 3, size, size, generator=generator)
+            _, features, _ = method.reference(adapter, pixels, keep, **params)
+            decoder = decoder_references(adapter, features.float())
     text = adapter.text
     runtime = {
         "num_kv_heads": text.num_kv_heads,
@@ -237,8 +314,8 @@ def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> 
     report["passed"] = all(r["passed"] for r in vision) and decoder["passed"]
     if not report["passed"]:
         parts = [
-            f"vision b{r['batch']}: indices {r['indices']} (overlap {r['kept_overlap']:.2f}), "
-            f"feature cosine {r['feature_cosine_min']:.5f}"
+            f"vision{' ' + r['graph'] if 'graph' in r else ''} b{r['batch']}: indices {r['indices']} "
+            f"(overlap {r['kept_overlap']:.2f}), feature cosine {r['feature_cosine_min']:.5f}"
             for r in vision
             if not r["passed"]
         ]
@@ -252,9 +329,11 @@ def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> 
     return report
 
 
-def verify_reduced(graphs, adapter, method, keep: int, params: dict | None, thresholds: dict) -> dict:
+def verify_reduced(
+    graphs, adapter, method, keep: int, params: dict | None, thresholds: dict, grids: dict | None = None
+) -> dict:
     """``compare_reduced`` against references computed now (the model and the graphs both in memory)."""
-    return compare_reduced(graphs, reduced_references(adapter, method, keep, params), thresholds)
+    return compare_reduced(graphs, reduced_references(adapter, method, keep, params, grids), thresholds)
 
 
 def release_weights(model: torch.nn.Module) -> None:

@@ -157,10 +157,24 @@ def evaluate(
     return results
 
 
+def profile_grid(profile: dict) -> list[int] | None:
+    """The compiled grid (h, w patches) a grid-family profile's picture ran at, else None."""
+    tokens = profile.get("visual_tokens") if isinstance(profile.get("visual_tokens"), dict) else {}
+    grid = tokens.get("grid")
+    if isinstance(grid, list) and len(grid) == 2 and all(isinstance(v, int) for v in grid):
+        return grid
+    return None
+
+
 def configuration(profile: dict) -> dict:
-    """What identifies a configuration: model, method, visual tokens kept, target."""
+    """What identifies a configuration: model, method, visual tokens kept, target (and, for grid
+    families, the compiled grid the picture ran at: another grid is another workload)."""
     artifact = profile.get("artifact") if isinstance(profile.get("artifact"), dict) else {}
-    return {key: artifact.get(key) for key in ("model", "method", "keep", "target")}
+    found = {key: artifact.get(key) for key in ("model", "method", "keep", "target")}
+    grid = profile_grid(profile)
+    if grid is not None:
+        found["grid"] = f"{grid[0]}x{grid[1]}"
+    return found
 
 
 def configuration_warnings(profile: dict, baseline: dict | None, reference: dict | None) -> list[str]:
@@ -169,7 +183,11 @@ def configuration_warnings(profile: dict, baseline: dict | None, reference: dict
     mine = configuration(profile)
     if baseline is not None:
         theirs = configuration(baseline)
-        differ = [f"{k} {theirs[k]} vs {mine[k]}" for k in mine if theirs[k] is not None and theirs[k] != mine[k]]
+        differ = [
+            f"{k} {theirs.get(k)} vs {mine.get(k)}"
+            for k in dict.fromkeys([*mine, *theirs])
+            if theirs.get(k) is not None and theirs.get(k) != mine.get(k)
+        ]
         if differ:
             warnings.append(
                 f"the baseline is another configuration ({', '.join(differ)}); --baseline is the previous release "

@@ -17,8 +17,18 @@ def describe(profile: dict, path: str | Path | None = None) -> str:
     """``path (model / method / keep K, N runs)`` for a profile."""
     art = profile.get("artifact") if isinstance(profile.get("artifact"), dict) else {}
     runs = profile.get("config", {}).get("runs", "?")
-    what = f"{art.get('model', '?')} / {art.get('method', '?')} / keep {art.get('keep', '?')}, {runs} runs"
+    grid = _grid(profile)
+    at = f" at grid {grid}" if grid else ""
+    what = f"{art.get('model', '?')} / {art.get('method', '?')} / keep {art.get('keep', '?')}{at}, {runs} runs"
     return f"{path} ({what})" if path is not None else what
+
+
+def _grid(profile: dict) -> str | None:
+    """``HxW`` of the compiled grid a grid-family profile ran at (``visual_tokens.grid``), else None."""
+    from tpc.gates.evaluate import profile_grid
+
+    grid = profile_grid(profile)
+    return None if grid is None else f"{grid[0]}x{grid[1]}"
 
 
 def _against(result: GateResult) -> str:

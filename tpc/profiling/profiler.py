@@ -4,6 +4,14 @@ Profile JSON (schema ``tpc.profile`` version 1, ``tpc/profiling/profile.schema.j
 ``metrics`` maps ``<stage>_ms`` (and ``decode_tokens_per_s``) to
 ``{p50, p90, p99, min, max, mean, n, samples}``; scalars ``peak_memory_mb`` and
 ``kv_cache_bytes``; ``visual_tokens`` before/after; ``device``; the ``config`` used.
+
+Grid families (Qwen2.5-VL: one vision graph per compiled grid) are profiled on a picture of ONE
+compiled grid: by default the largest (the most patches; the synthetic picture is that grid's exact
+pixel size, ``grid * patch_size``, so it runs unresized), ``--grid HxW`` (patches, or the graph name
+``vision_HxW``) picks another compiled grid, and ``--image-size HxW`` (pixels) or ``--image`` a picture
+that runs at its own grid or is resized to the nearest compiled one, as ``tpc run`` would.
+``visual_tokens`` then reports the grid, its graph, its merged tokens (``before``) and the kept count
+(``after``).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class ProfileConfig:
     seed: int = 0
     runtime: str = "auto"  # auto | ort | trt
     image_size: str | None = None  # "HxW" of the synthetic picture (default: the crop size, square)
+    grid: str | None = None  # grid families: the compiled grid "HxW" (patches) to profile (default: the largest)
 
     def validate(self) -> None:
         for name in ("runs", "batch", "new_tokens", "prompt_tokens"):
@@ -67,6 +76,54 @@ class ProfileConfig:
             parse_image_size(self.image_size)
         if self.prompt is not None and not self.prompt.strip():
             raise UsageError("--prompt is empty: a prompt needs text (omit --prompt for a synthetic one)")
+        if self.grid is not None:
+            parse_grid(self.grid)
+            if self.image_size is not None or self.image is not None:
+                raise UsageError(
+                    "--grid picks the synthetic picture's compiled grid; it does not combine with --image or "
+                    "--image-size (a given picture runs at its own grid, or the nearest compiled one)"
+                )
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``HxW`` in patches (or the graph name ``vision_HxW``), height first."""
+    body = text.strip().lower().removeprefix("vision_")
+    try:
+        height, width = (int(v) for v in body.split("x"))
+    except ValueError:
+        raise UsageError(f"--grid {text!r}: expected HxW in patches (or vision_HxW), e.g. 16x16") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"--grid {text}: both sides must be at least 1 patch")
+    return height, width
+
+
+def profile_grid(runtime: dict, grid: str | None) -> tuple[int, int] | None:
+    """The compiled grid a grid-family artifact is profiled at: ``grid`` if given (it must be compiled),
+    else the largest (most patches; equal areas: the larger (h, w)). None for other artifacts."""
+    compiled = [tuple(int(v) for v in g) for g in runtime.get("grid_vision", {}).get("grids", {}).values()]
+    if not compiled:
+        if grid is not None:
+            raise UsageError("--grid applies to artifacts with one vision graph per image grid (Qwen2.5-VL)")
+        return None
+    if grid is None:
+        return max(compiled, key=lambda g: (g[0] * g[1], g))
+    wanted = parse_grid(grid)
+    if wanted not in compiled:
+        names = ", ".join(f"{h}x{w}" for h, w in compiled)
+        raise UsageError(f"--grid {grid}: not a compiled grid of this artifact; compiled: {names}")
+    return wanted
+
+
+def picture_size(config: ProfileConfig, runtime: dict) -> int | tuple[int, int]:
+    """Size of the synthetic picture: ``--image-size``, else a grid family's chosen grid at its exact
+    pixel size, else the vision graph's (square) crop size."""
+    grid = profile_grid(runtime, config.grid)
+    if config.image_size:
+        return parse_image_size(config.image_size)
+    if grid is not None:
+        patch = int(runtime["image_layout"]["patch_size"])
+        return grid[0] * patch, grid[1] * patch
+    return runtime["image_size"]
 
 
 def synthetic_prompt(tokenizer, tokens: int) -> str:
@@ -147,12 +204,11 @@ def profile_model(
     elif config.image:
         images = [load_image(config.image)] * config.batch
     else:
-        size = parse_image_size(config.image_size) if config.image_size else runtime["image_size"]
-        images = [synthetic_image(size, config.seed)] * config.batch
+        images = [synthetic_image(picture_size(config, runtime), config.seed)] * config.batch
     prompts = [prompt] * config.batch
     sync = getattr(model.graphs, "synchronize", None)
     samples: dict[str, list[float]] = {m: [] for m in STAGE_METRICS + RATE_METRICS}
-    kv_bytes, kept, image_tokens, kv_lengths, crops = 0, None, [], None, None
+    kv_bytes, kept, image_tokens, kv_lengths, crops, pictures = 0, None, [], None, None, None
     for index in range(config.warmup + config.runs):
         timer = StageTimer(sync)
         start = time.perf_counter()
@@ -170,6 +226,7 @@ def profile_model(
         kv_bytes, kept, kv_lengths = result.kv_cache_bytes, result.kept_indices, result.kv_lengths
         image_tokens += result.image_tokens or []
         crops = result.crops_per_image
+        pictures = result.pictures
     metrics = {name: summarize(values) for name, values in samples.items() if values}
     buckets = manifest_buckets = model.artifact.manifest.get("buckets")
     if manifest_buckets:
@@ -200,11 +257,7 @@ def profile_model(
         },
         "config": dict(asdict(config), prompt=None if config.prompt is None else config.prompt),
         "device": describe_device(model.graphs.describe(), config.threads),
-        "visual_tokens": {  # per picture: what the vision tower produced, what reached the LLM
-            "before": manifest["visual_tokens"]["before"] * (max(crops) if crops else 1),
-            "after": (max(image_tokens) if image_tokens else 0) if images else 0,
-            **({"crops_per_image": crops, "per_crop_before": manifest["visual_tokens"]["before"]} if crops else {}),
-        },
+        "visual_tokens": _visual_tokens(manifest, images, image_tokens, crops, pictures),
         **({"buckets": buckets} if buckets else {}),
         "prompt_length": prompt_length,
         "decode_steps": config.new_tokens - 1,
@@ -215,6 +268,29 @@ def profile_model(
         **({"kv_lengths": kv_lengths} if kv_lengths else {}),
         **({"llm_pruning": manifest["llm_pruning"]} if manifest.get("llm_pruning") else {}),
         "kept_indices_sample": kept[0].tolist() if kept is not None else None,
+    }
+
+
+def _visual_tokens(manifest: dict, images, image_tokens: list[int], crops, pictures) -> dict:
+    """Per picture: what the vision tower produced, what reached the LLM (and, for grid families, the
+    compiled grid the picture ran at: its graph, its merged tokens before pruning, the kept count)."""
+    if images and pictures:  # grid family: the tokens of the picture's grid, not the largest grid's
+        first = pictures[0]
+        grid = [int(v) for v in first["grid"]]
+        out = {
+            "before": int(first["tokens"]),
+            "after": int(first["kept"]),
+            "grid": grid,
+            "graph": f"vision_{grid[0]}x{grid[1]}",
+            "image_size": [int(v) for v in first["size"]],
+        }
+        if first.get("resized_to"):
+            out["resized_to"] = [int(v) for v in first["resized_to"]]
+        return out
+    return {
+        "before": manifest["visual_tokens"]["before"] * (max(crops) if crops else 1),
+        "after": (max(image_tokens) if image_tokens else 0) if images else 0,
+        **({"crops_per_image": crops, "per_crop_before": manifest["visual_tokens"]["before"]} if crops else {}),
     }
 
 

@@ -16,7 +16,7 @@ from tpc.errors import ArtifactError, UsageError
 from tpc.manifest import Artifact, load_artifact
 from tpc.profiling.timer import StageTimer
 from tpc.runtimes.generate import Generation, generate
-from tpc.runtimes.image_layout import image_layout
+from tpc.runtimes.layouts import image_layout
 from tpc.runtimes.prompting import PromptEncoder, check_prompts
 from tpc.runtimes.sampling import Sampler
 

@@ -140,15 +140,6 @@ class AnyResLayout:
         return Assembled(out, [len(r) for r in rows], kept_out)
 
 
-def image_layout(runtime: dict, root: Path):
-    kind = runtime.get("image_layout", {}).get("kind", "single")
-    if kind == "grid":  # Qwen2.5-VL: a vision graph per compiled image grid
-        from tpc.runtimes.grid_layout import GridLayout
-
-        return GridLayout(runtime, root)
-    return {"single": SingleCropLayout, "anyres": AnyResLayout}[kind](runtime, root)
-
-
 def _size(image) -> tuple[int, int]:
     size = getattr(image, "size", None)
     if isinstance(size, tuple) and len(size) == 2:  # PIL: (width, height)

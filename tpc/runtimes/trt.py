@@ -1,7 +1,9 @@
 """TensorRT execution of an artifact's engines (imports tensorrt and torch.cuda lazily).
 
-Same interface as ``OrtGraphs`` (vision / embed / decoder on numpy arrays), so the
-generate loop, ``tpc run`` and ``tpc profile`` are unchanged. Device buffers are torch
+Same interface as ``OrtGraphs`` (vision / embed / decoder / run_graph on numpy arrays), so the
+generate loop, ``tpc run`` and ``tpc profile`` are unchanged; feeds are cast to each engine
+input's type (half-precision graphs take fp16). Grid families (Qwen2.5-VL) run their
+``vision_<h>x<w>`` engines through ``run_graph``. Device buffers are torch
 CUDA tensors; the decoder's engine has two optimization profiles (prefill, decode),
 each with its own execution context, picked per call by the input shapes.
 """
@@ -36,6 +38,24 @@ def current_device() -> dict[str, Any]:
     }
 
 
+def _numpy_dtype(trt, dtype) -> np.dtype | None:
+    """The numpy dtype of a TensorRT tensor type (None where numpy has none, e.g. bf16)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def cast_feed(array: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    """``array`` in the dtype its engine input is bound as (floats to floats, integers to integers)."""
+    array = np.asarray(array)
+    if dtype is None or array.dtype == dtype:
+        return array
+    if np.issubdtype(array.dtype, np.floating) != np.issubdtype(dtype, np.floating):
+        raise ArtifactError(f"an engine input takes {dtype}, got {array.dtype}")
+    return array.astype(dtype)
+
+
 class _Engine:
     def __init__(self, runtime, path: Path, profiles: list[dict]):
         import tensorrt as trt
@@ -57,6 +77,9 @@ class _Engine:
             if self.engine.get_tensor_mode(self.engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT
         ]
         self._activated: set[int] = set()
+        # the dtype each input is bound as: a half-precision graph's engine takes fp16 floats, so numpy
+        # feeds (float32 pixels, features) are cast to it; int64 ids stay int64 (TensorRT 10 binds int64)
+        self.input_dtypes = {name: _numpy_dtype(trt, self.engine.get_tensor_dtype(name)) for name in self.inputs}
 
     def run(self, feeds: dict[str, np.ndarray], stream) -> list[np.ndarray]:
         import tensorrt as trt
@@ -69,7 +92,8 @@ class _Engine:
             self._activated.add(index)
         keep_alive = []
         for name in self.inputs:
-            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda(non_blocking=True)
+            array = cast_feed(feeds[name], self.input_dtypes.get(name))
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).cuda(non_blocking=True)
             keep_alive.append(tensor)
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr() if tensor.numel() else 0)
@@ -108,11 +132,13 @@ class TrtGraphs:
         self.stream.synchronize()
 
     def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Any engine by graph name (bucketed artifacts: encoder, selectors, projector)."""
-        return self.engines[name].run(feeds, self.stream)
+        """Any engine by graph name (bucketed artifacts: encoder, selectors, projector; grid families:
+        ``vision_<h>x<w>`` on ``pixel_patches``). Indices come back as int64 whatever the engine's type."""
+        outputs = self.engines[name].run(feeds, self.stream)
+        return [o.astype(np.int64) if np.issubdtype(o.dtype, np.integer) else o for o in outputs]
 
     def vision(self, pixel_values):
-        features, kept = self.engines[VISION].run({"pixel_values": pixel_values.astype(np.float32)}, self.stream)
+        features, kept = self.engines[VISION].run({"pixel_values": pixel_values}, self.stream)
         return features, kept.astype(np.int64)
 
     def embed(self, input_ids, image_features):
