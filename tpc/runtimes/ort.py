@@ -104,13 +104,19 @@ class OrtGraphs:
         self.requested_provider = PROVIDERS[provider][0]
         available = set(ort.get_available_providers())
         self.sessions = {}
+        from tpc.runtimes.shared_weights import SharedWeights
+
+        self.shared = SharedWeights.of(paths) if provider == "cpu" else None  # one copy for every grid graph
         for name in paths:
             chain = [
                 p
                 for p in provider_options(provider, plan, name, cache_dir)
                 if (p[0] if isinstance(p, tuple) else p) in available
             ] or ["CPUExecutionProvider"]
-            self.sessions[name] = ort.InferenceSession(str(paths[name]), session_options(settings), providers=chain)
+            options = session_options(settings)
+            if self.shared is not None:
+                self.shared.attach(paths[name], options)
+            self.sessions[name] = ort.InferenceSession(str(paths[name]), options, providers=chain)
         decoders = [n for n in self.sessions if n.startswith(DECODER)] or list(self.sessions)
         main = DECODER if DECODER in self.sessions else decoders[0]
         self.provider = self.sessions[main].get_providers()[0]
