@@ -87,6 +87,104 @@ def test_build_script_names_every_engine(trt_artifact):
     assert "--minShapes=pixel_patches:1x240x1176" in command and "--maxShapes=pixel_patches:2x240x1176" in command
     assert "--fp16" in command and not any(part.startswith("--profile") for part in command)
     assert shlex.split(shlex.join(command)) == command
+    # the grid engines carry no weights (refitted from the shared vision.weights at load); the others do
+    assert "--stripWeights" in command and "--stripWeights" not in trtexec_command(manifest["trt_plan"], "decoder")
+    assert all(manifest["trt_plan"]["engines"][name].get("strip_weights") for name in GRIDS)
+    assert not manifest["trt_plan"]["engines"]["embed"].get("strip_weights")
+
+
+def test_stripped_grid_engines_are_built_and_refitted_with_the_tensorrt_api(trt_artifact, tmp_path, monkeypatch):
+    """The Python-API build sets STRIP_PLAN + REFIT_IDENTICAL for the grid engines only, and loading refits each
+    from its ONNX graph (whose weights live in vision.weights); recorded with a stand-in ``tensorrt`` module."""
+    import sys
+    import types
+
+    from tpc.compiler.trt_build import build_with_python_api
+    from tpc.runtimes.trt import refit_from_onnx
+
+    import shutil
+
+    source, manifest = trt_artifact
+    out = shutil.copytree(source, tmp_path / "artifact")  # the build writes engines: not into the shared artifact
+    calls: dict[str, list] = {"flags": [], "refit": []}
+
+    class Config:
+        def __init__(self):
+            self.flags = set()
+
+        def set_memory_pool_limit(self, *args):
+            pass
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def create_timing_cache(self, data):
+            return object()
+
+        def set_timing_cache(self, *args, **kwargs):
+            pass
+
+        def add_optimization_profile(self, profile):
+            pass
+
+        def get_timing_cache(self):
+            return types.SimpleNamespace(serialize=lambda: b"")
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return object()
+
+        def create_builder_config(self):
+            self.config = Config()
+            return self.config
+
+        def create_optimization_profile(self):
+            return types.SimpleNamespace(set_shape=lambda *args: None)
+
+        def build_serialized_network(self, network, config):
+            calls["flags"].append(config.flags)
+            return b"plan"
+
+    class Refitter:
+        def __init__(self, engine, logger):
+            self.engine = engine
+
+        def refit_cuda_engine(self):
+            calls["refit"].append(self.engine)
+            return True
+
+    class OnnxParserRefitter:
+        def __init__(self, refitter, logger):
+            pass
+
+        def refit_from_file(self, path):
+            calls["refit"].append(path)
+            return True
+
+    flags = types.SimpleNamespace(FP16="FP16", BF16="BF16", STRIP_PLAN="STRIP_PLAN", REFIT_IDENTICAL="REFIT_IDENTICAL")
+    fake = types.SimpleNamespace(
+        Logger=type("Logger", (), {"WARNING": 0, "__init__": lambda self, level=0: None}),
+        Builder=Builder,
+        OnnxParser=lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True, num_errors=0),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
+        BuilderFlag=flags,
+        Refitter=Refitter,
+        OnnxParserRefitter=OnnxParserRefitter,
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    plan = dict(manifest["trt_plan"], timing_cache="timing.cache")
+    (out / "engines").mkdir(exist_ok=True)
+    build_with_python_api(out, plan, lambda _: None)
+    by_engine = dict(zip(plan["engines"], calls["flags"], strict=True))
+    for name, engine_flags in by_engine.items():
+        stripped = {"STRIP_PLAN", "REFIT_IDENTICAL"} <= engine_flags
+        assert stripped == (name in GRIDS), name
+    engine = object()
+    refit_from_onnx(engine, out / manifest["graphs"]["vision_12x20"]["file"], logger=None)
+    assert calls["refit"] == [str(out / manifest["graphs"]["vision_12x20"]["file"]), engine]
 
 
 def test_static_check_finds_no_blockers_on_any_grid_graph(trt_artifact, capsys):

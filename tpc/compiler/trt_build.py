@@ -46,6 +46,9 @@ def build_with_python_api(root: Path, plan: dict[str, Any], progress: Callable[[
             config.set_flag(trt.BuilderFlag.BF16)
         if plan["precision"] in ("int8", "fp8"):
             config.set_flag(getattr(trt.BuilderFlag, plan["precision"].upper()))
+        if engine.get("strip_weights"):  # weights come from the shared ONNX weights at load (refit)
+            config.set_flag(trt.BuilderFlag.STRIP_PLAN)
+            config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)
         cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
         for profile_spec in engine["profiles"]:

@@ -311,7 +311,14 @@ def make_plan(
         "timing_cache": TIMING_CACHE,
         "limits": {"max_batch": b, "max_prefill_tokens": max_prefill, "max_context": context},
         "engines": {
-            name: {"onnx": graph_files[name], "engine": f"{ENGINE_DIR}/{name}.plan", "profiles": profiles}
+            name: {
+                "onnx": graph_files[name],
+                "engine": f"{ENGINE_DIR}/{name}.plan",
+                "profiles": profiles,
+                # grid graphs share their weights: their engines carry none and are refitted from the shared
+                # ONNX weights when loaded (TensorRT's weight-stripped plans), so no weight is stored twice
+                **({"strip_weights": True} if grids and name in grids["grids"] else {}),
+            }
             for name, profiles in engines.items()
             if name in graph_files
         },
@@ -331,6 +338,8 @@ def trtexec_command(plan: dict[str, Any], name: str, trtexec: str = "trtexec") -
         f"--memPoolSize=workspace:{plan['workspace_mb']}M",
         f"--timingCacheFile={plan['timing_cache']}",
     ]
+    if engine.get("strip_weights"):  # refitted from the ONNX weights at load (trtexec: refit-identical)
+        cmd.append("--stripWeights")
     if plan["precision"] in QDQ_PRECISIONS:  # fp16 for the layers the Q/DQ nodes leave unquantized
         cmd += ["--fp16", f"--{plan['precision']}"]
     elif plan["precision"] != "fp32":

@@ -56,13 +56,25 @@ def cast_feed(array: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
     return array.astype(dtype)
 
 
+def refit_from_onnx(engine, onnx_path: Path, logger) -> None:
+    """Fill a weight-stripped engine's weights from its ONNX graph (the grid graphs' shared weights file)."""
+    import tensorrt as trt
+
+    refitter = trt.Refitter(engine, logger)
+    parser_refitter = trt.OnnxParserRefitter(refitter, logger)
+    if not parser_refitter.refit_from_file(str(onnx_path)) or not refitter.refit_cuda_engine():
+        raise ArtifactError(f"{onnx_path.name}: TensorRT could not refit the weight-stripped engine from it")
+
+
 class _Engine:
-    def __init__(self, runtime, path: Path, profiles: list[dict]):
+    def __init__(self, runtime, path: Path, profiles: list[dict], refit_from: Path | None = None, logger=None):
         import tensorrt as trt
 
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise ArtifactError(f"{path}: TensorRT could not deserialize the engine")
+        if refit_from is not None:
+            refit_from_onnx(self.engine, refit_from, logger)
         self.profiles = profiles
         # one execution context per optimization profile, bound to it on first use
         self.contexts = [self.engine.create_execution_context() for _ in range(self.engine.num_optimization_profiles)]
@@ -119,9 +131,16 @@ class TrtGraphs:
 
         check_engine_compat(artifact.manifest.get("engines"), current_device())
         plan = artifact.manifest["trt_plan"]
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
         self.engines = {
-            name: _Engine(self._runtime, artifact.root / spec["engine"], spec["profiles"])
+            name: _Engine(
+                self._runtime,
+                artifact.root / spec["engine"],
+                spec["profiles"],
+                artifact.root / spec["onnx"] if spec.get("strip_weights") else None,
+                self._logger,
+            )
             for name, spec in plan["engines"].items()
         }
         self.stream = torch.cuda.Stream()
