@@ -16,29 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.models.qwen_pictures import PROMPT
+from tests.models.qwen_pictures import picture as _picture
+from tests.models.qwen_pictures import trim as _trim
 from tpc.compiler.pipeline import CompileSettings, compile_model
 from tpc.models.presets import PRESETS, build_preset
 from tpc.models.qwen2_5_vl import QwenVisionBoundary, QwenVLAdapter
 from tpc.models.qwen_reference import hf_generate, hf_pruned_generate
 from tpc.runtimes.compiled_model import CompiledModel
 
-PROMPT = "What is in the picture?"
 NEW = 6
 SIZES = [(224, 224), (168, 280), (280, 168)]  # the preset's compiled sizes: grids 16x16, 12x20, 20x12
-
-
-def _picture(height: int, width: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
-
-
-def _trim(tokens, eos):
-    out = []
-    for t in tokens:
-        out.append(t)
-        if t in eos:
-            break
-    return out
 
 
 @pytest.fixture(scope="module")

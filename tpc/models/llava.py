@@ -94,8 +94,9 @@ class LlavaDecoderStep(nn.Module):
         return (logits, *present)
 
 
-def text_layout(config, tokenizer) -> TextLayout:
-    """The decoder geometry of a LLaVA-style config (``text_config``, ``image_token_id``)."""
+def text_layout(config, tokenizer, position_dims: int = 1) -> TextLayout:
+    """The decoder geometry of a LLaVA-style config (``text_config``, ``image_token_id``); ``position_dims``
+    3 for M-RoPE decoders (Qwen)."""
     tc = config.text_config
     eos = tc.eos_token_id if tc.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
@@ -110,6 +111,7 @@ def text_layout(config, tokenizer) -> TextLayout:
         image_token_id=config.image_token_id,
         eos_token_ids=eos_ids,
         pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
+        position_dims=position_dims,
     )
 
 

@@ -78,22 +78,7 @@ class OnevisionProcessor:
     def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = False, **kwargs):
         """The chat template rendered as transformers' ``ProcessorMixin.apply_chat_template`` renders it; with
         ``tokenize=True`` the token ids of that text (``<image>`` left as one token: expand it with ``__call__``)."""
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        if not self.chat_template:
-            raise ValueError("Cannot use apply_chat_template because this processor does not have a chat template.")
-        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        conversations = conversation if batched else [conversation]
-        variables = {**self.tokenizer.special_tokens_map, **kwargs}
-        prompts, _ = render_jinja_template(
-            conversations=conversations,
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
-        )
-        if tokenize:
-            prompts = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        return prompts if batched else prompts[0]
+        return render_chat(self, conversation, add_generation_prompt, tokenize, **kwargs)
 
     def __call__(self, images=None, text=None, return_tensors: str | None = "pt", **kwargs) -> dict[str, Any]:
         """Pixel values and image sizes of ``images``, token ids of ``text`` with every ``<image>`` expanded to
@@ -239,3 +224,25 @@ def load_parts(location: str | Path, config=None) -> OnevisionProcessor:
     return OnevisionProcessor(
         image_processor, tokenizer, chat_template_of(location, processor_config, tokenizer), **settings
     )
+
+
+def render_chat(processor, conversation, add_generation_prompt: bool = False, tokenize: bool = False, **kwargs):
+    """``processor.chat_template`` rendered as transformers' ``ProcessorMixin.apply_chat_template`` renders it
+    (one conversation or a batch); ``tokenize=True``: the token ids of that text, image tokens left single.
+    Shared by the processors tpc assembles from their parts (LLaVA-OneVision, Qwen)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    if not processor.chat_template:
+        raise ValueError("Cannot use apply_chat_template because this processor does not have a chat template.")
+    batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+    conversations = conversation if batched else [conversation]
+    variables = {**processor.tokenizer.special_tokens_map, **kwargs}
+    prompts, _ = render_jinja_template(
+        conversations=conversations,
+        chat_template=processor.chat_template,
+        add_generation_prompt=add_generation_prompt,
+        **variables,
+    )
+    if tokenize:
+        prompts = [processor.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    return prompts if batched else prompts[0]

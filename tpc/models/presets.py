@@ -113,6 +113,19 @@ _QWEN2_VL_TINY_VISION = dict(  # Qwen2-VL's ViT layout (no windows, LayerNorm, q
     temporal_patch_size=2,
 )
 
+_QWEN_TINY_DECODER = dict(  # the Qwen tiny presets' 4-layer Qwen2 with M-RoPE (head_dim 16: sections 2+3+3)
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+    tie_word_embeddings=False,
+)
+
 PRESETS: dict[str, Preset] = {
     "llava": Preset("llava", "LLaVA-1.5-7B from the hub (needs network or a local cache)", hub_id=LLAVA_15_7B),
     "llava-tiny": Preset(
@@ -245,18 +258,7 @@ PRESETS: dict[str, Preset] = {
         "tiny random Qwen2-VL (14 px patches, 2x2 merger, 3 full-attention ViT blocks 48 wide; "
         "4-layer Qwen2 with M-RoPE) for tests",
         vision=_QWEN2_VL_TINY_VISION,
-        text=dict(
-            vocab_size=320,
-            hidden_size=64,
-            intermediate_size=160,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-            tie_word_embeddings=False,
-        ),
+        text=_QWEN_TINY_DECODER,
         initializer_range=0.2,
         attention_gain=1.0,
         family="qwen2_vl",
@@ -277,18 +279,7 @@ PRESETS: dict[str, Preset] = {
         vision=dict(
             _QWEN_VISION_3B, depth=4, hidden_size=64, intermediate_size=128, num_heads=4, fullatt_block_indexes=[1, 3]
         ),
-        text=dict(
-            vocab_size=320,
-            hidden_size=64,
-            intermediate_size=160,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-            tie_word_embeddings=False,
-        ),
+        text=_QWEN_TINY_DECODER,
         initializer_range=0.2,
         attention_gain=1.0,
         family="qwen2_5_vl",

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from tpc.errors import ModelLoadError
-from tpc.models.base import TextLayout, VisionLayout
+from tpc.models.base import VisionLayout
 from tpc.models.families import GRID_METHODS
-from tpc.models.llava import LlavaDecoderStep, LlavaEmbeddingStep
+from tpc.models.llava import LlavaDecoderStep, LlavaEmbeddingStep, text_layout
 
 PATCH_SCORES_GROUP = "merge"
 
@@ -142,25 +142,6 @@ class QwenDecoderStep(LlavaDecoderStep):
         return position_ids.permute(2, 0, 1)
 
 
-def qwen_text_layout(config, tokenizer) -> TextLayout:
-    tc = config.text_config
-    eos = tc.eos_token_id if tc.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
-    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
-    pad = tc.pad_token_id if tc.pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
-    return TextLayout(
-        num_layers=tc.num_hidden_layers,
-        num_kv_heads=tc.num_key_value_heads or tc.num_attention_heads,
-        head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-        hidden_size=tc.hidden_size,
-        vocab_size=tc.vocab_size,
-        max_context=tc.max_position_embeddings,
-        image_token_id=config.image_token_id,
-        eos_token_ids=eos_ids,
-        pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
-        position_dims=3,
-    )
-
-
 class QwenVLAdapter:
     """Knows where Qwen2.5-VL's visual tokens are, per compiled grid, and how to cut the model."""
 
@@ -188,7 +169,7 @@ class QwenVLAdapter:
         self.merge = vc.spatial_merge_size
         self.patch_size = vc.patch_size
         self.patch_values = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
-        self.text = qwen_text_layout(config, getattr(processor, "tokenizer", None))
+        self.text = text_layout(config, getattr(processor, "tokenizer", None), position_dims=3)
         image_processor = getattr(processor, "image_processor", None)
         self.min_pixels = int(getattr(image_processor, "min_pixels", None) or 56 * 56)
         self.max_pixels = int(getattr(image_processor, "max_pixels", None) or 14 * 14 * 4 * 1280)

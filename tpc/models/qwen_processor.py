@@ -136,22 +136,9 @@ class QwenVLProcessor:
         """The chat template rendered as transformers' ``ProcessorMixin.apply_chat_template`` renders it; with
         ``tokenize=True`` the token ids of that text (``<|image_pad|>`` left as one token: expand it with
         ``__call__``)."""
-        from transformers.utils.chat_template_utils import render_jinja_template
+        from tpc.models.onevision_processor import render_chat
 
-        if not self.chat_template:
-            raise ValueError("Cannot use apply_chat_template because this processor does not have a chat template.")
-        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        conversations = conversation if batched else [conversation]
-        variables = {**self.tokenizer.special_tokens_map, **kwargs}
-        prompts, _ = render_jinja_template(
-            conversations=conversations,
-            chat_template=self.chat_template,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
-        )
-        if tokenize:
-            prompts = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        return prompts if batched else prompts[0]
+        return render_chat(self, conversation, add_generation_prompt, tokenize, **kwargs)
 
     def __call__(self, images=None, text=None, return_tensors: str | None = "pt", **kwargs):
         """``pixel_values`` and ``image_grid_thw`` of ``images``, and the token ids of ``text`` with every
