@@ -202,7 +202,7 @@ def test_methods_listing_and_method_arg_errors(tmp_path, capsys):
         (["--method", "pdrop", "--ratio", "0.5"], "--ratio does not apply"),
         (["--method", "pdrop", "--method-arg", "layers=2,1"], "layers must increase"),
         (["--llm-ratio", "0.5"], "--llm-method-arg/--llm-ratio need --llm-method"),
-        (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: fastv, pdrop"),
+        (["--llm-method", "nope"], "unknown in-LLM method 'nope'; choose one of: dart-llm, fastv, pdrop"),
         (["--method", "fastv", "--llm-method", "pdrop"], "is an in-LLM method"),
         (["--method", "fastv", "--method-arg", "layer=1", "--ratio", "1.5"], "--ratio 1.5 is outside [0, 1)"),
         # composed after a pre-LLM method, errors name the --llm-* flags the user typed

@@ -46,6 +46,11 @@ SELECT_OUTPUTS = ["kept_hidden", "kept_position_ids", "kept_attention_mask", "ke
 # Their lengths set the block length and TopK's K at run time (a shape, not a value: what
 # TensorRT's TopK and profiles take).
 DYNAMIC_SELECT_INPUTS = [*SELECT_INPUTS, "image_rows", "keep_rows"]
+# DART inside the LLM: the segment before the stage also outputs its hidden states after the
+# model's final RMSNorm (DART's cosines), and the stage's selector takes them; ``score`` is then
+# the L1 norm of the scoring layer's keys.
+NORMED_HIDDEN = "normed_hidden"
+DART_STAGE_RULE = "dart"  # ``Stage.rule`` of such a stage (``tpc.methods.in_llm.DART``)
 
 # Selection at the LLM input (DART, CDPruner): the weightless graph between ``embed`` and the
 # decoder. ``text_mask`` marks the real prompt rows (not image, not padding). One graph per
@@ -92,6 +97,8 @@ def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
     first = "inputs_embeds" if index == 0 else "hidden_states"
     last = index == len(plan.stages)
     outputs = ["logits"] if last else ["hidden", "score"]
+    if not last and _dart_stage(plan, index + 1):
+        outputs.append(NORMED_HIDDEN)
     return (
         [first, "attention_mask", "position_ids", *segment_kv_names(start, end, "past")],
         [*outputs, *segment_kv_names(start, end, "present")],
@@ -101,3 +108,13 @@ def segment_io(plan: PruningPlan, index: int) -> tuple[list[str], list[str]]:
 def stage_inputs(plan: PruningPlan, stage: int) -> int:
     """Image tokens entering stage ``stage`` (1-based)."""
     return plan.image_tokens if stage == 1 else plan.stages[stage - 2].keep
+
+
+def _dart_stage(plan: PruningPlan, stage: int) -> bool:
+    return getattr(plan.stages[stage - 1], "rule", None) == DART_STAGE_RULE
+
+
+def select_inputs(plan: PruningPlan, stage: int, dynamic: bool = False) -> list[str]:
+    """Input names of stage ``stage``'s selector (1-based); ``dynamic``: for image blocks of any length."""
+    names = list(DYNAMIC_SELECT_INPUTS if dynamic else SELECT_INPUTS)
+    return [*names, NORMED_HIDDEN] if _dart_stage(plan, stage) else names

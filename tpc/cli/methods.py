@@ -2,7 +2,7 @@
 
 Prune points: in-ViT (``--select-layer``: fastervlm inside the vision tower), pre-LLM
 (the vision/LLM boundary), LLM input (DART, CDPruner: the assembled input embeddings,
-before decoder layer 0) and in-LLM (FastV, PyramidDrop: between decoder layers).
+before decoder layer 0) and in-LLM (FastV, PyramidDrop, dart-llm: between decoder layers).
 """
 
 from __future__ import annotations

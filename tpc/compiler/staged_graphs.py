@@ -5,6 +5,9 @@
 Each segment's past keys/values have their own length axis ``past_seq_s``: that is how
 the decode graphs take per-layer KV lengths. The graph and input/output names live in
 ``tpc.artifact_layout`` (shared with the runtimes, torch-free) and are re-exported here.
+
+A DART stage (``Stage.rule == "dart"``) gets a segment that scores by its layer's key L1 norms
+and also outputs ``normed_hidden``, and a ``DartStageSelect`` that takes it.
 """
 
 from __future__ import annotations
@@ -15,25 +18,34 @@ import torch
 
 from tpc.artifact_layout import (
     DYNAMIC_SELECT_INPUTS,
+    NORMED_HIDDEN,
     SELECT_INPUTS,
     SELECT_OUTPUTS,
     segment_io,
     segment_kv_names,
     segment_name,
+    select_inputs,
     select_name,
     stage_inputs,
 )
 from tpc.compiler.onnx_export import export_onnx
 from tpc.compiler.trace import batch_dim
-from tpc.methods.in_llm import RENUMBERED, PruningPlan
+from tpc.methods.in_llm import DART, RENUMBERED, PruningPlan
 from tpc.models.base import TextLayout
-from tpc.models.decoder_segments import DecoderSegment, DynamicStageSelect, StageSelect
+from tpc.models.decoder_segments import (
+    DartStageSelect,
+    DecoderSegment,
+    DynamicDartStageSelect,
+    DynamicStageSelect,
+    StageSelect,
+)
 
 
 def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_dir: Path) -> Path:
     start, end = plan.segments()[index]
     stage = plan.stages[index] if index < len(plan.stages) else None
-    module = DecoderSegment(model, start, end, stage.score_layer if stage else None).eval()
+    score = "key_norm" if stage is not None and stage.rule == DART else "attention"
+    module = DecoderSegment(model, start, end, stage.score_layer if stage else None, score).eval()
     b, s, p = 2, 5, 3  # distinct sample sizes so the tracer keeps the axes apart
     embeds = torch.zeros(b, s, text.hidden_size)
     mask = torch.ones(b, p + s, dtype=torch.int64)
@@ -82,13 +94,22 @@ def _select_sample(t: int, hidden_size: int, seed: int, dims: int = 1) -> tuple:
     )
 
 
-def _select_shapes(batch, seq) -> dict:
-    """The export dims of a stage selector's ``SELECT_INPUTS``: batch, and the sequence of the first four."""
-    return {**{name: {0: batch, 1: seq} for name in SELECT_INPUTS[:4]}, "image_start": {0: batch}}
+def _select_shapes(batch, seq, dart: bool = False) -> dict:
+    """The export dims of a stage selector's ``SELECT_INPUTS``: batch, and the sequence of the first four
+    (and of ``normed_hidden``, DART's)."""
+    shapes = {**{name: {0: batch, 1: seq} for name in SELECT_INPUTS[:4]}, "image_start": {0: batch}}
+    return {**shapes, NORMED_HIDDEN: {0: batch, 1: seq}} if dart else shapes
 
 
-def _select_axes() -> dict:
-    return {name: {0: "batch", 1: "seq"} for name in SELECT_INPUTS[:4]}
+def _select_axes(dart: bool = False) -> dict:
+    names = [*SELECT_INPUTS[:4], *([NORMED_HIDDEN] if dart else [])]
+    return {name: {0: "batch", 1: "seq"} for name in names}
+
+
+def _normed_sample(args: tuple, seed: int) -> torch.Tensor:
+    """An example ``normed_hidden`` shaped like the sample's ``hidden`` (its ``score`` stands for key norms)."""
+    generator = torch.Generator().manual_seed(seed + 100)
+    return torch.randn(args[0].shape, generator=generator)
 
 
 def export_select(
@@ -102,18 +123,24 @@ def export_select(
 ) -> Path:
     spec = plan.stages[stage - 1]
     n_in = stage_inputs(plan, stage)
-    module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
+    dart = spec.rule == DART
     args = _select_sample(n_in + 7, hidden_size, stage, dims)
+    if dart:
+        params = plan.parameters
+        module = DartStageSelect(n_in, spec.keep, params["image_pivots"], params["text_pivots"]).eval()
+        args = (*args, _normed_sample(args, stage))
+    else:
+        module = StageSelect(n_in, spec.keep, spec.positions == RENUMBERED).eval()
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=n_in + 1, max=max_context)
     return export_onnx(
         module,
         args,
         out_dir / f"{select_name(stage, bucket)}.onnx",
-        input_names=SELECT_INPUTS,
+        input_names=select_inputs(plan, stage),
         output_names=SELECT_OUTPUTS,
-        dynamic_shapes=_select_shapes(batch, seq),
-        axis_names=_select_axes(),
+        dynamic_shapes=_select_shapes(batch, seq, dart),
+        axis_names=_select_axes(dart),
     )
 
 
@@ -122,9 +149,15 @@ def export_dynamic_select(
 ) -> Path:
     """Stage ``stage``'s selector for image blocks of any length (``DYNAMIC_SELECT_INPUTS``)."""
     spec = plan.stages[stage - 1]
-    module = DynamicStageSelect(spec.positions == RENUMBERED).eval()
+    dart = spec.rule == DART
     n, keep = 6, 4  # distinct sizes so the tracer keeps the axes apart
     args = (*_select_sample(n + 7, hidden_size, stage, dims), torch.arange(n), torch.arange(keep))
+    if dart:
+        params = plan.parameters
+        module = DynamicDartStageSelect(params["image_pivots"], params["text_pivots"]).eval()
+        args = (*args, _normed_sample(args, stage))
+    else:
+        module = DynamicStageSelect(spec.positions == RENUMBERED).eval()
     seq = torch.export.Dim("seq", min=2, max=max_context)
     rows = torch.export.Dim("image_rows", min=1, max=max_context)
     kept = torch.export.Dim("keep_rows", min=1, max=max_context)
@@ -133,10 +166,16 @@ def export_dynamic_select(
         module,
         args,
         out_dir / f"{select_name(stage)}.onnx",
-        input_names=DYNAMIC_SELECT_INPUTS,
+        input_names=select_inputs(plan, stage, dynamic=True),
         output_names=SELECT_OUTPUTS,
-        dynamic_shapes={**_select_shapes(batch, seq), "image_rows": {0: rows}, "keep_rows": {0: kept}},
-        axis_names={**_select_axes(), "image_rows": {0: "image_rows"}, "keep_rows": {0: "keep_rows"}},
+        # in the order of the module's inputs (the exporter matches them by position)
+        dynamic_shapes={
+            **_select_shapes(batch, seq),
+            "image_rows": {0: rows},
+            "keep_rows": {0: kept},
+            **({NORMED_HIDDEN: {0: batch, 1: seq}} if dart else {}),
+        },
+        axis_names={**_select_axes(dart), "image_rows": {0: "image_rows"}, "keep_rows": {0: "keep_rows"}},
     )
 
 
@@ -166,6 +205,7 @@ def export_staged_decoder(
 
 __all__ = [
     "DYNAMIC_SELECT_INPUTS",
+    "NORMED_HIDDEN",
     "SELECT_INPUTS",
     "SELECT_OUTPUTS",
     "export_dynamic_select",
@@ -175,6 +215,7 @@ __all__ = [
     "segment_io",
     "segment_kv_names",
     "segment_name",
+    "select_inputs",
     "select_name",
     "stage_inputs",
 ]

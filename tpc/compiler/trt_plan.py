@@ -154,7 +154,7 @@ def staged_engines(
     axis (``past_seq_s``) still reaches ``context - 1`` because a text-only prompt is not
     pruned. The selectors see the previous segment's sequence, image block included.
     """
-    from tpc.artifact_layout import segment_io, segment_name, select_name, stage_inputs
+    from tpc.artifact_layout import NORMED_HIDDEN, segment_io, segment_name, select_inputs, select_name, stage_inputs
     from tpc.compiler.trt_check import TOPK_MAX_K
     from tpc.methods.in_llm import PruningPlan
 
@@ -211,6 +211,8 @@ def staged_engines(
                     shapes[name] = _range((1, lo), (1, mid), (b, top))
                 shapes["position_ids"] = _positions((1, lo), (1, mid), (b, top), dims)
                 shapes["hidden"] = _range((1, lo, hidden), (1, mid, hidden), (b, top, hidden))
+            if NORMED_HIDDEN in select_inputs(bucket_plan, index + 1, bool(rule)):  # DART: the normed rows too
+                shapes[NORMED_HIDDEN] = shapes["hidden"]
             name = select_name(index + 1, bucket)
             engines[name] = [{"name": name, "shapes": shapes}]
     return engines

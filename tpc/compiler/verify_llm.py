@@ -1,9 +1,10 @@
-"""Parity of the staged decoder graphs (FastV, PyramidDrop) with the eager reference.
+"""Parity of the staged decoder graphs (FastV, PyramidDrop, DART) with the eager reference.
 
 For batch 1 and a left-padded batch 2 with an image block at different offsets: the
-image tokens each stage keeps (identical, or different only between tied scores), the
-logits of prefill and of every decode step, greedy ids, the position ids each segment
-saw, and the per-layer KV lengths (full before the first stage, pruned after).
+image tokens each stage keeps (identical, or different only between tied scores; DART's
+greedy: identical), the logits of prefill and of every decode step, greedy ids, the
+position ids each segment saw, and the per-layer KV lengths (full before the first stage,
+pruned after).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 
 from tpc.compiler.parity import close, compare_indices
-from tpc.methods.in_llm import RENUMBERED, PruningPlan
-from tpc.methods.in_llm_reference import reference_generate
+from tpc.methods.in_llm import DART, RENUMBERED, PruningPlan
+from tpc.methods.in_llm_reference import reference_dart_stage, reference_generate
 from tpc.methods.selection import reference_topk_ascending
 
 
@@ -47,9 +48,9 @@ def verify_staged_decoder(
         logits = [decoder.prefill(embeds.numpy(), mask.numpy(), positions.numpy(), image_start.numpy())]
         logits += [decoder.step(e.numpy()) for e in step_embeds]
 
-        verdicts = [
-            compare_indices(got, want.numpy(), score.numpy())
-            for got, want, score in zip(decoder.stage_kept, ref.kept, ref.scores, strict=True)
+        verdicts = [  # DART's greedy has no tie-equivalent sets: its kept indices must be equal
+            compare_indices(got, want.numpy(), None if stage.rule == DART else score.numpy())
+            for got, want, score, stage in zip(decoder.stage_kept, ref.kept, ref.scores, plan.stages, strict=True)
         ]
         worst, ok = 0.0, True
         for got, want in zip(logits, ref.logits, strict=True):
@@ -121,13 +122,26 @@ def _reference_select(hidden, score, positions, mask, starts, n_in: int, keep: i
     return [torch.stack(parts) for parts in zip(*rows, strict=True)]
 
 
+def _reference_dart_select(hidden, score, normed, positions, mask, starts, n_in: int, keep: int, parameters: dict):
+    """DART inside the LLM written out per sample: ``reference_dart_stage``'s rows (pivots by ``score``,
+    cosines on ``normed``), every text row, ORIGINAL positions gathered."""
+    kept = reference_dart_stage(normed, score, mask, starts, n_in, keep, parameters)
+    rows = []
+    for b, start in enumerate(starts.tolist()):
+        index = torch.cat([torch.arange(start), start + kept[b], torch.arange(start + n_in, hidden.shape[1])])
+        rows.append((hidden[b, index], positions[b, index], mask[b, index], kept[b]))
+    return [torch.stack(parts) for parts in zip(*rows, strict=True)]
+
+
 @torch.no_grad()
 def verify_selectors(
     graphs, plan: PruningPlan, hidden_size: int, bucket, dynamic: bool = False, seed: int = 5, dims: int = 1
 ) -> list[dict]:
     """Every stage selector of ``plan`` alone against ``_reference_select`` (batch 2, blocks at
     different offsets, left padding, tied scores inside the image block). ``dynamic``: the
-    selectors take the block length and kept count as input lengths (``image_rows``, ``keep_rows``)."""
+    selectors take the block length and kept count as input lengths (``image_rows``, ``keep_rows``).
+    A DART stage against ``_reference_dart_select``: also duplicated image rows (tied cosines) and a
+    sample with fewer real text rows."""
     from tpc.artifact_layout import select_name, stage_inputs
 
     results = []
@@ -145,7 +159,6 @@ def verify_selectors(
         starts = torch.tensor([2, 5], dtype=torch.int64)
         if dims == 3:
             positions = grid_positions(mask, starts, n_in)
-        want = _reference_select(hidden, score, positions, mask, starts, n_in, spec.keep, spec.positions == RENUMBERED)
         feeds = {
             "hidden": hidden.numpy(),
             "score": score.numpy(),
@@ -153,6 +166,20 @@ def verify_selectors(
             "attention_mask": mask.numpy(),
             "image_start": starts.numpy(),
         }
+        if spec.rule == DART:
+            normed = torch.randn(2, t, hidden_size, generator=generator)
+            for b, start in enumerate(starts.tolist()):
+                normed[b, start + 1] = normed[b, start]  # duplicated image rows: tied cosines
+                normed[b, start + n_in - 1] = normed[b, start + n_in // 2]
+            mask[1, -2] = 0  # fewer real text rows in the second sample (a masked row is never a pivot)
+            feeds.update(attention_mask=mask.numpy(), normed_hidden=normed.numpy())
+            want = _reference_dart_select(
+                hidden, score, normed, positions, mask, starts, n_in, spec.keep, plan.parameters
+            )
+        else:
+            want = _reference_select(
+                hidden, score, positions, mask, starts, n_in, spec.keep, spec.positions == RENUMBERED
+            )
         if dynamic:
             feeds.update(image_rows=np.arange(n_in, dtype=np.int64), keep_rows=np.arange(spec.keep, dtype=np.int64))
         got = graphs.run_graph(select_name(stage, bucket), feeds)

@@ -1,4 +1,4 @@
-"""In-LLM pruning methods (FastV, PyramidDrop): which image tokens survive at which decoder layer.
+"""In-LLM pruning methods (FastV, PyramidDrop, DART): which image tokens survive at which decoder layer.
 
 A method turns its parameters into a ``PruningPlan``: ordered stages, each one
 
@@ -8,7 +8,11 @@ A method turns its parameters into a ``PruningPlan``: ordered stages, each one
   ``layer`` itself);
 * ``keep``: image tokens left after the stage (a subset of the previous stage's);
 * ``positions``: ``original`` (survivors keep their position ids, gaps preserved) or
-  ``renumbered`` (contiguous positions, the LLM never sees the gaps).
+  ``renumbered`` (contiguous positions, the LLM never sees the gaps);
+* ``rule``: how the survivors are picked: ``top-score`` (the top ``keep`` by the score above)
+  or ``dart`` (DART's duplication greedy: pivots by the L1 norm of ``score_layer``'s post-RoPE
+  keys, cosine on the final-normed hidden states entering ``layer``; the pivot counts are the
+  plan's ``image_pivots``/``text_pivots`` parameters).
 
 Text tokens are always kept. The plan is plain data: the exporter cuts the decoder into
 segments at the stage layers, the runtime follows it, the reference applies it eagerly.
@@ -22,10 +26,13 @@ from itertools import pairwise
 from typing import Any
 
 from tpc.errors import UsageError
+from tpc.methods.llm_input import input_keep  # torch-free: DART's quota
 from tpc.registry import Registry
 
 ORIGINAL = "original"
 RENUMBERED = "renumbered"
+TOP_SCORE = "top-score"
+DART = "dart"
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Stage:
     score_layer: int
     keep: int
     positions: str
+    rule: str = TOP_SCORE
 
 
 @dataclass(frozen=True)
@@ -200,8 +208,43 @@ PDROP = LlmMethod(
     build=_pdrop,
 )
 
+
+def _dart_llm(
+    args: dict[str, str], num_layers: int, image_tokens: int, ratio: float | None, flags: Flags
+) -> PruningPlan:
+    layer = _int("layer", args.get("layer", "2"), flags)
+    _check_layer("layer", layer, num_layers, flags)
+    image_pivots = _int("image_pivots", args.get("image_pivots", "4"), flags)
+    text_pivots = _int("text_pivots", args.get("text_pivots", "4"), flags)
+    if image_pivots < 1:
+        raise UsageError(f"{flags.arg} image_pivots={image_pivots}: must be at least 1")
+    if text_pivots < 0:
+        raise UsageError(f"{flags.arg} text_pivots={text_pivots}: must be at least 0")
+    if ratio is None:
+        raise UsageError(f"dart-llm prunes inside the LLM: give {flags.ratio} R (the fraction of image tokens removed)")
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"{flags.ratio} {ratio} is outside [0, 1): it is the fraction of image tokens DART removes")
+    keep = input_keep(image_tokens, ratio)  # clamp(ceil(n*(1-R)), 1, n), as DART at the LLM input
+    stage = Stage(layer=layer, score_layer=layer - 1, keep=keep, positions=ORIGINAL, rule=DART)
+    parameters = {"layer": layer, "ratio": ratio, "image_pivots": image_pivots, "text_pivots": text_pivots}
+    return PruningPlan("dart-llm", parameters, image_tokens, num_layers, (stage,))
+
+
+DART_LLM = LlmMethod(
+    name="dart-llm",
+    description="DART inside the decoder: before layer K keep the image tokens least duplicated by a few "
+    "pivots (largest L1 norm of layer K-1's keys; cosine on the final-normed hidden states), original position ids",
+    params=(
+        ("layer", "2", "first decoder layer that runs on the pruned sequence (pivots from layer K-1's keys)"),
+        ("image_pivots", "4", "image pivots: the largest key-L1 image tokens (kept, part of the quota)"),
+        ("text_pivots", "4", "text pivots: the largest key-L1 prompt rows (fewer if the prompt is shorter)"),
+    ),
+    build=_dart_llm,
+    prunes_at="inside the LLM decoder, before layer K",
+)
+
 LLM_METHODS: Registry[LlmMethod] = Registry("in-LLM method")
-for _method in (FASTV, PDROP):
+for _method in (FASTV, PDROP, DART_LLM):
     LLM_METHODS.register(_method.name, _method)
 
 

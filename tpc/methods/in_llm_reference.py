@@ -5,6 +5,12 @@ attention matrix of the scoring layer (softmax(QK^T * scale + mask), then its la
 the survivors are picked by a stable sort, the mask is built with ``tril``, and HF's
 ``DynamicCache`` holds the per-layer keys/values (so its per-layer lengths are what the
 rule produced). Greedy decoding continues with per-layer masks and positions.
+
+DART inside the LLM (a stage with ``rule == "dart"``): the pivots' key norms come from the
+scoring layer's own input norm, ``k_proj`` and RoPE, recomputed on that layer's input (and
+checked against the keys HF's attention cached), the cosines from ``language_model.norm``
+of the hidden states entering the stage, and the selection is the naive per-sample loop of
+``tpc.methods.llm_input_reference.reference_dart`` (float64, Python sorts).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tpc.methods.in_llm import RENUMBERED, PruningPlan
+from tpc.methods.in_llm import DART, RENUMBERED, PruningPlan
 from tpc.methods.selection import reference_topk_ascending
 from tpc.models.decoder_common import cache_kwargs
 
@@ -47,6 +53,40 @@ def _attention_weights(layer, hidden, cos, sin, mask4) -> torch.Tensor:
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k = repeat_kv(k, attn.num_key_value_groups)
     return torch.softmax(torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask4, dim=-1)
+
+
+def key_l1_norms(layer, hidden, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B,T]: L1 norm of each position's post-RoPE key in ``layer`` (its KV heads concatenated, fp32),
+    and the keys themselves [B, KV heads, T, head_dim]."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    b, t, _ = x.shape
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+    return k.transpose(1, 2).reshape(b, t, -1).float().abs().sum(dim=-1), k
+
+
+def reference_dart_stage(normed, key_norm, mask, image_start, n_img: int, keep: int, parameters: dict):
+    """DART's kept rows [B,keep] of each sample's image block (stage-relative, ascending), per sample."""
+    from tpc.methods.llm_input_reference import reference_dart
+
+    rows = image_start[:, None] + torch.arange(n_img)[None]
+    image = normed[torch.arange(normed.shape[0])[:, None], rows]
+    text_mask = mask.clone().bool()
+    for b, start in enumerate(image_start.tolist()):
+        text_mask[b, start : start + n_img] = False
+    return reference_dart(
+        image,
+        normed,
+        text_mask,
+        keep,
+        parameters["image_pivots"],
+        parameters["text_pivots"],
+        image_key=torch.gather(key_norm, 1, rows),
+        text_key=key_norm,
+    )
 
 
 @torch.no_grad()
@@ -90,13 +130,21 @@ def reference_generate(
             stage = stages[i]
             src = inputs[stage.score_layer] if stage.score_layer < i else h
             cos, sin = rotary(src, pos)
-            weights = _attention_weights(
-                lm.layers[stage.score_layer], src, cos, sin, _additive_mask(m, src.shape[1], src.dtype)
-            )
-            row = weights[:, :, -1, :].mean(dim=1)
             ids = image_start[:, None] + torch.arange(n_img)[None]
-            image_scores = torch.gather(row, 1, ids)
-            kept = reference_topk_ascending(image_scores, stage.keep)
+            if stage.rule == DART:
+                key_norm, keys = key_l1_norms(lm.layers[stage.score_layer], src, cos, sin)
+                cached = cache.layers[stage.score_layer].keys  # what HF's own attention cached
+                if keys.dtype == torch.float32 and not torch.allclose(keys, cached, rtol=1e-4, atol=1e-5):
+                    raise AssertionError(f"layer {stage.score_layer}: recomputed keys differ from HF's cached keys")
+                image_scores = torch.gather(key_norm, 1, ids)
+                kept = reference_dart_stage(lm.norm(h), key_norm, m, image_start, n_img, stage.keep, plan.parameters)
+            else:
+                weights = _attention_weights(
+                    lm.layers[stage.score_layer], src, cos, sin, _additive_mask(m, src.shape[1], src.dtype)
+                )
+                row = weights[:, :, -1, :].mean(dim=1)
+                image_scores = torch.gather(row, 1, ids)
+                kept = reference_topk_ascending(image_scores, stage.keep)
             index = torch.stack(
                 [
                     torch.cat([torch.arange(s), s + k, torch.arange(s + n_img, h.shape[1])])

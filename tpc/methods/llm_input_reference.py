@@ -27,14 +27,22 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def reference_dart(image, text, text_mask, keep: int, image_pivots: int = 4, text_pivots: int = 4) -> torch.Tensor:
+def reference_dart(
+    image, text, text_mask, keep: int, image_pivots: int = 4, text_pivots: int = 4, image_key=None, text_key=None
+) -> torch.Tensor:
+    """``image_key`` [B,n] / ``text_key`` [B,T]: what the pivots are picked by (largest first) in place of
+    the rows' own L1 norms (DART inside the LLM: the L1 norms of a layer's keys)."""
+    keys = [None] * len(image) if image_key is None else image_key.detach().to(torch.float64).cpu().numpy()
+    text_keys = [None] * len(image) if text_key is None else text_key.detach().to(torch.float64).cpu().numpy()
     out = []
-    for img, txt, real in _per_sample(image, text, text_mask):
+    for (img, txt, real), img_key, txt_key in zip(_per_sample(image, text, text_mask), keys, text_keys, strict=True):
         n = len(img)
-        by_l1 = sorted(range(n), key=lambda i: (-np.abs(img[i]).sum(), i))
+        img_key = [np.abs(img[i]).sum() for i in range(n)] if img_key is None else img_key
+        txt_key = [np.abs(txt[t]).sum() for t in range(len(txt))] if txt_key is None else txt_key
+        by_l1 = sorted(range(n), key=lambda i: (-img_key[i], i))
         chosen = by_l1[: min(image_pivots, keep)]
         real_rows = [t for t in range(len(txt)) if real[t]]
-        text_rows = sorted(real_rows, key=lambda t: (-np.abs(txt[t]).sum(), t))[:text_pivots]
+        text_rows = sorted(real_rows, key=lambda t: (-txt_key[t], t))[:text_pivots]
         pivots = [img[i] for i in chosen] + [txt[t] for t in text_rows]
         pool = [i for i in range(n) if i not in chosen]
         remaining = keep - len(chosen)

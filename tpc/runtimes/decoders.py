@@ -2,9 +2,10 @@
 
 * ``FlatDecoder``: the single ``decoder`` graph (every layer, one KV length);
 * ``StagedDecoder``: ``decoder_0..S`` with ``select_1..S`` between them at prefill
-  (FastV, PyramidDrop). Each stage keeps its own 2-D mask, last position ids and past
-  keys/values, so layers before a stage hold full-length KV and later layers the pruned
-  one; decode steps extend every stage by one token at its own next position.
+  (FastV, PyramidDrop, DART inside the LLM: a segment's outputs feed the selector by
+  name). Each stage keeps its own 2-D mask, last position ids and past keys/values, so
+  layers before a stage hold full-length KV and later layers the pruned one; decode
+  steps extend every stage by one token at its own next position.
 
 A runtime supplies ``run_graph(name, feeds) -> outputs`` (ONNX Runtime or TensorRT).
 """
@@ -122,15 +123,11 @@ class StagedDecoder:
             if index == len(self.plan.stages):
                 self.kept_image_indices = original if image_start is not None else None
                 return heads[0]
-            hidden, score = heads
+            outputs = self.io[index][1][: len(heads)]  # hidden, score (and DART's normed_hidden)
+            hidden = heads[0]
             if image_start is not None:
-                feeds = {
-                    "hidden": hidden,
-                    "score": score,
-                    "position_ids": positions,
-                    "attention_mask": mask,
-                    "image_start": image_start,
-                }
+                feeds = dict(zip(outputs, heads, strict=True))
+                feeds.update(position_ids=positions, attention_mask=mask, image_start=image_start)
                 if self.dynamic:
                     feeds["image_rows"] = np.arange(stage_inputs(self.plan, index + 1), dtype=np.int64)
                     feeds["keep_rows"] = np.arange(self.plan.stages[index].keep, dtype=np.int64)
