@@ -96,13 +96,12 @@ def test_build_script_names_every_engine(trt_artifact):
 def test_stripped_grid_engines_are_built_and_refitted_with_the_tensorrt_api(trt_artifact, tmp_path, monkeypatch):
     """The Python-API build sets STRIP_PLAN + REFIT_IDENTICAL for the grid engines only, and loading refits each
     from its ONNX graph (whose weights live in vision.weights); recorded with a stand-in ``tensorrt`` module."""
+    import shutil
     import sys
     import types
 
     from tpc.compiler.trt_build import build_with_python_api
     from tpc.runtimes.trt import refit_from_onnx
-
-    import shutil
 
     source, manifest = trt_artifact
     out = shutil.copytree(source, tmp_path / "artifact")  # the build writes engines: not into the shared artifact
