@@ -161,3 +161,38 @@ def test_run_json_reports_the_input_kept_indices(compiled, capsys):
     payload = json.loads(stdout.strip().splitlines()[-1])
     keeps = {span["keep"] for span in model.runtime["input_selection"]["spans"].values()}
     assert len(payload["input_kept_indices"]) in keeps and payload["timings_ms"]["select_input_ms"] > 0
+
+
+def test_dart_on_unpruned_multi_crop_spans_of_any_length(tmp_path):
+    """LLaVA-NeXT unpruned: a span's length follows its picture's aspect ratio (unpad + newlines), so DART runs
+    in ONE selector that takes the length and the quota as input lengths. A tall and a wide picture in one batch:
+    each span keeps ceil(n * (1 - R)) rows, equal to the naive reference at its own length; a CDPruner compile
+    of the same model is refused in one line (its greedy needs a fixed step count)."""
+    from tpc.errors import UsageError
+    from tpc.methods.llm_input import input_keep
+
+    out = tmp_path / "next-dart"
+    compile_model(CompileSettings(model="llava-next-tiny", output=out, method="dart", ratio=0.9), lambda stage: None)
+    model = CompiledModel.load(out)
+    selection = model.runtime["input_selection"]
+    assert selection["spans"] == {} and selection["any_length"]["graph"] == "select_input"
+    calls = _capture(model)
+    pictures = [_picture(700, 300, 4), _picture(300, 700, 5)]
+    result = model.generate(PROMPTS, pictures, max_new_tokens=2, stop_at_eos=False)
+    lengths = sorted({int(n) for n in result.image_tokens})
+    assert len(lengths) == 2 and len(calls) == 2  # one call per span length, the same graph
+    reference = input_reference("dart")
+    for name, feeds, outputs in calls:
+        n = len(feeds["image_rows"])
+        keep = input_keep(n, 0.9)
+        assert name == "select_input" and len(feeds["keep_rows"]) == keep and outputs[3].shape[1] == keep
+        embeds = torch.from_numpy(feeds["inputs_embeds"])
+        image = torch.stack([embeds[b, s : s + n] for b, s in enumerate(feeds["image_start"].tolist())])
+        want = reference(image, embeds, torch.from_numpy(feeds["text_mask"]), keep, **selection["parameters"])
+        assert np.array_equal(outputs[3], want.numpy())
+    with pytest.raises(UsageError, match="needs a fixed span length"):
+        compile_model(
+            CompileSettings(model="llava-next-tiny", output=tmp_path / "cdp", method="cdpruner", ratio=0.9),
+            lambda stage: None,
+        )
+    assert not (tmp_path / "cdp").exists()

@@ -283,6 +283,9 @@ def compile_cmd(
     selection = manifest.get("input_selection")
     if selection and not quiet:
         spans = ", ".join(f"{n} -> {span['keep']}" for n, span in selection["spans"].items())
+        if selection.get("any_length"):  # unpruned multi-crop: one selector, the quota per picture
+            longest = selection["any_length"]["max_image_tokens"]
+            spans = f"any length up to {longest}, each keeping ceil(n * (1 - {selection['ratio']}))"
         click.echo(f"LLM-input selection {selection['method']}: image-span tokens {spans}")
     if target == "trt":
         if manifest.get("engines"):

@@ -40,17 +40,45 @@ class InputSelect(nn.Module):
         self.params, self.length, self.keep = dict(params), length, keep
 
     def forward(self, inputs_embeds, attention_mask, position_ids, image_start, text_mask):
-        width = inputs_embeds.shape[-1]
-        rows = image_start[:, None] + torch.arange(self.length, device=inputs_embeds.device)[None, :]
-        image = torch.gather(inputs_embeds, 1, rows.unsqueeze(-1).expand(-1, -1, width))
+        offsets = torch.arange(self.length, device=inputs_embeds.device)
+        image = _span(inputs_embeds, image_start, offsets)
         kept = self.select(image, inputs_embeds, text_mask, self.keep, **self.params)
-        index = stage_index(image_start, kept, inputs_embeds.shape[1], self.length - self.keep)
-        embeds = torch.gather(inputs_embeds, 1, index.unsqueeze(-1).expand(-1, -1, width))
-        if position_ids.dim() == 3:  # M-RoPE (t, h, w): every kept row keeps its three
-            positions = torch.gather(position_ids, 1, index.unsqueeze(-1).expand(-1, -1, position_ids.shape[-1]))
-        else:
-            positions = torch.gather(position_ids, 1, index)
-        return embeds, positions, torch.gather(attention_mask, 1, index), kept
+        return _survivors(inputs_embeds, attention_mask, position_ids, image_start, kept, self.length - self.keep)
+
+
+class DynamicInputSelect(nn.Module):
+    """DART on an image span of any length (unpruned multi-crop pictures): the span length and its quota come
+    from the lengths of ``image_rows`` (= arange(n)) and ``keep_rows`` (= arange(keep)), shapes rather than
+    values, as the in-LLM selectors for any block length take them. CDPruner's greedy runs ``keep`` unrolled
+    steps, so it has no such form."""
+
+    def __init__(self, params: dict[str, Any]):
+        super().__init__()
+        self.params = dict(params)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, image_start, text_mask, image_rows, keep_rows):
+        from tpc.methods.dart import dart_select_any_length
+
+        image = _span(inputs_embeds, image_start, image_rows)
+        kept = dart_select_any_length(image, inputs_embeds, text_mask, keep_rows, **self.params)
+        dropped = image_rows.shape[0] - keep_rows.shape[0]
+        return _survivors(inputs_embeds, attention_mask, position_ids, image_start, kept, dropped)
+
+
+def _span(inputs_embeds, image_start, offsets):
+    rows = image_start[:, None] + offsets[None, :]
+    return torch.gather(inputs_embeds, 1, rows.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
+
+
+def _survivors(inputs_embeds, attention_mask, position_ids, image_start, kept, dropped):
+    """The shortened rows (text before the span, the kept span rows, text after) at their ORIGINAL positions."""
+    index = stage_index(image_start, kept, inputs_embeds.shape[1], dropped)
+    embeds = torch.gather(inputs_embeds, 1, index.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
+    if position_ids.dim() == 3:  # M-RoPE (t, h, w): every kept row keeps its three
+        positions = torch.gather(position_ids, 1, index.unsqueeze(-1).expand(-1, -1, position_ids.shape[-1]))
+    else:
+        positions = torch.gather(position_ids, 1, index)
+    return embeds, positions, torch.gather(attention_mask, 1, index), kept
 
 
 def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
@@ -59,11 +87,22 @@ def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
     name = settings.input_method
     params = parse_input_args(name, {k: str(v) for k, v in settings.input_method_args.items()})
     lengths = adapter.image_token_counts(keep)
-    if lengths is None:
-        raise UsageError(
-            f"selection at the LLM input ({name}) on unpruned multi-crop pictures (span lengths follow the aspect "
-            "ratio) is not supported yet; add a pre-LLM --method with --ratio/--keep"
-        )
+    if lengths is None:  # unpruned multi-crop: the span length follows each picture's aspect ratio
+        if name != "dart":
+            raise UsageError(
+                f"selection at the LLM input ({name}) on unpruned multi-crop pictures (span lengths follow the "
+                "aspect ratio) needs a fixed span length: its greedy runs `keep` unrolled steps; add a pre-LLM "
+                "--method with --ratio/--keep, or use dart"
+            )
+        longest = adapter.max_image_tokens(keep)
+        check_input_args(name, params, longest, input_keep(longest, settings.input_ratio))
+        return {
+            "method": name,
+            "parameters": params,
+            "ratio": settings.input_ratio,
+            "spans": {},
+            "any_length": {"graph": input_select_name(0, True), "max_image_tokens": longest},
+        }
     quotas = {n: input_keep(n, settings.input_ratio) for n in sorted(set(lengths))}
     for n, k in quotas.items():
         check_input_args(name, params, n, k)
@@ -79,28 +118,15 @@ def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
 def export_input_selectors(
     plan: dict[str, Any], hidden_size: int, max_context: int, out_dir: Path, dims: int = 1
 ) -> dict[str, Path]:
-    """One ``select_input`` graph per span length of ``plan`` (batch and sequence length dynamic); ``dims``:
-    3 for M-RoPE position ids [B, T, 3]."""
+    """One ``select_input`` graph per span length of ``plan`` (batch and sequence length dynamic), or one for
+    spans of any length (``plan["any_length"]``); ``dims``: 3 for M-RoPE position ids [B, T, 3]."""
+    if plan.get("any_length"):
+        return export_any_length_selector(plan, hidden_size, max_context, out_dir, dims)
     paths = {}
     for length, span in plan["spans"].items():
         n = int(length)
         module = InputSelect(plan["method"], plan["parameters"], n, span["keep"]).eval()
-        b, t = 2, n + 7  # distinct sizes so the tracer keeps the axes apart
-        generator = torch.Generator().manual_seed(n)
-        mask = torch.ones(b, t, dtype=torch.int64)
-        text_mask = mask.clone()
-        text_mask[0, 2 : 2 + n] = 0
-        text_mask[1, 3 : 3 + n] = 0
-        positions = torch.arange(t).expand(b, t)
-        if dims > 1:
-            positions = positions[..., None].expand(b, t, dims)
-        args = (
-            torch.randn(b, t, hidden_size, generator=generator),
-            mask,
-            positions.contiguous(),
-            torch.tensor([2, 3], dtype=torch.int64),
-            text_mask,
-        )
+        args = _sample(n, hidden_size, dims)
         batch = batch_dim()
         seq = torch.export.Dim("seq", min=n + 1, max=max_context)
         per_token = {"inputs_embeds", "attention_mask", "position_ids", "text_mask"}
@@ -120,6 +146,61 @@ def export_input_selectors(
             axis_names={name: {0: "batch", 1: "seq"} for name in INPUT_SELECT_INPUTS if name in per_token},
         )
     return paths
+
+
+def _sample(n: int, hidden_size: int, dims: int) -> tuple:
+    """Example inputs: a batch of 2 prompts of n + 7 rows, spans of n rows at rows 2 and 3."""
+    b, t = 2, n + 7  # distinct sizes so the tracer keeps the axes apart
+    generator = torch.Generator().manual_seed(n)
+    mask = torch.ones(b, t, dtype=torch.int64)
+    text_mask = mask.clone()
+    text_mask[0, 2 : 2 + n] = 0
+    text_mask[1, 3 : 3 + n] = 0
+    positions = torch.arange(t).expand(b, t)
+    if dims > 1:
+        positions = positions[..., None].expand(b, t, dims)
+    return (
+        torch.randn(b, t, hidden_size, generator=generator),
+        mask,
+        positions.contiguous(),
+        torch.tensor([2, 3], dtype=torch.int64),
+        text_mask,
+    )
+
+
+def export_any_length_selector(plan: dict[str, Any], hidden_size: int, max_context: int, out_dir: Path, dims: int):
+    """The one DART selector for spans of any length: ``image_rows``/``keep_rows`` lengths set n and the quota."""
+    from tpc.artifact_layout import DYNAMIC_INPUT_SELECT_INPUTS
+
+    graph = plan["any_length"]["graph"]
+    n, keep = 9, 5  # distinct sizes so the tracer keeps the axes apart
+    args = (*_sample(n, hidden_size, dims), torch.arange(n), torch.arange(keep))
+    batch = batch_dim()
+    seq = torch.export.Dim("seq", min=2, max=max_context)
+    rows = torch.export.Dim("image_rows", min=1, max=max_context)
+    kept = torch.export.Dim("keep_rows", min=1, max=max_context)
+    per_token = ("inputs_embeds", "attention_mask", "position_ids", "text_mask")
+    return {
+        graph: export_onnx(
+            DynamicInputSelect(plan["parameters"]).eval(),
+            args,
+            out_dir / f"{graph}.onnx",
+            input_names=DYNAMIC_INPUT_SELECT_INPUTS,
+            output_names=INPUT_SELECT_OUTPUTS,
+            dynamic_shapes={  # in the inputs' order: the exporter pairs them by position
+                **{name: {0: batch, 1: seq} for name in per_token[:3]},
+                "image_start": {0: batch},
+                "text_mask": {0: batch, 1: seq},
+                "image_rows": {0: rows},
+                "keep_rows": {0: kept},
+            },
+            axis_names={
+                **{name: {0: "batch", 1: "seq"} for name in per_token},
+                "image_rows": {0: "image_rows"},
+                "keep_rows": {0: "keep_rows"},
+            },
+        )
+    }
 
 
 def method_label(settings, label: str) -> str:

@@ -240,6 +240,28 @@ def input_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill
         }
         shapes["position_ids"] = _positions((1, lo), (1, mid), (b, top), runtime.get("position_dims", 1))
         engines[span["graph"]] = [{"name": span["graph"], "shapes": shapes}]
+    any_length = runtime["input_selection"].get("any_length")
+    if any_length:  # DART on spans of any length: their length and quota as the lengths of two inputs
+        from tpc.methods.llm_input import input_keep
+
+        longest = any_length["max_image_tokens"]
+        most = input_keep(longest, runtime["input_selection"]["ratio"])  # the quota grows with the length
+        if most > TOPK_MAX_K:
+            raise UsageError(
+                f"the LLM-input selector keeps up to {most} of {longest} image tokens; TensorRT's TopK takes at "
+                f"most {TOPK_MAX_K}: prune more (a higher ratio), prune per crop first, or compile for --target ort"
+            )
+        top = max(longest + 1, max_prefill)
+        mid = min(max(2, opt_prefill), top)
+        shapes = {
+            "inputs_embeds": _range((1, 2, hidden), (1, mid, hidden), (b, top, hidden)),
+            **{name: _range((1, 2), (1, mid), (b, top)) for name in ("attention_mask", "text_mask")},
+            "position_ids": _positions((1, 2), (1, mid), (b, top), runtime.get("position_dims", 1)),
+            "image_start": _range((1,), (1,), (b,)),
+            "image_rows": _range((1,), (longest,), (longest,)),
+            "keep_rows": _range((1,), (most,), (most,)),
+        }
+        engines[any_length["graph"]] = [{"name": any_length["graph"], "shapes": shapes}]
     return engines
 
 

@@ -54,10 +54,25 @@ def _reference_rows(embeds, mask, positions, starts, kept, n: int):
 
 
 @torch.no_grad()
-def verify_input_selectors(graphs, plan: dict, hidden: int, seed: int = 7, dims: int = 1) -> list[dict]:
+def check_lengths(plan: dict, crop_tokens: int) -> dict[str, dict]:
+    """The spans a selector is checked at: every compiled length, or for the any-length selector the longest
+    span a picture can have, about half of it (odd) and one crop's tokens plus one."""
+    from tpc.methods.llm_input import input_keep
+
+    if not plan.get("any_length"):
+        return plan["spans"]
+    longest = plan["any_length"]["max_image_tokens"]
+    lengths = sorted({longest, longest // 2 | 1, min(longest, crop_tokens + 1)})
+    graph = plan["any_length"]["graph"]
+    return {str(n): {"keep": input_keep(n, plan["ratio"]), "graph": graph, "any_length": True} for n in lengths}
+
+
+def verify_input_selectors(
+    graphs, plan: dict, hidden: int, seed: int = 7, dims: int = 1, crop_tokens: int = 0
+) -> list[dict]:
     reference = input_reference(plan["method"])
     results = []
-    for length, span in plan["spans"].items():
+    for length, span in check_lengths(plan, crop_tokens).items():
         n, keep = int(length), span["keep"]
         embeds, mask, positions, starts, text_mask = _batch(n, hidden, seed + n, dims)
         image = torch.stack([embeds[b, s : s + n] for b, s in enumerate(starts.tolist())])
@@ -70,6 +85,8 @@ def verify_input_selectors(graphs, plan: dict, hidden: int, seed: int = 7, dims:
             "image_start": starts.numpy(),
             "text_mask": text_mask.numpy(),
         }
+        if span.get("any_length"):
+            feeds.update(image_rows=np.arange(n), keep_rows=np.arange(keep))
         got = graphs.run_graph(span["graph"], feeds)
         indices = bool(np.array_equal(np.asarray(got[3]), kept.numpy()))
         rows = all(np.array_equal(np.asarray(g), w.numpy()) for g, w in zip(got[:3], want[:3], strict=True))
@@ -92,7 +109,7 @@ def verify_input_end_to_end(graphs, adapter, runtime: dict, seed: int = 11) -> d
     from tpc.runtimes.input_select import select_at_input
 
     plan = runtime["input_selection"]
-    n = max(int(length) for length in plan["spans"])
+    n = max(int(length) for length in plan["spans"]) if plan["spans"] else plan["any_length"]["max_image_tokens"]
     model, image_id = adapter.model, runtime["image_token_id"]
     dims = adapter.text.position_dims
     embeds, mask, positions, starts, _ = _batch(n, adapter.text.hidden_size, seed, dims)
@@ -133,7 +150,9 @@ def verify_input_end_to_end(graphs, adapter, runtime: dict, seed: int = 11) -> d
 
 def verify_input_stage(graphs, adapter, runtime: dict) -> dict:
     plan = runtime["input_selection"]
-    selectors = verify_input_selectors(graphs, plan, adapter.text.hidden_size, dims=adapter.text.position_dims)
+    selectors = verify_input_selectors(
+        graphs, plan, adapter.text.hidden_size, dims=adapter.text.position_dims, crop_tokens=adapter.vision.num_patches
+    )
     end_to_end = verify_input_end_to_end(graphs, adapter, runtime)
     return {"selectors": selectors, "end_to_end": end_to_end}
 

@@ -34,7 +34,14 @@ def select_at_input(graphs, runtime: dict, input_ids, embeds, mask, positions):
             for row in rows:
                 parts[row] = (embeds[row], mask[row], positions[row])
             continue
-        span = spans.get(str(group.image_tokens))
+        span, extra = spans.get(str(group.image_tokens)), {}
+        any_length = runtime["input_selection"].get("any_length")
+        if span is None and any_length is not None:  # DART on a span of any length: n and the quota as lengths
+            from tpc.methods.llm_input import input_keep
+
+            span = any_length
+            quota = input_keep(group.image_tokens, runtime["input_selection"]["ratio"])
+            extra = {"image_rows": np.arange(group.image_tokens), "keep_rows": np.arange(quota)}
         if span is None:
             raise UsageError(
                 f"the prompt has {group.image_tokens} image tokens; this artifact's LLM-input selectors take "
@@ -46,6 +53,7 @@ def select_at_input(graphs, runtime: dict, input_ids, embeds, mask, positions):
             "position_ids": np.ascontiguousarray(positions[rows]),
             "image_start": group.starts.astype(np.int64),
             "text_mask": np.ascontiguousarray(text_mask[rows]),
+            **extra,
         }
         out_embeds, out_positions, out_mask, kept = graphs.run_graph(span["graph"], feeds)
         for i, row in enumerate(rows):
