@@ -14,16 +14,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from tpc.artifact_layout import GRID_VISION_INPUT, SHARED_VISION_WEIGHTS, VISION, grid_vision_name
 from tpc.compiler.onnx_export import export_onnx
-from tpc.compiler.parity import close, compare_indices
 from tpc.compiler.trace import batch_dim, trace_vision
 from tpc.errors import UsageError
-from tpc.methods.selection import gather_tokens
 from tpc.passes import DEFAULT_PASSES, PassContext, run_passes
 
 # When neither --image-sizes nor --max-pixels is given for a checkpoint (not a preset): the processor's
@@ -176,6 +173,8 @@ def _external_tensors(graph):
 @torch.no_grad()
 def verify_grid_vision(graphs, adapter, method, params: dict, info: dict, seed: int = 0) -> list[dict]:
     """Every grid's graph, batch 1 and 2, against the method's reference run by Hugging Face's own tower."""
+    from tpc.compiler.verify import check_selection
+
     generator = torch.Generator().manual_seed(seed)
     results = []
     for name, grid in info["grids"].items():
@@ -184,15 +183,7 @@ def verify_grid_vision(graphs, adapter, method, params: dict, info: dict, seed: 
         for batch in (1, 2):
             patches = torch.randn(batch, grid[0] * grid[1], adapter.patch_values, generator=generator)
             features, kept = graphs.run_graph(name, {GRID_VISION_INPUT: patches.numpy()})
-            ref_indices, ref_features, scores = method.reference(view, patches, keep, **params)
-            verdict = compare_indices(kept, ref_indices.numpy(), None if scores is None else scores.numpy())
-            if verdict == "tie-equivalent" and not method.extra.get("gathers"):
-                verdict = "mismatch"
-            if verdict == "tie-equivalent":
-                ref_features = view.project(
-                    gather_tokens(view.reference_vision(patches)["patches"], torch.from_numpy(np.asarray(kept)))
-                )
-            ok, diff = close(features, ref_features.numpy())
+            verdict, diff, ok = check_selection(features, kept, view, method, patches, keep, params)
             results.append(
                 {
                     "grid": list(grid),
@@ -200,7 +191,7 @@ def verify_grid_vision(graphs, adapter, method, params: dict, info: dict, seed: 
                     "keep": keep,
                     "indices": verdict,
                     "features_max_abs_diff": diff,
-                    "passed": bool(ok and verdict != "mismatch"),
+                    "passed": ok,
                 }
             )
     return results

@@ -25,19 +25,23 @@ def verify_vision(graphs, adapter, method, keep: int, params: dict | None = None
     for batch in (1, 2):
         pixels = torch.randn(batch, 3, layout.image_size, layout.image_size, generator=generator)
         features, kept = graphs.vision(pixels.numpy())
-        ref_indices, ref_features, scores = method.reference(adapter, pixels, keep, **(params or {}))
-        verdict = compare_indices(kept, ref_indices.numpy(), None if scores is None else scores.numpy())
-        if verdict == "tie-equivalent" and not method.extra.get("gathers"):
-            verdict = "mismatch"  # a tie changes merged tokens: nothing to compare against
-        if verdict == "tie-equivalent":  # compare features against the reference at the graph's own picks
-            ref_features = adapter.project(
-                gather_tokens(adapter.reference_vision(pixels)["patches"], torch.from_numpy(kept))
-            )
-        ok, diff = close(features, ref_features.numpy())
-        results.append(
-            {"batch": batch, "indices": verdict, "features_max_abs_diff": diff, "passed": ok and verdict != "mismatch"}
-        )
+        verdict, diff, ok = check_selection(features, kept, adapter, method, pixels, keep, params or {})
+        results.append({"batch": batch, "indices": verdict, "features_max_abs_diff": diff, "passed": ok})
     return results
+
+
+def check_selection(features, kept, adapter, method, pixels, keep: int, params: dict) -> tuple[str, float, bool]:
+    """(index verdict, feature diff, passed) of one vision call against the method's eager reference; a tie
+    among equal scores is compared at the graph's own picks (gathering methods only)."""
+    ref_indices, ref_features, scores = method.reference(adapter, pixels, keep, **params)
+    verdict = compare_indices(kept, ref_indices.numpy(), None if scores is None else scores.numpy())
+    if verdict == "tie-equivalent" and not method.extra.get("gathers"):
+        verdict = "mismatch"  # a tie changes merged tokens: nothing to compare against
+    if verdict == "tie-equivalent":  # compare features against the reference at the graph's own picks
+        picks = torch.from_numpy(np.asarray(kept))
+        ref_features = adapter.project(gather_tokens(adapter.reference_vision(pixels)["patches"], picks))
+    ok, diff = close(features, ref_features.numpy())
+    return verdict, diff, bool(ok and verdict != "mismatch")
 
 
 @torch.no_grad()

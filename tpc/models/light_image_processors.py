@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpc.runtimes.light_images import BICUBIC, CLIP_KEYS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipImageProcessor
+from tpc.runtimes.light_images import BICUBIC, CLIP_KEYS, ClipImageProcessor
 from tpc.runtimes.light_text import UnsupportedProcessor
 
 log = logging.getLogger(__name__)
@@ -339,24 +339,9 @@ class QwenVLImageProcessor(ClipImageProcessor):
         self.size = size
         self.min_pixels, self.max_pixels = int(size["shortest_edge"]), int(size["longest_edge"])
         self.do_resize = bool(config.get("do_resize", True))
-        self.resample = config.get("resample", BICUBIC)
-        if self.resample is None:
-            self.resample = 2  # transformers' PIL backend: bilinear when unset
-        if not isinstance(self.resample, int) or not 0 <= self.resample <= 5:
-            raise UnsupportedProcessor(f"resample {self.resample!r}")
         self.do_center_crop = False
         self.crop_size = None
-        self.do_rescale = bool(config.get("do_rescale", True))
-        self.rescale_factor = config.get("rescale_factor", 1 / 255)
-        self.do_normalize = bool(config.get("do_normalize", True))
-        self.image_mean = config.get("image_mean", OPENAI_CLIP_MEAN)
-        self.image_std = config.get("image_std", OPENAI_CLIP_STD)
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)):
-                setattr(self, name, [value] * 3)
-            elif not (isinstance(value, list) and len(value) == 3):
-                raise UnsupportedProcessor(f"{name} {value!r}")
+        self.read_pixel_steps(config)
         for name, default in (("patch_size", 14), ("temporal_patch_size", 2), ("merge_size", 2)):
             value = config.get(name, default)
             if not isinstance(value, int) or value < 1:

@@ -63,15 +63,22 @@ class ClipImageProcessor:
         self.size = config.get("size", {"shortest_edge": 224})
         if not isinstance(self.size, dict) or set(self.size) not in ({"shortest_edge"}, {"height", "width"}):
             raise UnsupportedProcessor(f"size {self.size!r} (handled: shortest_edge, or height and width)")
-        self.resample = config.get("resample", BICUBIC)
-        if self.resample is None:
-            self.resample = BILINEAR
-        if not isinstance(self.resample, int) or not 0 <= self.resample <= 5:
-            raise UnsupportedProcessor(f"resample {self.resample!r}")
         self.do_center_crop = bool(config.get("do_center_crop", True))
         self.crop_size = config.get("crop_size", {"height": 224, "width": 224})
         if not isinstance(self.crop_size, dict) or set(self.crop_size) != {"height", "width"}:
             raise UnsupportedProcessor(f"crop_size {self.crop_size!r}")
+        self.read_pixel_steps(config)
+        self._fallback_dir = fallback_dir
+        self._fallback = None
+
+    def read_pixel_steps(self, config: dict) -> None:
+        """Resample filter, rescale and normalisation settings, as transformers reads them (shared by the
+        CLIP-style and the Qwen processors); anything this module does not reproduce is UnsupportedProcessor."""
+        self.resample = config.get("resample", BICUBIC)
+        if self.resample is None:
+            self.resample = BILINEAR  # transformers' PIL backend: bilinear when unset
+        if not isinstance(self.resample, int) or not 0 <= self.resample <= 5:
+            raise UnsupportedProcessor(f"resample {self.resample!r}")
         self.do_rescale = bool(config.get("do_rescale", True))
         self.rescale_factor = config.get("rescale_factor", 1 / 255)
         self.do_normalize = bool(config.get("do_normalize", True))
@@ -83,8 +90,6 @@ class ClipImageProcessor:
                 setattr(self, name, [value] * 3)
             elif not (isinstance(value, list) and len(value) == 3):
                 raise UnsupportedProcessor(f"{name} {value!r}")
-        self._fallback_dir = fallback_dir
-        self._fallback = None
 
     def to_rgb(self, image) -> np.ndarray:
         """[3, H, W] uint8; transparency composited on white (transformers' ``convert_to_rgb``)."""
