@@ -21,23 +21,30 @@ from tpc.artifact_layout import SHARED_VISION_WEIGHTS
 class SharedWeights:
     """The memory-mapped shared weights file of an artifact, and the initializers each graph takes from it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, models: dict | None = None):
         self.path = Path(path)
         self.mapping = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._models = dict(models or {})  # graph path -> its proto (no weights), read once by ``of``
         self._values: list = []  # the OrtValues must outlive the sessions that use them
 
     @classmethod
     def of(cls, paths: dict[str, Path]) -> SharedWeights | None:
         """The shared file when two or more graphs of ``paths`` read it, else None."""
-        users = [p for p in paths.values() if (p.parent / SHARED_VISION_WEIGHTS).is_file() and _reads_shared(p)]
-        return cls(users[0].parent / SHARED_VISION_WEIGHTS) if len(users) >= 2 else None
+        import onnx
+
+        candidates = [p for p in paths.values() if (p.parent / SHARED_VISION_WEIGHTS).is_file()]
+        models = {p: onnx.load(str(p), load_external_data=False) for p in candidates}
+        users = {p: m for p, m in models.items() if _reads_shared(m)}
+        return cls(next(iter(users)).parent / SHARED_VISION_WEIGHTS, users) if len(users) >= 2 else None
 
     def attach(self, graph: Path, options) -> int:
         """Give ``options`` every tensor ``graph`` reads from the shared file; returns how many."""
         import onnx
         import onnxruntime as ort
 
-        model = onnx.load(str(graph), load_external_data=False)
+        model = self._models.get(graph)
+        if model is None:  # ``of`` found no shared tensor in it
+            return 0
         count = 0
         for tensor in model.graph.initializer:
             info = _external(tensor)
@@ -63,8 +70,5 @@ def _external(tensor) -> dict | None:
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
-def _reads_shared(path: Path) -> bool:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+def _reads_shared(model) -> bool:
     return any((_external(t) or {}).get("location") == SHARED_VISION_WEIGHTS for t in model.graph.initializer)
