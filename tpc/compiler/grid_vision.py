@@ -168,30 +168,3 @@ def _external_tensors(graph):
                 yield attribute.t
             for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
                 yield from _external_tensors(sub)
-
-
-@torch.no_grad()
-def verify_grid_vision(graphs, adapter, method, params: dict, info: dict, seed: int = 0) -> list[dict]:
-    """Every grid's graph, batch 1 and 2, against the method's reference run by Hugging Face's own tower."""
-    from tpc.compiler.verify import check_selection
-
-    generator = torch.Generator().manual_seed(seed)
-    results = []
-    for name, grid in info["grids"].items():
-        view = adapter.for_grid(tuple(grid))
-        keep = info["keep"][name]
-        for batch in (1, 2):
-            patches = torch.randn(batch, grid[0] * grid[1], adapter.patch_values, generator=generator)
-            features, kept = graphs.run_graph(name, {GRID_VISION_INPUT: patches.numpy()})
-            verdict, diff, ok = check_selection(features, kept, view, method, patches, keep, params)
-            results.append(
-                {
-                    "grid": list(grid),
-                    "batch": batch,
-                    "keep": keep,
-                    "indices": verdict,
-                    "features_max_abs_diff": diff,
-                    "passed": ok,
-                }
-            )
-    return results

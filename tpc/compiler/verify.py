@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tpc.artifact_layout import GRID_VISION_INPUT
 from tpc.compiler.parity import ATOL, RTOL, close, compare_indices
 from tpc.errors import ParityError
 from tpc.methods.selection import gather_tokens
@@ -42,6 +43,31 @@ def check_selection(features, kept, adapter, method, pixels, keep: int, params: 
         ref_features = adapter.project(gather_tokens(adapter.reference_vision(pixels)["patches"], picks))
     ok, diff = close(features, ref_features.numpy())
     return verdict, diff, bool(ok and verdict != "mismatch")
+
+
+@torch.no_grad()
+def verify_grid_vision(graphs, adapter, method, params: dict, info: dict, seed: int = 0) -> list[dict]:
+    """Every grid's graph, batch 1 and 2, against the method's reference run by Hugging Face's own tower."""
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for name, grid in info["grids"].items():
+        view = adapter.for_grid(tuple(grid))
+        keep = info["keep"][name]
+        for batch in (1, 2):
+            patches = torch.randn(batch, grid[0] * grid[1], adapter.patch_values, generator=generator)
+            features, kept = graphs.run_graph(name, {GRID_VISION_INPUT: patches.numpy()})
+            verdict, diff, ok = check_selection(features, kept, view, method, patches, keep, params)
+            results.append(
+                {
+                    "grid": list(grid),
+                    "batch": batch,
+                    "keep": keep,
+                    "indices": verdict,
+                    "features_max_abs_diff": diff,
+                    "passed": ok,
+                }
+            )
+    return results
 
 
 @torch.no_grad()
@@ -172,8 +198,6 @@ def verify_graphs(
     """``llm_plans``: in-LLM plans by bucket size (None: the fixed-K artifact's only plan); ``grid_info``:
     the vision graphs of a grid family (one per compiled grid)."""
     if grid_info:
-        from tpc.compiler.grid_vision import verify_grid_vision
-
         vision = verify_grid_vision(graphs, adapter, method, params or {}, grid_info)
     elif buckets:
         vision = verify_buckets(graphs, adapter, method, params or {}, buckets, runtime)
