@@ -47,6 +47,21 @@ def test_run_json(artifacts, capsys):
         assert payload["timings_ms"][stage] > 0
 
 
+def test_run_json_with_two_pictures(artifacts, tmp_path, capsys):
+    """--image twice: both pictures in the prompt, in order; each reported with its own kept indices."""
+    second = tmp_path / "second.png"
+    Image.open(DEMO).rotate(90, expand=True).save(second)
+    argv = ["run", str(artifacts(0.89, "ort")), "--image", DEMO, "--image", str(second), "--prompt", "Compare."]
+    code, out, err = run_cli([*argv, "--max-new-tokens", "3", "--json"], capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["visual_tokens"] == {"before": 1152, "after": 128, "crops": 2}
+    pictures = payload["pictures"]
+    assert [p["tokens"] for p in pictures] == [64, 64]
+    assert payload["kept_indices"] == pictures[0]["kept_indices"] + pictures[1]["kept_indices"]
+    assert pictures[0]["kept_indices"] != pictures[1]["kept_indices"]
+
+
 def test_run_text(artifacts, capsys):
     code, out, err = run_cli(["run", str(artifacts(0.89, "ort")), "--prompt", "Hi", "--max-new-tokens", "3"], capsys)
     assert code == 0 and "ttft" in err

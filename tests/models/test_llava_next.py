@@ -61,9 +61,11 @@ def _hf_generate_from_features(model, input_ids, features, new_tokens):
 
 
 def _hf_generate(model, processor, prompt, image, new_tokens):
-    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    """Hugging Face's processor and generate on ``image`` (a list: several pictures in the one prompt)."""
+    images = image if isinstance(image, list) else [image]
+    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": prompt}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=images, text=[text], return_tensors="pt")
     with torch.no_grad():
         out = model.generate(
             **inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.text_config.pad_token_id
@@ -90,6 +92,19 @@ def test_unpruned_equals_hugging_face_for_every_grid_shape(next_artifacts, next_
         ids, expected = _hf_generate(model, processor, PROMPTS[0], image, 10)
         assert result.image_tokens[row] == ids.count(compiled.runtime["image_token_id"])  # HF's placeholder count
         assert result.token_ids[row] == _trim(expected, eos)
+
+
+def test_two_pictures_in_one_prompt_equal_hugging_face(next_artifacts, next_model):
+    """Each picture its own anyres crops and packing, in prompt order; batched beside a one-picture prompt."""
+    model, processor = next_model
+    compiled = CompiledModel.load(next_artifacts(0.0))
+    ids, expected = _hf_generate(model, processor, PROMPTS[1], [TALL, WIDE], 8)
+    result = compiled.generate(PROMPTS[::-1], [[TALL, WIDE], SQUARE], max_new_tokens=8)
+    assert sum(result.picture_tokens[0]) == ids.count(compiled.runtime["image_token_id"])
+    assert len(result.crops_per_image) == 3 and result.picture_tokens[1] == [result.image_tokens[1]]
+    assert result.token_ids[0] == _trim(expected, set(compiled.runtime["eos_token_ids"]))
+    single = compiled.generate([PROMPTS[0]], [SQUARE], max_new_tokens=8)
+    assert result.token_ids[1] == single.token_ids[0]
 
 
 def test_batch_of_two_pictures_with_different_grids_equals_single_runs(next_artifacts):

@@ -97,6 +97,7 @@ def test_kept_positions_are_the_unpruned_ones(qwen, compiled):
     """The runtime's 3-D positions of a pruned prompt = ``get_rope_index`` of the unpruned prompt, kept rows."""
     from tpc.methods import get_method
     from tpc.runtimes.generate import prompt_positions
+    from tpc.runtimes.image_layout import kept_per_picture
 
     model = compiled(0.75)
     picture = _picture(168, 280, 3)
@@ -104,7 +105,7 @@ def test_kept_positions_are_the_unpruned_ones(qwen, compiled):
     features, kept, counts = model.layout.run(model.graphs, crops)
     batch = model.encoder.tokens([PROMPT], counts)
     batch.image_grids = [[crops.pictures[0].grid]]
-    batch.image_kept = model.layout.kept_per_image(kept, counts)
+    batch.image_kept = kept_per_picture(kept, [[c] for c in counts])
     ours = prompt_positions(batch, model.runtime)[0]
     _, ref_kept, ref_positions = hf_pruned_generate(qwen, get_method("received"), {}, picture, PROMPT, 1, 0.75)
     np.testing.assert_array_equal(kept[0, : counts[0]], ref_kept.numpy())

@@ -13,7 +13,7 @@ def encoder(tiny):
 
 
 def test_chat_template_wraps_one_user_turn_and_expands_the_image(encoder, demo_image):
-    text = encoder.template("What is it?", with_image=True)
+    text = encoder.template("What is it?", 1)
     assert text == "USER: <image>\nWhat is it? ASSISTANT:"
     batch = encoder(["What is it?"], [demo_image])
     ids = batch.input_ids[0].tolist()
@@ -56,9 +56,34 @@ def test_literal_image_token_in_prompt_is_rejected(encoder, demo_image):
         encoder(["look <image> here"], [demo_image])
 
 
-def test_mixed_image_and_text_only_batch_is_rejected(encoder, demo_image):
-    with pytest.raises(UsageError, match="for every prompt, or for none"):
-        encoder(["a", "b"], [demo_image, None])
+def test_batch_mixes_text_only_one_and_two_pictures(encoder, demo_image):
+    """Each picture's placeholder becomes its own rows, in order; spans say where each picture's rows are."""
+    other = demo_image.rotate(90, expand=True)
+    batch = encoder(["a", "bb", "ccc"], [demo_image, None, [demo_image, other]])
+    assert batch.pixel_values.shape[0] == 3  # every picture, samples after one another
+    ids = batch.input_ids
+    assert [(row == 4).sum() for row in ids] == [64, 0, 128]
+    assert batch.image_spans[1] == []
+    for row, spans in enumerate(batch.image_spans):
+        for start, n in spans:
+            assert n == 64 and (ids[row, start : start + n] == 4).all()
+    first, second = batch.image_spans[2]
+    assert first[0] + 64 <= second[0]
+    alone = encoder(["ccc"], [[demo_image, other]])
+    np.testing.assert_array_equal(alone.input_ids[0], ids[2, ids.shape[1] - alone.input_ids.shape[1] :])
+
+
+def test_adjacent_placeholders_are_cut_by_each_pictures_rows(encoder):
+    """Pictures whose placeholders touch in the template still get their own spans (by their row counts)."""
+    batch = encoder.tokens(["x"], [[3, 5]])
+    ids = batch.input_ids[0].tolist()
+    (a, n), (b, m) = batch.image_spans[0]
+    assert (n, m) == (3, 5) and b >= a + 3 and ids.count(4) == 8
+
+
+def test_a_none_inside_a_prompts_pictures_is_a_usage_error(encoder, demo_image):
+    with pytest.raises(UsageError, match="holds None"):
+        encoder(["a"], [[demo_image, None]])
 
 
 def test_unreadable_image_is_a_usage_error(tmp_path):

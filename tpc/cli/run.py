@@ -19,7 +19,13 @@ from tpc.errors import UsageError
 
 @click.command("run")
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--image", type=click.Path(path_type=Path), default=None, help="Image file (omit for text only).")
+@click.option(
+    "--image",
+    "images",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Image file; repeat for several pictures in one prompt, in order (omit for text only).",
+)
 @click.option("--prompt", required=True, help="The user's question or instruction.")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
@@ -38,16 +44,17 @@ from tpc.errors import UsageError
 @click.option("--ratio", type=float, default=None, help="Bucketed artifacts: fraction of visual tokens removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def run_cmd(
-    artifact, image, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, keep, ratio, as_json
+    artifact, images, prompt, max_new_tokens, temperature, top_p, seed, provider, threads, runtime, keep, ratio, as_json
 ):
     """Generate a reply with a compiled ARTIFACT."""
-    check_run_args(prompt, image, max_new_tokens, temperature, top_p, threads, keep, ratio)
+    for image in images or [None]:
+        check_run_args(prompt, image, max_new_tokens, temperature, top_p, threads, keep, ratio)
     from tpc.runtimes.compiled_model import CompiledModel
     from tpc.runtimes.prompting import load_image
     from tpc.runtimes.sampling import Sampler
 
     sampler = Sampler(temperature=temperature, top_p=top_p, seed=seed)
-    images = [load_image(image)] if image is not None else None
+    pictures = [[load_image(image) for image in images]] if images else None
     model = CompiledModel.load(artifact, provider=provider, threads=threads, runtime=runtime)
     model.set_budget(keep, ratio)
     info = model.graphs.describe()
@@ -55,37 +62,34 @@ def run_cmd(
         click.echo(
             f"warning: requested {info['requested_provider']} but ONNX Runtime runs on {info['provider']}", err=True
         )
-    result = model.generate([prompt], images, max_new_tokens=max_new_tokens, sampler=sampler)
+    result = model.generate([prompt], pictures, max_new_tokens=max_new_tokens, sampler=sampler)
     text = model.decode(result.token_ids[0])
     if as_json:
-        crops = result.crops_per_image
+        pictures = _pictures_payload(result, model.runtime["num_patches"])
         payload = {
             "text": text,
             "token_ids": result.token_ids[0],
             "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
             "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
-            "visual_tokens": {  # of the picture: all its crops from the vision tower, rows into the LLM
-                "before": model.runtime["num_patches"] * (crops[0] if crops else 1),
+            "visual_tokens": {  # of the prompt's pictures: from the vision tower, rows into the LLM
+                "before": sum(p["tokens_before"] for p in pictures) if pictures else model.runtime["num_patches"],
                 "after": result.image_tokens[0] if result.image_tokens else 0,
-                **({"crops": crops[0]} if crops else {}),
+                **({"crops": sum(p["crops"] for p in pictures)} if pictures else {}),
             },
-            "kept_indices": (
+            "kept_indices": (  # every picture's kept indices, one picture after another (see "pictures")
                 result.kept_indices[0][: result.image_tokens[0]].tolist() if result.kept_indices is not None else None
             ),
+            "pictures": pictures,
             "provider": info["provider"],
             "requested_provider": info["requested_provider"],
             "kv_lengths": result.kv_lengths,
         }
-        if result.pictures:  # grid families: the grid each picture ran at, and whether it was resized to it
-            picture = result.pictures[0]
-            payload["visual_tokens"]["before"] = picture["tokens"]
+        if result.pictures:  # grid families: the grid the (first) picture ran at, and whether it was resized
+            first = result.pictures[0]
             payload["image"] = {
-                "size": list(picture["size"]),
-                "grid": list(picture["grid"]),
-                "processor_grid": list(picture["processor_grid"]),
-                "resized_to": list(picture["resized_to"]) if picture["resized_to"] else None,
-                "tokens": picture["tokens"],
-                "kept": picture["kept"],
+                **{k: v for k, v in pictures[0].items() if k in ("size", "grid", "processor_grid", "resized_to")},
+                "tokens": first["tokens"],
+                "kept": first["kept"],
             }
         if result.llm_kept_indices is not None:  # image tokens an in-LLM method kept (of those the LLM got)
             payload["llm_kept_indices"] = result.llm_kept_indices[0].tolist()
@@ -101,13 +105,14 @@ def run_cmd(
         f"{len(result.token_ids[0])} tokens",
         err=True,
     )
-    if result.pictures and result.pictures[0]["resized_to"]:
-        picture = result.pictures[0]
-        click.echo(
-            f"note: the image's grid {'x'.join(map(str, picture['processor_grid']))} was not compiled; resized to "
-            f"{'x'.join(map(str, picture['resized_to']))} px (grid {'x'.join(map(str, picture['grid']))})",
-            err=True,
-        )
+    for number, picture in enumerate(result.pictures or []):
+        if picture["resized_to"]:
+            which = "the image's" if len(result.pictures) == 1 else f"image {number + 1}'s"
+            click.echo(
+                f"note: {which} grid {'x'.join(map(str, picture['processor_grid']))} was not compiled; resized to "
+                f"{'x'.join(map(str, picture['resized_to']))} px (grid {'x'.join(map(str, picture['grid']))})",
+                err=True,
+            )
     if result.llm_kept_indices is not None and result.kv_lengths:
         click.echo(
             f"in-LLM pruning kept {result.llm_kept_indices.shape[1]} image tokens; keys per decoder layer: "
@@ -150,6 +155,31 @@ def check_run_args(
             raise UsageError(f"image {image}: not a file")
         if not os.access(image, os.R_OK):
             raise UsageError(f"image {image}: not readable (permission denied)")
+
+
+def _pictures_payload(result, num_patches: int) -> list[dict] | None:
+    """Per picture of the (one) prompt: crops, tokens from the vision tower, rows into the LLM, kept indices
+    (of that picture), and for grid families its size, grid and resize."""
+    if not result.picture_tokens or not result.picture_tokens[0]:
+        return None
+    out, at = [], 0
+    for number, rows in enumerate(result.picture_tokens[0]):
+        crops = result.crops_per_image[number] if result.crops_per_image else 1
+        entry = {"crops": crops, "tokens_before": num_patches * crops, "tokens": rows}
+        if result.kept_indices is not None:
+            entry["kept_indices"] = result.kept_indices[0][at : at + rows].tolist()
+        if result.pictures:
+            grid = result.pictures[number]
+            entry["tokens_before"] = grid["tokens"]
+            entry.update(
+                size=list(grid["size"]),
+                grid=list(grid["grid"]),
+                processor_grid=list(grid["processor_grid"]),
+                resized_to=list(grid["resized_to"]) if grid["resized_to"] else None,
+            )
+        out.append(entry)
+        at += rows
+    return out
 
 
 def _runs(values: list[int]) -> str:

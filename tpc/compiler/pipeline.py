@@ -23,6 +23,7 @@ from tpc.errors import ExportError, ParityError, UsageError
 from tpc.manifest import package_versions, write_manifest
 from tpc.methods import get_method, keep_count
 from tpc.methods.in_llm import LLM_METHODS
+from tpc.models.decoder_common import write_image_token_row
 from tpc.outputs import user_mode
 from tpc.passes import BUCKETED_PASSES, DEFAULT_PASSES, PassContext, run_passes
 
@@ -180,6 +181,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     loaded.processor.save_pretrained(str(out / "processor"))
     runtime_files = adapter.write_runtime_files(out)
     checked = _checked_method(method, adapter, settings)
+    runtime_files.update(write_image_token_row(adapter.model, adapter.text.image_token_id, out))
     references = None
     if settings.verify and reduced:  # the fp32 reference's outputs first, then its weights are freed
         from tpc.compiler.verify_precision import reduced_references, release_weights

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from tpc.artifact_layout import PROCESSOR_DIR
 from tpc.errors import ArtifactError, UsageError
 from tpc.manifest import Artifact, load_artifact
 from tpc.profiling.timer import StageTimer
-from tpc.runtimes.generate import Generation, generate
+from tpc.runtimes.generate import Generation, check_pictures, generate
+from tpc.runtimes.image_layout import kept_per_picture, per_sample, split_rows
 from tpc.runtimes.layouts import image_layout
 from tpc.runtimes.prompting import PromptEncoder, check_prompts
 from tpc.runtimes.sampling import Sampler
@@ -32,6 +35,7 @@ class CompiledModel:
         self.encoder = encoder
         # the bucket dispatcher of a bucketed artifact; None for a fixed-K artifact
         self.bucketed = None
+        self._generate_runtime: dict | None = None
         self.layout = image_layout(artifact.runtime, artifact.root)
         if artifact.manifest.get("buckets"):
             from tpc.runtimes.buckets import BucketedVision
@@ -86,6 +90,17 @@ class CompiledModel:
     def runtime(self) -> dict:
         return self.artifact.runtime
 
+    @property
+    def generate_runtime(self) -> dict:
+        """The manifest's runtime section plus the arrays the generate loop reads from the artifact's files."""
+        if self._generate_runtime is None:
+            runtime = dict(self.runtime)
+            row = runtime.get("files", {}).get("image_token_embedding")
+            if row:
+                runtime["image_token_row"] = np.load(self.artifact.root / row)
+            self._generate_runtime = runtime
+        return self._generate_runtime
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -109,8 +124,10 @@ class CompiledModel:
         check_prompts(prompts)
         timer = timer or StageTimer()
         with timer.stage("preprocess_ms"):
-            crops = self.encoder.crops(images, len(prompts), self.layout)
-        counts = vision = None
+            pictures = self.encoder.pictures(images, len(prompts))
+            check_pictures(self.runtime, [len(p) for p in pictures or []])
+            crops = self.encoder.crops(pictures, len(prompts), self.layout)
+        rows = vision = kept = None
         if crops is not None:
             with timer.stage("vision_ms"):  # crops are the vision graph's batch axis
                 if hasattr(self.layout, "run"):  # one vision graph per compiled grid
@@ -121,17 +138,19 @@ class CompiledModel:
                     features, kept = self.graphs.vision(crops.pixel_values)
                     counts = [int(features.shape[1])] * len(crops.pixel_values)
                 assembled = self.layout.assemble(crops, features, kept, counts)
-            vision, counts = (assembled.features, assembled.kept), assembled.counts
+                rows = split_rows([len(p) for p in pictures], assembled.counts)
+                vision = per_sample(assembled.features, rows), per_sample(assembled.kept, rows, fill=-1)
         with timer.stage("preprocess_ms"):
-            batch = self.encoder.tokens(prompts, counts, max_new_tokens=max_new_tokens)
+            batch = self.encoder.tokens(prompts, rows, max_new_tokens=max_new_tokens)
             if self.runtime.get("position_dims", 1) == 3:  # M-RoPE: each picture's grid and kept tokens
-                pictures = getattr(crops, "pictures", None)
-                batch.image_grids = [[p.grid] for p in pictures] if pictures else [[] for _ in prompts]
-                batch.image_kept = self.layout.kept_per_image(kept, counts) if pictures else None
+                grids = iter([p.grid for p in crops.pictures] if crops is not None else [])
+                batch.image_grids = [[next(grids) for _ in sample] for sample in rows or [[] for _ in prompts]]
+                batch.image_kept = None if crops is None else kept_per_picture(assembled.kept, rows)
         result = generate(
-            self.graphs, batch, self.runtime, max_new_tokens, sampler, timer, stop_at_eos, vision, on_token
+            self.graphs, batch, self.generate_runtime, max_new_tokens, sampler, timer, stop_at_eos, vision, on_token
         )
-        result.image_tokens = counts
+        result.image_tokens = None if rows is None else [sum(r) for r in rows]
+        result.picture_tokens = rows
         result.crops_per_image = crops.per_image if crops is not None else None
         if getattr(crops, "pictures", None):
             result.pictures = [dict(vars(p)) for p in crops.pictures]

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from tpc.errors import UsageError
 from tpc.profiling.timer import StageTimer
 from tpc.runtimes.decoders import ImageGroup, image_groups, make_decoder
 from tpc.runtimes.prompting import PromptBatch
@@ -42,6 +43,7 @@ class Generation:
     crops_per_image: list[int] | None = None  # crops the vision graph ran per picture (anyres: 1 + grid)
     input_kept_indices: np.ndarray | None = None  # [B, K''] image-span rows the LLM-input selection kept (-1 pads)
     pictures: list[dict] | None = None  # grid families: each picture's size, compiled grid, resize, tokens, kept
+    picture_tokens: list[list[int]] | None = None  # per sample: each of its pictures' rows into the LLM
 
 
 def generate(
@@ -85,9 +87,10 @@ def generate(
 
         with timer.stage("select_input_ms"):
             embeds, mask, positions, input_kept = select_at_input(
-                graphs, runtime, batch.input_ids, embeds, mask, positions
+                graphs, runtime, batch.input_ids, embeds, mask, positions, batch.image_spans
             )
     if runtime.get("llm_pruning"):
+        check_pictures(runtime, [len(spans) for spans in batch.image_spans or []])
         groups = image_groups(batch.input_ids, runtime["image_token_id"])
     else:
         groups = [ImageGroup(np.arange(b), None, None)]
@@ -138,6 +141,18 @@ def generate(
     )
 
 
+def check_pictures(runtime: dict, pictures_per_sample: list[int]) -> None:
+    """In-LLM pruning drops rows of ONE image block per sample: refuse a prompt with several pictures."""
+    if not runtime.get("llm_pruning"):
+        return
+    for row, count in enumerate(pictures_per_sample):
+        if count > 1:
+            raise UsageError(
+                f"prompt {row} has {count} pictures; in-LLM pruning (FastV, PyramidDrop, dart-llm) takes one "
+                "picture per prompt"
+            )
+
+
 def prompt_positions(batch: PromptBatch, runtime: dict) -> np.ndarray:
     """Position ids of a left-padded prompt: [B, S] (0, 1, ... over the real tokens), or [B, S, 3] for
     M-RoPE decoders (an image's tokens at their ORIGINAL grid positions, whatever was pruned)."""
@@ -169,7 +184,7 @@ def _decode(
     ``rows``: the group's rows of the batch (what ``on_token`` is told); ``stopped``: rows already stopped.
     """
     done = np.array([t[0] in eos if t else True for t in tokens]) | stopped
-    placeholder = np.zeros((len(tokens), 1, runtime["feature_dim"]), dtype=np.float32)
+    placeholder = decode_placeholder(runtime, len(tokens))
     steps = 0
     while steps + 1 < max_new_tokens and not done.all():
         step_ids = np.where(done, runtime["pad_token_id"], next_ids).astype(np.int64)[:, None]
@@ -182,6 +197,15 @@ def _decode(
             if on_token is not None and on_token(int(rows[row]), int(next_ids[row])):
                 done[row] = True
     return steps
+
+
+def decode_placeholder(runtime: dict, batch: int) -> np.ndarray:
+    """The "image features" of a decode step [B,1,D]: the image token's own embedding row (artifacts record it as
+    ``image_token_row``), so a GENERATED image token embeds as text, as in Hugging Face; zeros without it."""
+    row = runtime.get("image_token_row")
+    if row is None:
+        return np.zeros((batch, 1, runtime["feature_dim"]), dtype=np.float32)
+    return np.broadcast_to(np.asarray(row, dtype=np.float32), (batch, 1, row.shape[-1])).copy()
 
 
 def _llm_kept(groups, decoders, b: int) -> np.ndarray | None:

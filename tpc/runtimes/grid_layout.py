@@ -92,10 +92,6 @@ class GridLayout:
     def assemble(self, crops: GridCrops, features: np.ndarray, kept: np.ndarray, counts: Sequence[int]) -> Assembled:
         return Assembled(features, list(counts), kept)
 
-    def kept_per_image(self, kept: np.ndarray, counts: Sequence[int]) -> list[list[np.ndarray]]:
-        """Per sample, per picture: the merged-token indices kept (what the 3-D positions are taken from)."""
-        return [[np.asarray(kept[i, :count], dtype=np.int64)] for i, count in enumerate(counts)]
-
 
 def _size(image) -> tuple[int, int]:
     size = getattr(image, "size", None)

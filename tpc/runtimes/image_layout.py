@@ -140,6 +140,35 @@ class AnyResLayout:
         return Assembled(out, [len(r) for r in rows], kept_out)
 
 
+def split_rows(pictures_per_sample: list[int], counts: Sequence[int]) -> list[list[int]]:
+    """Each sample's pictures' row counts, from the flat per-picture counts."""
+    out, start = [], 0
+    for n in pictures_per_sample:
+        out.append([int(c) for c in counts[start : start + n]])
+        start += n
+    return out
+
+
+def per_sample(values, rows: list[list[int]], fill=0):
+    """[B, max rows, ...]: each sample's pictures' rows one after another (``values``: [P, max_n, ...], one
+    picture per row), padded with ``fill``; a sample without a picture is all padding."""
+    longest = max(1, max(sum(r) for r in rows))
+    out = np.full((len(rows), longest, *values.shape[2:]), fill, dtype=values.dtype)
+    picture = 0
+    for b, counts in enumerate(rows):
+        at = 0
+        for n in counts:
+            out[b, at : at + n] = values[picture, :n]
+            at, picture = at + n, picture + 1
+    return out
+
+
+def kept_per_picture(kept, rows: list[list[int]]) -> list[list]:
+    """Per sample, per picture: the kept merged-token indices (the rows of ``kept``: one picture each)."""
+    pictures = iter(range(len(kept)))
+    return [[np.asarray(kept[next(pictures), :n], dtype=np.int64) for n in counts] for counts in rows]
+
+
 def _size(image) -> tuple[int, int]:
     size = getattr(image, "size", None)
     if isinstance(size, tuple) and len(size) == 2:  # PIL: (width, height)

@@ -1,9 +1,10 @@
 """Turn (image, prompt) pairs into model inputs with the checkpoint's own processor.
 
 The prompt is wrapped by the checkpoint's chat template as one user turn holding the
-image and then the text, with the generation prompt added (what transformers'
-image-text-to-text pipeline does); the single ``<image>`` token is then expanded to
-the artifact's K kept-token placeholders. Batches are left-padded.
+sample's pictures (in order) and then the text, with the generation prompt added (what
+transformers' image-text-to-text pipeline does); each picture's ``<image>`` token is then
+expanded to that picture's rows (the artifact's K kept tokens, or a multi-crop picture's
+own count). A sample may have no picture, one, or several; batches are left-padded.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class PromptBatch:
     prompt_lengths: list[int]
     image_grids: list[list[tuple[int, int]]] | None = None  # M-RoPE families: each sample's picture grids
     image_kept: list[list[np.ndarray]] | None = None  # and each picture's kept merged-token indices
+    # each sample's image spans (first row, rows) in prompt order, in the padded rows; [] for a text-only sample
+    image_spans: list[list[tuple[int, int]]] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -76,75 +79,116 @@ class PromptEncoder:
             processor, runtime["image_token_id"], runtime["keep"], runtime["max_context"], runtime["pad_token_id"]
         )
 
-    def template(self, text: str, with_image: bool) -> str:
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+    def template(self, text: str, images: int | bool) -> str:
+        """The chat template's prompt for ``text`` after ``images`` pictures (a bool: one or none)."""
+        images = int(images)
+        content = [{"type": "image"}] * images + [{"type": "text", "text": text}]
         if getattr(self.processor, "chat_template", None):
             conversation = [{"role": "user", "content": content}]
             return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return FALLBACK_TEMPLATE.format(image=f"{self.image_token}\n" if with_image else "", text=text)
+        return FALLBACK_TEMPLATE.format(image=f"{self.image_token}\n" * images, text=text)
 
-    def encode(self, prompt: str, with_image: bool, image_tokens: int | None = None) -> list[int]:
+    def encode(self, prompt: str, image_tokens: Sequence[int] | bool | int | None = None) -> list[int]:
+        """Token ids of ``prompt`` after its pictures; ``image_tokens``: each picture's rows (``True``: one picture
+        of the artifact's K rows; an int: one picture of that many; None/False/[]: text only)."""
+        rows = picture_rows(image_tokens, self.image_tokens)
         if self.image_token in prompt:
             raise UsageError(f"the prompt must not contain {self.image_token}; pass the image with --image")
-        ids = self.tokenizer(self.template(prompt, with_image)).input_ids
+        ids = self.tokenizer(self.template(prompt, len(rows))).input_ids
         count = ids.count(self.image_token_id)
-        if count != (1 if with_image else 0):
-            raise UsageError(f"the chat template produced {count} image tokens, expected {int(with_image)}")
-        if with_image:
-            at = ids.index(self.image_token_id)
-            ids = ids[:at] + [self.image_token_id] * (image_tokens or self.image_tokens) + ids[at + 1 :]
-        return ids
+        if count != len(rows):
+            raise UsageError(f"the chat template produced {count} image tokens, expected {len(rows)}")
+        out, start = [], 0
+        for n in rows:  # each placeholder, in order, becomes its picture's rows
+            at = ids.index(self.image_token_id, start)
+            out += ids[start:at] + [self.image_token_id] * n
+            start = at + 1
+        return out + ids[start:]
+
+    def pictures(self, images: Sequence[object] | None, count: int) -> list[list[object]] | None:
+        """Each sample's pictures, loaded (None: no sample has one). An entry of ``images`` is None (text only),
+        one picture (a path, a PIL image or an array) or a list/tuple of pictures, in prompt order."""
+        if images is None:
+            return None
+        if len(images) != count:
+            raise UsageError(f"{count} prompts but {len(images)} images")
+        loaded = []
+        for entry in images:
+            entry = [] if entry is None else list(entry) if isinstance(entry, (list, tuple)) else [entry]
+            if any(picture is None for picture in entry):
+                raise UsageError("a prompt's list of images holds None; give each prompt its pictures or None")
+            loaded.append([load_image(p) if isinstance(p, (str, Path)) else p for p in entry])
+        return loaded if any(loaded) else None
 
     def crops(self, images: Sequence[object] | None, count: int, layout) -> Crops | None:
-        """Every picture's preprocessed crops (``layout``: tpc.runtimes.image_layout), or None for text only."""
-        loaded = self._images(images, count)
-        return None if loaded is None else layout.crops(self.processor.image_processor, loaded)
-
-    def _images(self, images: Sequence[object] | None, count: int) -> list | None:
-        if images is not None and len(images) != count:
-            raise UsageError(f"{count} prompts but {len(images)} images")
-        if images is None or all(i is None for i in images):
-            return None
-        if any(i is None for i in images):
-            raise UsageError("a batch must have an image for every prompt, or for none")
-        return [load_image(i) if isinstance(i, (str, Path)) else i for i in images]
+        """Every picture's preprocessed crops, samples after one another (``layout``: tpc.runtimes.image_layout),
+        or None for a text-only batch. ``images``: as ``pictures`` takes them."""
+        flat = [p for sample in self.pictures(images, count) or [] for p in sample]
+        return layout.crops(self.processor.image_processor, flat) if flat else None
 
     def pixels(self, images: Sequence[object] | None, count: int) -> np.ndarray | None:
-        """Preprocessed pixel values [B,3,H,W] (one crop per picture), or None for a text-only batch."""
-        loaded = self._images(images, count)
-        if loaded is None:
+        """Preprocessed pixel values [P,3,H,W] of every picture (one crop each), or None for a text-only batch."""
+        flat = [p for sample in self.pictures(images, count) or [] for p in sample]
+        if not flat:
             return None
-        pixel_values = self.processor.image_processor(loaded, return_tensors="np")["pixel_values"]
+        pixel_values = self.processor.image_processor(flat, return_tensors="np")["pixel_values"]
         return np.asarray(pixel_values, dtype=np.float32)
 
-    def tokens(
-        self, prompts: Sequence[str], image_counts: Sequence[int] | None, max_new_tokens: int = 0
-    ) -> PromptBatch:
-        """Token ids with each sample's ``<image>`` expanded to its own count (None: text only)."""
+    def tokens(self, prompts: Sequence[str], image_counts: Sequence | None, max_new_tokens: int = 0) -> PromptBatch:
+        """Token ids with each picture's ``<image>`` expanded to its own rows; ``image_counts``: per sample its
+        pictures' rows (a list), one picture's rows (an int) or None/[] (text only); None: a text-only batch."""
         check_prompts(prompts)
-        with_image = image_counts is not None
-        encoded = [self.encode(p, with_image, image_counts[i] if with_image else None) for i, p in enumerate(prompts)]
+        rows = [picture_rows(c, self.image_tokens) for c in (image_counts or [None] * len(prompts))]
+        encoded = [self.encode(p, r) for p, r in zip(prompts, rows, strict=True)]
         longest = max(len(ids) for ids in encoded)
         if longest + max(max_new_tokens, 0) > self.max_context:
+            row = max(range(len(encoded)), key=lambda i: len(encoded[i]))
             raise UsageError(
-                f"the prompt is {longest} tokens ({max(image_counts) if with_image else 0} of them image tokens) "
+                f"the prompt is {longest} tokens ({sum(rows[row])} of them image tokens) "
                 f"plus {max_new_tokens} new tokens, longer than the model's context of {self.max_context}"
             )
         input_ids = np.full((len(encoded), longest), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(encoded), longest), dtype=np.int64)
+        spans = []
         for row, ids in enumerate(encoded):
-            input_ids[row, longest - len(ids) :] = ids
-            attention_mask[row, longest - len(ids) :] = 1
-        return PromptBatch(input_ids, attention_mask, None, [len(ids) for ids in encoded])
+            pad = longest - len(ids)
+            input_ids[row, pad:] = ids
+            attention_mask[row, pad:] = 1
+            spans.append(_spans(ids, self.image_token_id, rows[row], pad))
+        return PromptBatch(input_ids, attention_mask, None, [len(ids) for ids in encoded], image_spans=spans)
 
     def __call__(
         self, prompts: Sequence[str], images: Sequence[object] | None = None, max_new_tokens: int = 0
     ) -> PromptBatch:
-        pixel_values = self.pixels(images, len(prompts))
-        counts = None if pixel_values is None else [self.image_tokens] * len(prompts)
+        """Single-crop artifacts: every picture gives the artifact's K rows."""
+        pictures = self.pictures(images, len(prompts))
+        counts = None if pictures is None else [[self.image_tokens] * len(p) for p in pictures]
         batch = self.tokens(prompts, counts, max_new_tokens)
-        batch.pixel_values = pixel_values
+        batch.pixel_values = self.pixels(pictures, len(prompts))
         return batch
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+
+def picture_rows(counts, default: int) -> list[int]:
+    """One sample's pictures' rows: a list as given, an int (or ``True``: ``default``) for one picture,
+    None/False/[] for none."""
+    if counts is None or counts is False:
+        return []
+    if counts is True:
+        return [default]
+    if isinstance(counts, (int, np.integer)):
+        return [int(counts)]
+    return [int(c) for c in counts]
+
+
+def _spans(ids: list[int], image_token_id: int, rows: list[int], pad: int) -> list[tuple[int, int]]:
+    """(first row, rows) of each picture's span in the padded row; pictures' spans may touch (their
+    placeholders were adjacent in the template), so they are cut by the pictures' own row counts."""
+    spans, start = [], 0
+    for n in rows:
+        at = ids.index(image_token_id, start)
+        spans.append((pad + at, n))
+        start = at + n
+    return spans
