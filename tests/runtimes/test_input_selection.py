@@ -190,9 +190,65 @@ def test_dart_on_unpruned_multi_crop_spans_of_any_length(tmp_path):
         image = torch.stack([embeds[b, s : s + n] for b, s in enumerate(feeds["image_start"].tolist())])
         want = reference(image, embeds, torch.from_numpy(feeds["text_mask"]), keep, **selection["parameters"])
         assert np.array_equal(outputs[3], want.numpy())
-    with pytest.raises(UsageError, match="needs a fixed span length"):
-        compile_model(
-            CompileSettings(model="llava-next-tiny", output=tmp_path / "cdp", method="cdpruner", ratio=0.9),
-            lambda stage: None,
-        )
-    assert not (tmp_path / "cdp").exists()
+
+
+def test_several_pictures_each_keep_their_own_quota(compiled):
+    """Per picture span (METHODS.md): a sample with two pictures (their spans touching, so only the pictures'
+    row counts tell them apart) beside a one-picture and a text-only sample. Each span is selected by the
+    reference with its own quota, and the text rows are the rows of no picture; survivors keep positions."""
+    kind, _, model = compiled
+    runtime = model.runtime
+    spans = {int(n): s["keep"] for n, s in runtime["input_selection"]["spans"].items()}
+    n = min(spans)
+    image_id = runtime["image_token_id"]
+    t = 2 * n + 12
+    ids = np.full((3, t), 5, dtype=np.int64)
+    mask = np.ones_like(ids)
+    layout = [[(3, n), (3 + n, n)], [(t - n - 4, n)], []]  # two touching spans; one span; text only
+    mask[1, : t - n - 9] = 0
+    mask[2, :4] = 0
+    for row, row_spans in enumerate(layout):
+        for start, length in row_spans:
+            ids[row, start : start + length] = image_id
+    rng = np.random.default_rng(1)
+    embeds = rng.standard_normal((3, t, runtime["hidden_size"])).astype(np.float32)
+    embeds[0, 3 + n + 1] = embeds[0, 3 + 2]  # a row of picture 2 equal to one of picture 1: spans stay apart
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    got_embeds, got_mask, got_positions, kept = select_at_input(
+        model.graphs, runtime, ids, embeds, mask, positions, layout
+    )
+    reference = input_reference(runtime["input_selection"]["method"])
+    params = runtime["input_selection"]["parameters"]
+    text_mask = torch.from_numpy(text_rows(ids, mask, image_id))
+    for row, row_spans in enumerate(layout):
+        want, index, at, offset = [], [], 0, 0
+        for start, length in row_spans:
+            image = torch.from_numpy(embeds[row : row + 1, start : start + length])
+            picks = reference(
+                image, torch.from_numpy(embeds[row : row + 1]), text_mask[row : row + 1], spans[length], **params
+            )[0].numpy()
+            want.append(picks + offset)
+            index += [np.arange(at, start), start + picks]
+            at, offset = start + length, offset + length
+        index = np.concatenate([*index, np.arange(at, t)])
+        index = index[mask[row, index] != 0]
+        real = got_mask[row] != 0
+        assert np.array_equal(got_positions[row][real], positions[row, index])
+        assert np.array_equal(got_embeds[row][real], embeds[row, index])
+        if want:
+            want = np.concatenate(want)
+            assert np.array_equal(kept[row, : len(want)], want) and (kept[row, len(want) :] == -1).all()
+        else:
+            assert (kept[row] == -1).all()
+
+
+def test_a_prompt_with_two_pictures_runs_end_to_end(compiled):
+    """Two pictures in one prompt beside a one-picture prompt: every picture keeps its own quota."""
+    kind, _, model = compiled
+    pictures = [[DEMO, DEMO.rotate(90, expand=True)], [DEMO]]
+    result = model.generate(PROMPTS, pictures, max_new_tokens=3)
+    spans = {int(n): s["keep"] for n, s in model.runtime["input_selection"]["spans"].items()}
+    for row, counts in enumerate(result.picture_tokens):
+        quota = sum(spans[c] for c in counts)
+        assert (result.input_kept_indices[row] >= 0).sum() == quota
+        assert len(result.token_ids[row]) >= 1
