@@ -123,6 +123,18 @@ def test_uncompiled_size_is_resized_to_the_nearest_grid(qwen, compiled):
     assert got.token_ids[0] == _trim(expected, set(model.runtime["eos_token_ids"]))
 
 
+def test_two_pictures_of_two_grids_in_one_prompt_equal_hf_generate(qwen, compiled):
+    """Each picture its own grid's graph and its own M-RoPE block (the second one after the first's
+    max(h, w) / 2 advance), beside a text-only prompt in the batch."""
+    model = compiled(0.0)
+    eos = set(model.runtime["eos_token_ids"])
+    pictures = [_picture(*SIZES[0], 21), _picture(*SIZES[1], 22)]
+    got = model.generate([PROMPT, PROMPT], [pictures, None], max_new_tokens=NEW)
+    assert got.picture_tokens[0] == [h * w // 28**2 for h, w in SIZES[:2]] and got.picture_tokens[1] == []
+    assert got.token_ids[0] == _trim(hf_generate(qwen.model, qwen.processor, pictures, PROMPT, NEW), eos)
+    assert got.token_ids[1] == _trim(hf_generate(qwen.model, qwen.processor, None, PROMPT, NEW), eos)
+
+
 def test_batch_of_two_grids_equals_each_alone(compiled):
     model = compiled(0.75)
     pictures = [_picture(224, 224, 7), _picture(168, 280, 8)]

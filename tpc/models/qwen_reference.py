@@ -17,16 +17,18 @@ import time
 import torch
 
 
-def templated(processor, prompt: str, with_image: bool = True) -> str:
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+def templated(processor, prompt: str, images: int | bool = True) -> str:
+    """The chat template's prompt: ``images`` pictures (a bool: one or none), then the text."""
+    content = [{"type": "image"}] * int(images) + [{"type": "text", "text": prompt}]
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
 def hf_inputs(processor, image, prompt: str) -> dict:
-    """The processor's model inputs for one picture (or None) and one prompt, as tensors."""
-    text = templated(processor, prompt, image is not None)
-    images = None if image is None else [image]
-    return dict(processor(images=images, text=[text], return_tensors="pt"))
+    """The processor's model inputs for one picture, a list of pictures (in prompt order) or None, and one
+    prompt, as tensors."""
+    images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+    text = templated(processor, prompt, len(images))
+    return dict(processor(images=images or None, text=[text], return_tensors="pt"))
 
 
 @torch.no_grad()
