@@ -64,9 +64,12 @@ def artifacts(tmp_path_factory):
 
 
 def _hf_generate(model, processor, prompt, image, new_tokens):
-    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    """Hugging Face on one picture, or on a list of pictures passed as ONE sample's images (a nested list: the
+    processor's multi-image mode, one square crop per picture)."""
+    images = image if isinstance(image, list) else [image]
+    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": prompt}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(images=[images], text=[text], return_tensors="pt")
     with torch.no_grad():
         out = model.generate(
             **inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.text_config.pad_token_id
@@ -114,6 +117,24 @@ def test_unpruned_equals_hugging_face_for_tall_wide_square_and_downsampled_pictu
         assert result.token_ids[row] == _trim(expected, eos)
     assert result.image_tokens[3] == 7281  # 729 + the 4x4 grid downsampled to 81 x 80 + 81 newlines
     assert max(result.image_tokens) <= compiled.runtime["image_tokens_max"] <= compiled.runtime["max_context"]
+
+
+def test_two_pictures_in_one_prompt_use_the_multi_image_mode_of_hugging_face(artifacts, onevision):
+    """Several pictures in a prompt: one square crop each (padded with the mean colour, no anyres) and a
+    newline after its 729 rows, as transformers does; beside a one-picture prompt (anyres) in the batch."""
+    model, processor = onevision
+    compiled = CompiledModel.load(artifacts("r0"))
+    eos = set(compiled.runtime["eos_token_ids"])
+    result = compiled.generate(PROMPTS, [[TALL, WIDE], SQUARE], max_new_tokens=6)
+    assert result.picture_tokens[0] == [730, 730] and result.crops_per_image[:2] == [1, 1]
+    ids, expected = _hf_generate(model, processor, PROMPTS[0], [TALL, WIDE], 6)
+    assert ids.count(compiled.runtime["image_token_id"]) == 1460
+    assert result.token_ids[0] == _trim(expected, eos)
+    assert result.token_ids[1] == _trim(_hf_generate(model, processor, PROMPTS[1], SQUARE, 6)[1], eos)
+    pruned = CompiledModel.load(artifacts("default"))
+    keep = pruned.runtime["keep"]
+    got = pruned.generate([PROMPTS[0]], [[TALL, WIDE]], max_new_tokens=2)
+    assert got.picture_tokens == [[keep, keep]]  # each picture's one crop keeps the budget
 
 
 def test_batch_of_two_pictures_with_different_grids_equals_hugging_face_and_single_runs(artifacts, onevision):
@@ -306,3 +327,21 @@ def test_models_and_presets_list_the_family(capsys):
     assert code == 0
     for name in ("llava-onevision", "llava-onevision-tiny", "llava-onevision-bench"):
         assert name in out
+
+
+def test_light_processor_crops_several_pictures_as_transformers(artifacts, onevision):
+    """A prompt's several pictures: one square crop each (mean-colour padding, centred), pixel for pixel as
+    transformers' processor computes them for a nested list; the runtime's fallback on transformers too."""
+    from tpc.runtimes.image_layout import _base_crops
+
+    _, processor = onevision
+    light = LightProcessor.from_dir(artifacts("r0") / "processor")
+    pictures = [TALL, WIDE, SQUARE, Image.new("RGB", (40, 40), (10, 200, 30))]
+    want = processor.image_processor([pictures], do_pad=False, return_tensors=None)
+    got, sizes = light.image_processor.preprocess_base(pictures)
+    assert sizes == [(int(h), int(w)) for h, w in want["image_sizes"]]
+    for ours, theirs in zip(got, want["pixel_values"], strict=True):
+        np.testing.assert_array_equal(ours, np.asarray(theirs, dtype=np.float32))
+    fallback, _ = _base_crops(processor.image_processor, pictures)
+    for ours, theirs in zip(fallback, got, strict=True):
+        np.testing.assert_array_equal(ours, theirs)

@@ -86,7 +86,7 @@ def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
     and graph. Raises a one-line ``UsageError`` before anything is traced."""
     name = settings.input_method
     params = parse_input_args(name, {k: str(v) for k, v in settings.input_method_args.items()})
-    lengths = adapter.image_token_counts(keep)
+    lengths = adapter.image_token_counts(keep, several_pictures=True)  # spans of pictures alone or with others
     if lengths is None:  # unpruned multi-crop: the span length follows each picture's aspect ratio
         if name != "dart":
             raise UsageError(

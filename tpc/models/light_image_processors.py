@@ -198,6 +198,30 @@ class LlavaOnevisionImageProcessor(LlavaNextImageProcessor):
             "vision_feature_select_strategy": "full",
         }
 
+    def preprocess_base(self, images) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """The pictures of a prompt with SEVERAL pictures: each one crop [1, 3, size, size] (padded to a square
+        with the mean colour, centred, then resized; no anyres crops), as transformers does for a sample of
+        more than one image, and its (height, width); inputs other than PIL images go to transformers."""
+        from PIL import Image
+
+        images = list(images)
+        if not all(isinstance(i, Image.Image) for i in images):
+            out = self._transformers()([images], do_pad=False, return_tensors=None)  # one sample: several images
+            pixels = [np.asarray(p, dtype=np.float32) for p in out["pixel_values"]]
+            return pixels, [(int(h), int(w)) for h, w in out["image_sizes"]]
+        crops, sizes = [], []
+        for image in images:
+            array = self.to_rgb(image)
+            channels, height, width = array.shape
+            side = max(height, width)
+            square = np.empty((channels, side, side), dtype=array.dtype)
+            square[:] = np.array([int(m * 255) for m in self.image_mean], dtype=array.dtype)[:, None, None]
+            top, left = (side - height) // 2, (side - width) // 2
+            square[:, top : top + height, left : left + width] = array
+            crops.append(self.finish(square)[None])
+            sizes.append((height, width))
+        return crops, sizes
+
     def image_token_count(self, image_hw) -> int:
         """The ``<image>`` placeholders ``LlavaOnevisionProcessor`` writes for an image of ``image_hw``."""
         from tpc.models.anyres import onevision_token_count

@@ -169,7 +169,7 @@ class LlavaAdapter:
         """The most token rows one picture can occupy in the prompt at ``keep`` tokens per crop."""
         return keep
 
-    def image_token_counts(self, keep: int) -> list[int] | None:
+    def image_token_counts(self, keep: int, several_pictures: bool = False) -> list[int] | None:
         """Every length a picture's image block can have at ``keep`` tokens per crop (None: unbounded).
 
         In-LLM pruning compiles one stage selector per length."""

@@ -62,7 +62,7 @@ class LlavaNextAdapter(LlavaAdapter):
         side = self.tokens_per_side  # unpruned: base + unpadded grid + a newline per row (unpad only removes)
         return max(keep + gh * side * (gw * side + 1) for gh, gw in grids)
 
-    def image_token_counts(self, keep: int) -> list[int] | None:
+    def image_token_counts(self, keep: int, several_pictures: bool = False) -> list[int] | None:
         """Pruned: every crop keeps ``keep``, so one length per crop count of the pinpoints. Unpruned:
         unpad makes the length follow each picture's aspect ratio, so there is no finite set."""
         if keep >= self.vision.num_patches:

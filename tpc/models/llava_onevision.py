@@ -102,6 +102,12 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     def image_layout(self) -> dict:
         return dict(super().image_layout(), anyres_max=self.max_crops, newline=NEWLINE_FILE)
 
+    def image_token_counts(self, keep: int, several_pictures: bool = False) -> list[int] | None:
+        """LLaVA-NeXT's per-crop-count lengths; ``several_pictures``: also ``keep`` alone, the span of a picture
+        in a prompt with several pictures (one crop: the model's multi-image mode)."""
+        counts = super().image_token_counts(keep)
+        return None if counts is None or not several_pictures else sorted(set(counts) | {keep})
+
     def _grids(self) -> list[tuple[int, int]]:
         crop = self.vision.image_size
         return sorted({(h // crop, w // crop) for h, w in self.pinpoints})

@@ -84,15 +84,22 @@ class OnevisionProcessor:
         """Pixel values and image sizes of ``images``, token ids of ``text`` with every ``<image>`` expanded to
         its picture's placeholder count (the pictures in order), as ``LlavaOnevisionProcessor`` returns them."""
         out: dict[str, Any] = {}
-        sizes = []
+        sizes, several = [], []
         if images is not None:
             images = list(images) if isinstance(images, (list, tuple)) else [images]
             pixels = self.image_processor(images, return_tensors=return_tensors)
             out.update(pixels)
             sizes = [tuple(int(v) for v in s) for s in pixels["image_sizes"]]
+            several = [int(n) > 1 for n in pixels.get("batch_num_images", [1] * len(sizes)) for _ in range(int(n))]
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            counts = iter(self.image_token_count(s) for s in sizes)
+            # a picture of a sample with several (a nested list of images) is one square crop + a newline
+            counts = iter(
+                self.num_image_tokens + 1 - (self.vision_feature_select_strategy == "default")
+                if many
+                else self.image_token_count(s)
+                for s, many in zip(sizes, several, strict=True)
+            )
             expanded = []
             for piece in texts:
                 parts = piece.split(self.image_token)

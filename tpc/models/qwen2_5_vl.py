@@ -245,7 +245,7 @@ class QwenVLAdapter:
         """The longest image block a picture gives the LLM (the largest grid's kept tokens)."""
         return max(self.grid_keep.values()) if self.grid_keep else keep
 
-    def image_token_counts(self, keep: int) -> list[int] | None:
+    def image_token_counts(self, keep: int, several_pictures: bool = False) -> list[int] | None:
         """Every image-block length a picture can have: one per compiled grid's kept count."""
         return sorted(set(self.grid_keep.values())) if self.grid_keep else [keep]
 

@@ -51,7 +51,7 @@ class GridLayout:
         self.keep = dict(vision["keep"])
         self.tokens = dict(vision["tokens"])
 
-    def crops(self, image_processor, images: Sequence[object]) -> GridCrops:
+    def crops(self, image_processor, images: Sequence[object], several: Sequence[bool] | None = None) -> GridCrops:
         from tpc.models.qwen_geometry import grid_pixels, nearest_grid
 
         compiled = list(self.grids.values())

@@ -47,7 +47,7 @@ class SingleCropLayout:
     def __init__(self, runtime: dict, root: Path | None = None):
         self.num_patches = runtime["num_patches"]
 
-    def crops(self, image_processor, images: Sequence[object]) -> Crops:
+    def crops(self, image_processor, images: Sequence[object], several: Sequence[bool] | None = None) -> Crops:
         pixels = np.asarray(image_processor(list(images), return_tensors="np")["pixel_values"], dtype=np.float32)
         return Crops(pixels, [1] * len(images), [_size(i) for i in images])
 
@@ -68,7 +68,33 @@ class AnyResLayout:
         self.newline = np.load(Path(root) / layout["newline"]).astype(np.float32)
         self.anyres_max = layout.get("anyres_max")  # LLaVA-OneVision's downsampling bound (None: LLaVA-NeXT)
 
-    def crops(self, image_processor, images: Sequence[object]) -> Crops:
+    def crops(self, image_processor, images: Sequence[object], several: Sequence[bool] | None = None) -> Crops:
+        """``several[i]``: picture i's prompt has several pictures; LLaVA-OneVision (``anyres_max``) then
+        gives it one crop (padded to a square, resized: its multi-image mode), as transformers does."""
+        several = list(several or [False] * len(images))
+        if self.anyres_max is not None and any(several):
+            return self._mixed_crops(image_processor, list(images), several)
+        return self._anyres_crops(image_processor, images)
+
+    def _mixed_crops(self, image_processor, images: list, several: list[bool]) -> Crops:
+        """Anyres crops for the pictures alone in their prompt, one square crop for the others, in order."""
+        alone = [i for i, s in zip(images, several, strict=True) if not s]
+        base, base_sizes = _base_crops(image_processor, [i for i, s in zip(images, several, strict=True) if s])
+        anyres = self._anyres_crops(image_processor, alone) if alone else None
+        pieces, sizes, a, b = [], [], 0, 0
+        for flag in several:
+            if flag:
+                pieces.append(np.asarray(base[b], dtype=np.float32))
+                sizes.append(base_sizes[b])
+                b += 1
+            else:
+                start = sum(anyres.per_image[:a])
+                pieces.append(anyres.pixel_values[start : start + anyres.per_image[a]])
+                sizes.append(anyres.image_sizes[a])
+                a += 1
+        return Crops(np.concatenate(pieces, axis=0), [len(p) for p in pieces], sizes)
+
+    def _anyres_crops(self, image_processor, images: Sequence[object]) -> Crops:
         from tpc.models.anyres import grid_shape
 
         sizes = [_size(i) for i in images]
@@ -97,6 +123,10 @@ class AnyResLayout:
             if all(c == self.num_patches for c in n) and np.array_equal(
                 idx, np.broadcast_to(np.arange(self.num_patches), idx.shape)
             ):  # unpruned: Hugging Face's packing
+                if n_crops == 1:  # LLaVA-OneVision's multi-image mode: the one crop, then the newline
+                    rows.append(np.concatenate([feats[0, : self.num_patches], self.newline[None, :]]))
+                    kept_rows.append(np.r_[np.arange(self.num_patches), -1])
+                    continue
                 if self.anyres_max is not None:
                     packed, order = onevision_packed_rows(
                         feats.reshape(-1, dim),
@@ -167,6 +197,16 @@ def kept_per_picture(kept, rows: list[list[int]]) -> list[list]:
     """Per sample, per picture: the kept merged-token indices (the rows of ``kept``: one picture each)."""
     pictures = iter(range(len(kept)))
     return [[np.asarray(kept[next(pictures), :n], dtype=np.int64) for n in counts] for counts in rows]
+
+
+def _base_crops(image_processor, images: list) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """One square crop per picture (LLaVA-OneVision's multi-image mode) and each picture's (height, width)."""
+    if hasattr(image_processor, "preprocess_base"):
+        return image_processor.preprocess_base(images)
+    out = image_processor([images], do_pad=False, return_tensors=None)  # transformers: a nested list = one sample
+    return [np.asarray(p, dtype=np.float32) for p in out["pixel_values"]], [
+        (int(h), int(w)) for h, w in out["image_sizes"]
+    ]
 
 
 def _size(image) -> tuple[int, int]:

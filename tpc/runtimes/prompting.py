@@ -123,8 +123,10 @@ class PromptEncoder:
     def crops(self, images: Sequence[object] | None, count: int, layout) -> Crops | None:
         """Every picture's preprocessed crops, samples after one another (``layout``: tpc.runtimes.image_layout),
         or None for a text-only batch. ``images``: as ``pictures`` takes them."""
-        flat = [p for sample in self.pictures(images, count) or [] for p in sample]
-        return layout.crops(self.processor.image_processor, flat) if flat else None
+        pictures = self.pictures(images, count) or []
+        flat = [p for sample in pictures for p in sample]
+        several = [len(sample) > 1 for sample in pictures for _ in sample]
+        return layout.crops(self.processor.image_processor, flat, several) if flat else None
 
     def pixels(self, images: Sequence[object] | None, count: int) -> np.ndarray | None:
         """Preprocessed pixel values [P,3,H,W] of every picture (one crop each), or None for a text-only batch."""
