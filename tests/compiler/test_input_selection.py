@@ -58,13 +58,31 @@ def test_usage_errors_are_one_line_and_leave_nothing_behind(args, fragment, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cdpruner_on_unpruned_multi_crop_pictures_is_refused_before_tracing(tmp_path):
-    """Spans whose length follows the aspect ratio need a selector for any length: DART has one, CDPruner's
-    greedy runs ``keep`` unrolled steps, so it is refused (before anything is traced)."""
-    settings = CompileSettings(model="llava-next-tiny", output=tmp_path / "out", method="cdpruner", ratio=0.5)
-    with pytest.raises(UsageError, match="unpruned multi-crop pictures .* needs a fixed span length"):
-        compile_model(settings, lambda stage: None)
-    assert list(tmp_path.iterdir()) == []
+class _UnprunedMultiCrop:
+    """An adapter's answers for unpruned multi-crop pictures: no finite set of span lengths, the longest 2928."""
+
+    def image_token_counts(self, keep):
+        return None
+
+    def max_image_tokens(self, keep):
+        return 2928
+
+
+def test_cdpruner_on_unpruned_multi_crop_pictures_plans_one_selector_for_any_length():
+    """Spans whose length follows the aspect ratio get ONE selector for any length, CDPruner's as DART's (its
+    greedy an ONNX Loop of len(keep_rows) steps); the arguments are checked at the longest span, before tracing."""
+    from types import SimpleNamespace
+
+    from tpc.compiler.input_stage import input_plan
+
+    settings = SimpleNamespace(input_method="cdpruner", input_method_args={"variant": "openvino"}, input_ratio=0.5)
+    plan = input_plan(settings, _UnprunedMultiCrop(), 576)
+    assert plan["spans"] == {} and plan["any_length"] == {"graph": "select_input", "max_image_tokens": 2928}
+    assert plan["parameters"] == {"variant": "openvino", "relevance_weight": 0.5, "split": 1}
+    bad = SimpleNamespace(input_method="cdpruner", input_method_args={"relevance_weight": "2"}, input_ratio=0.5)
+    with pytest.raises(UsageError, match="relevance_weight") as info:
+        input_plan(bad, _UnprunedMultiCrop(), 576)
+    assert "\n" not in str(info.value)
 
 
 @pytest.fixture(scope="module")

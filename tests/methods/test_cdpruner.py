@@ -1,4 +1,5 @@
-"""CDPruner's graph kernel against the naive determinant greedy: random, planted, edge cases, ONNX."""
+"""CDPruner's graph kernel against the naive determinant greedy: random, planted, edge cases, ONNX; the
+any-length form (quota = a length, greedy = an ONNX Loop) against the fixed one and the naive DPP."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import torch
 
 from tests.methods.test_dart import export_and_run, random_inputs
 from tpc.errors import UsageError
-from tpc.methods.cdpruner import CDPRUNER_PARAMS, cdpruner_select, conditional_kernel, greedy_map, paper_relevance
+from tpc.methods.cdpruner import (
+    CDPRUNER_PARAMS,
+    cdpruner_select,
+    cdpruner_select_any_length,
+    conditional_kernel,
+    greedy_map,
+    greedy_map_rows,
+    paper_relevance,
+)
 from tpc.methods.llm_input_reference import naive_greedy_dpp, reference_cdpruner
 from tpc.methods.params import parse_params
 
@@ -187,3 +196,129 @@ def test_every_budget_of_a_small_span_matches_the_reference():
     for keep in range(1, 7):
         expected = reference_cdpruner(image, text, mask, keep)
         assert np.array_equal(cdpruner_select(image, text, mask, keep).numpy(), expected.numpy())
+
+
+# (span length, quota): one-token spans, keep = 1, keep = n, odd halves for openvino's split
+ANY_LENGTH = [(1, 1), (2, 1), (2, 2), (5, 5), (9, 1), (9, 4), (17, 8), (30, 11)]
+
+
+def _any_length_case(n: int, batch: int = 2):
+    return random_inputs(n, n=n, width=48, batch=batch)
+
+
+@pytest.mark.parametrize("params", VARIANTS[:3], ids=["paper", "openvino", "openvino-whole"])
+def test_any_length_kernel_equals_the_fixed_one_and_the_naive_dpp(params):
+    for n, keep in ANY_LENGTH:
+        image, text, mask = _any_length_case(n)
+        got = cdpruner_select_any_length(image, text, mask, torch.arange(keep), **params)
+        assert torch.equal(got, cdpruner_select(image, text, mask, keep, **params)), (n, keep)
+        assert torch.equal(got, reference_cdpruner(image, text, mask, keep, **params)), (n, keep)
+    # exact duplicates: whether the float64 reference breaks their tie like fp32 depends on BLAS rounding,
+    # so the fixed kernel (the same ops) is the oracle; planted exact ties are below
+    image, text, mask = _any_length_case(30)
+    image[:, [4, 9, 21]] = image[:, 2:3]
+    got = cdpruner_select_any_length(image, text, mask, torch.arange(12), **params)
+    assert torch.equal(got, cdpruner_select(image, text, mask, 12, **params))
+    if params["variant"] == "paper":
+        assert all(len({2, 4, 9, 21} & set(row)) <= 1 for row in got.tolist())
+
+
+@pytest.mark.parametrize("params", VARIANTS[:2], ids=["paper", "openvino"])
+def test_any_length_ties_go_to_the_first_index(params):
+    image, text, mask = one_hot_span([2.0, 1.0, 2.0, 1.0, 2.0, 0.0])
+    no_text = torch.zeros(1, 1, dtype=torch.bool)
+    for keep in range(1, 7):
+        for prompt in (mask, no_text):
+            got = cdpruner_select_any_length(image, text, prompt, torch.arange(keep), **params)
+            assert torch.equal(got, reference_cdpruner(image, text, prompt, keep, **params)), keep
+    assert cdpruner_select_any_length(image, text, mask, torch.arange(4)).tolist() == [[0, 1, 2, 4]]
+
+
+def test_greedy_map_rows_runs_one_step_per_row_and_is_prefix_consistent():
+    image, text, mask = random_inputs(9, n=24, width=48)
+    kernel = conditional_kernel(image, text, mask)
+    longest = greedy_map_rows(kernel, torch.arange(24))
+    assert torch.equal(longest, greedy_map(kernel, 24))
+    for steps in (0, 1, 7, 23):  # the first picks of a longer run are the picks of a shorter one
+        assert torch.equal(greedy_map_rows(kernel, torch.arange(steps)), longest[:, :steps])
+
+
+@pytest.fixture(scope="module", params=VARIANTS[:2], ids=["paper", "openvino"])
+def any_length_graph(request, tmp_path_factory):
+    """``cdpruner_select_any_length`` exported with its greedy spliced into ONNX Loops (openvino: one per half)."""
+    import onnxruntime as ort
+
+    from tpc.compiler.greedy_loop import export_with_greedy_loops
+
+    params = request.param
+
+    class Select(torch.nn.Module):
+        def forward(self, image, text, text_mask, keep_rows):
+            return cdpruner_select_any_length(image, text, text_mask, keep_rows, **params)
+
+    image, text, mask = _any_length_case(9)
+    dims = {name: torch.export.Dim(name, min=1, max=4096) for name in ("batch", "n", "seq", "keep")}
+    path = export_with_greedy_loops(
+        Select(),
+        (image, text, mask, torch.arange(4)),
+        tmp_path_factory.mktemp("loop") / "kernel.onnx",
+        ["image", "text", "text_mask", "keep_rows"],
+        ["kept"],
+        {
+            "image": {0: dims["batch"], 1: dims["n"]},
+            "text": {0: dims["batch"], 1: dims["seq"]},
+            "text_mask": {0: dims["batch"], 1: dims["seq"]},
+            "keep_rows": {0: dims["keep"]},
+        },
+        {},
+    )
+    return params, path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_the_loop_graph_picks_what_the_naive_dpp_picks_at_every_length(any_length_graph):
+    """One graph for every (n, keep): the Loop runs len(keep_rows) steps; one-token spans, ties, keep = 1 and
+    keep = n, batches of 1 to 3."""
+    params, _, session = any_length_graph
+    image, text, mask = one_hot_span([2.0, 1.0, 2.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.5, 1.0])
+    planted = (*(torch.nn.functional.pad(t, (0, 38)) for t in (image, text)), mask)  # the graph's width: 48
+    no_text = (planted[0], planted[1], torch.zeros(1, 1, dtype=torch.bool))  # every gain ties
+    cases = [(*_any_length_case(n, batch=1 + n % 3), keep) for n, keep in ANY_LENGTH]
+    cases += [(*planted, keep) for keep in (1, 3, 6, 10)] + [(*no_text, 4)]
+    for image, text, mask, keep in cases:
+        feeds = {"image": image.numpy(), "text": text.numpy(), "text_mask": mask.numpy(), "keep_rows": np.arange(keep)}
+        (got,) = session.run(None, feeds)
+        assert got.shape == (image.shape[0], keep)
+        assert got.tolist() == reference_cdpruner(image, text, mask, keep, **params).tolist(), (image.shape, keep)
+        assert got.tolist() == cdpruner_select_any_length(image, text, mask, torch.arange(keep), **params).tolist()
+    feeds = {"image": planted[0].numpy(), "text": planted[1].numpy(), "text_mask": planted[2].numpy()}
+    got = session.run(None, {**feeds, "keep_rows": np.arange(6)})[0].tolist()
+    assert got == ([[0, 1, 2, 3, 4, 7]] if params["variant"] == "paper" else [[0, 2, 4, 6, 7, 9]])
+
+
+def test_the_loop_is_counted_by_a_shape_with_constant_shape_state(any_length_graph):
+    """TensorRT's rules: trip count = Squeeze(Shape(keep_rows or its slice)) (a kCOUNT limit), no condition, no
+    scan output, each loop-carried value declared with the shape it is returned with; no placeholder is left."""
+    import onnx
+
+    from tpc.compiler.trt_check import check_graph
+
+    params, path, _ = any_length_graph
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    loops = [node for node in model.graph.node if node.op_type == "Loop"]
+    assert len(loops) == (1 if params["variant"] == "paper" else 2)  # openvino: one greedy per half
+    for loop in loops:
+        squeeze = producers[loop.input[0]]
+        assert squeeze.op_type == "Squeeze" and producers[squeeze.input[0]].op_type == "Shape"
+        assert loop.input[1] == ""
+        body = loop.attribute[0].g
+        assert len(body.output) == len(loop.input) - 1  # the condition and the three states: no scan output
+        for given, returned in zip(body.input[2:], body.output[1:], strict=True):
+            assert given.type == returned.type
+    if params["variant"] == "paper":  # Squeeze(Shape(keep_rows))
+        assert producers[producers[loops[0].input[0]].input[0]].input[0] == "keep_rows"
+    assert {o.domain for o in model.opset_import} == {""}
+    report = check_graph(model, "kernel")
+    assert report.blockers == [] and report.ops["Loop"] == len(loops)
+    assert report.ops["ScatterElements"] == 3 * len(loops)  # the body's nodes are checked too

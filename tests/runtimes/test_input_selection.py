@@ -166,9 +166,8 @@ def test_run_json_reports_the_input_kept_indices(compiled, capsys):
 def test_dart_on_unpruned_multi_crop_spans_of_any_length(tmp_path):
     """LLaVA-NeXT unpruned: a span's length follows its picture's aspect ratio (unpad + newlines), so DART runs
     in ONE selector that takes the length and the quota as input lengths. A tall and a wide picture in one batch:
-    each span keeps ceil(n * (1 - R)) rows, equal to the naive reference at its own length; a CDPruner compile
-    of the same model is refused in one line (its greedy needs a fixed step count)."""
-    from tpc.errors import UsageError
+    each span keeps ceil(n * (1 - R)) rows, equal to the naive reference at its own length (CDPruner's form:
+    tests/runtimes/test_cdpruner_any_length.py)."""
     from tpc.methods.llm_input import input_keep
 
     out = tmp_path / "next-dart"

@@ -10,9 +10,13 @@ One graph per span length: CDPruner's greedy MAP runs exactly ``keep`` unrolled 
 and DART's image-pivot count is ``min(image_pivots, keep)``, so the span length and its
 quota are compile-time constants of each graph (TopK's K is a constant, as TensorRT
 wants). The lengths are the family's ``image_token_counts`` at the pre-LLM budget: one
-for a single-crop family, one per crop count of the pinpoints for pruned crops. Unpruned
-multi-crop pictures (lengths that follow the aspect ratio, no finite set) are refused
-for now with a one-line error.
+for a single-crop family, one per crop count of the pinpoints for pruned crops.
+
+Unpruned multi-crop pictures (lengths that follow the aspect ratio, no finite set) get ONE
+selector for spans of any length (``DynamicInputSelect``): the span length and the quota are
+the lengths of two inputs, ``image_rows`` and ``keep_rows``. DART masks its static pivot
+slots; CDPruner's greedy becomes an ONNX Loop whose trip count is ``len(keep_rows)``
+(``tpc.compiler.greedy_loop``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from torch import nn
 from tpc.artifact_layout import INPUT_SELECT_INPUTS, INPUT_SELECT_OUTPUTS, input_select_name
 from tpc.compiler.onnx_export import export_onnx
 from tpc.compiler.trace import batch_dim
-from tpc.errors import UsageError
 from tpc.methods.llm_input import check_input_args, input_keep, input_kernel, parse_input_args
 from tpc.models.decoder_segments import stage_index
 
@@ -46,21 +49,29 @@ class InputSelect(nn.Module):
         return _survivors(inputs_embeds, attention_mask, position_ids, image_start, kept, self.length - self.keep)
 
 
-class DynamicInputSelect(nn.Module):
-    """DART on an image span of any length (unpruned multi-crop pictures): the span length and its quota come
-    from the lengths of ``image_rows`` (= arange(n)) and ``keep_rows`` (= arange(keep)), shapes rather than
-    values, as the in-LLM selectors for any block length take them. CDPruner's greedy runs ``keep`` unrolled
-    steps, so it has no such form."""
-
-    def __init__(self, params: dict[str, Any]):
-        super().__init__()
-        self.params = dict(params)
-
-    def forward(self, inputs_embeds, attention_mask, position_ids, image_start, text_mask, image_rows, keep_rows):
+def any_length_kernel(method: str):
+    """``select(image [B,n,D], text, text_mask, keep_rows [keep], **params) -> kept [B,keep]``."""
+    if method == "dart":
         from tpc.methods.dart import dart_select_any_length
 
+        return dart_select_any_length
+    from tpc.methods.cdpruner import cdpruner_select_any_length
+
+    return cdpruner_select_any_length
+
+
+class DynamicInputSelect(nn.Module):
+    """DART or CDPruner on an image span of any length (unpruned multi-crop pictures): the span length and its
+    quota come from the lengths of ``image_rows`` (= arange(n)) and ``keep_rows`` (= arange(keep)), shapes
+    rather than values, as the in-LLM selectors for any block length take them."""
+
+    def __init__(self, params: dict[str, Any], method: str = "dart"):
+        super().__init__()
+        self.select, self.params = any_length_kernel(method), dict(params)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, image_start, text_mask, image_rows, keep_rows):
         image = _span(inputs_embeds, image_start, image_rows)
-        kept = dart_select_any_length(image, inputs_embeds, text_mask, keep_rows, **self.params)
+        kept = self.select(image, inputs_embeds, text_mask, keep_rows, **self.params)
         dropped = image_rows.shape[0] - keep_rows.shape[0]
         return _survivors(inputs_embeds, attention_mask, position_ids, image_start, kept, dropped)
 
@@ -88,12 +99,6 @@ def input_plan(settings, adapter, keep: int) -> dict[str, Any]:
     params = parse_input_args(name, {k: str(v) for k, v in settings.input_method_args.items()})
     lengths = adapter.image_token_counts(keep, several_pictures=True)  # spans of pictures alone or with others
     if lengths is None:  # unpruned multi-crop: the span length follows each picture's aspect ratio
-        if name != "dart":
-            raise UsageError(
-                f"selection at the LLM input ({name}) on unpruned multi-crop pictures (span lengths follow the "
-                "aspect ratio) needs a fixed span length: its greedy runs `keep` unrolled steps; add a pre-LLM "
-                "--method with --ratio/--keep, or use dart"
-            )
         longest = adapter.max_image_tokens(keep)
         check_input_args(name, params, longest, input_keep(longest, settings.input_ratio))
         return {
@@ -169,7 +174,8 @@ def _sample(n: int, hidden_size: int, dims: int) -> tuple:
 
 
 def export_any_length_selector(plan: dict[str, Any], hidden_size: int, max_context: int, out_dir: Path, dims: int):
-    """The one DART selector for spans of any length: ``image_rows``/``keep_rows`` lengths set n and the quota."""
+    """The one selector for spans of any length: ``image_rows``/``keep_rows`` lengths set n and the quota.
+    CDPruner's greedy calls are exported as placeholders and spliced into ONNX Loops."""
     from tpc.artifact_layout import DYNAMIC_INPUT_SELECT_INPUTS
 
     graph = plan["any_length"]["graph"]
@@ -180,9 +186,12 @@ def export_any_length_selector(plan: dict[str, Any], hidden_size: int, max_conte
     rows = torch.export.Dim("image_rows", min=1, max=max_context)
     kept = torch.export.Dim("keep_rows", min=1, max=max_context)
     per_token = ("inputs_embeds", "attention_mask", "position_ids", "text_mask")
+    export = export_onnx
+    if plan["method"] == "cdpruner":
+        from tpc.compiler.greedy_loop import export_with_greedy_loops as export
     return {
-        graph: export_onnx(
-            DynamicInputSelect(plan["parameters"]).eval(),
+        graph: export(
+            DynamicInputSelect(plan["parameters"], plan["method"]).eval(),
             args,
             out_dir / f"{graph}.onnx",
             input_names=DYNAMIC_INPUT_SELECT_INPUTS,

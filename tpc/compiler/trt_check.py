@@ -3,9 +3,15 @@
 Checked against the TensorRT 10.x ONNX parser's documented constraints: operators and
 opset it supports, TopK with a constant K (or one computed from input shapes, which
 TensorRT 10 takes as a shape tensor) of at most 3840, no NonZero / Unique /
-Compress, no data-dependent output shapes, Loop without dynamic scan outputs, every
-dynamic input axis covered by an optimization profile of the build plan. int64
-tensors are listed (TensorRT casts many of them to int32). A blocker names its node.
+Compress, no data-dependent output shapes, every dynamic input axis covered by an
+optimization profile of the build plan. int64 tensors are listed (TensorRT casts many of
+them to int32). A blocker names its node.
+
+Loops (TensorRT's ILoop): the trip count becomes a kCOUNT trip limit, taken from shapes or
+constants (e.g. ``Squeeze(Shape(keep_rows))``; from tensor values it is a warning); scan
+outputs need that counted length (no condition input); every loop-carried value keeps one
+shape (a value rebuilt by Concat/Pad/Tile from its previous self grows each step: blocked);
+the body's nodes are checked by the same rules as the graph's, outer shapes staying static.
 """
 
 from __future__ import annotations
@@ -146,9 +152,10 @@ def _constant_values(graph: onnx.GraphProto) -> dict[str, Any]:
     return values
 
 
-def _static_names(graph: onnx.GraphProto) -> set[str]:
-    """Tensors computed only from shapes and constants (not from input data)."""
-    static = {init.name for init in graph.initializer}
+def _static_names(graph: onnx.GraphProto, outer: set[str] | None = None) -> set[str]:
+    """Tensors computed only from shapes and constants (not from input data); ``outer``: those of the
+    enclosing graph, which a Loop body reads as loop-invariant values."""
+    static = set(outer or ()) | {init.name for init in graph.initializer}
     for node in graph.node:  # nodes are topologically sorted in a valid ONNX graph
         if node.op_type in ("Shape", "Size", "Constant") or (
             node.op_type in SHAPE_ARITHMETIC and all(i in static or i == "" for i in node.input)
@@ -164,10 +171,20 @@ def check_graph(model: onnx.ModelProto, name: str, profiles: list[dict] | None =
     report.opset = opsets.get("ai.onnx")
     if report.opset is not None and not MIN_OPSET <= report.opset <= MAX_OPSET:
         report.blockers.append(f"opset {report.opset} outside TensorRT's supported {MIN_OPSET}-{MAX_OPSET}")
-    constants = _constant_values(graph)
-    static = _static_names(graph)
-    for node in graph.node:
-        label = f"{node.op_type} node {node.name or node.output[0]!r}"
+    _check_nodes(graph.node, _constant_values(graph), _static_names(graph), report)
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            report.int64.append(value.name)
+    report.int64 += [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT64][:20]
+    if profiles is not None:
+        _check_profiles(graph, profiles, report)
+    return report
+
+
+def _check_nodes(nodes, constants: dict[str, Any], static: set[str], report: GraphReport, scope: str = "") -> None:
+    """The per-node rules; ``scope`` prefixes the labels of a Loop body's nodes."""
+    for node in nodes:
+        label = f"{scope}{node.op_type} node {node.name or node.output[0]!r}"
         report.ops[node.op_type] = report.ops.get(node.op_type, 0) + 1
         if node.domain not in ("", "ai.onnx"):
             report.blockers.append(f"{label}: custom domain {node.domain!r} has no TensorRT importer")
@@ -195,17 +212,71 @@ def check_graph(model: onnx.ModelProto, name: str, profiles: list[dict] | None =
                     f"{node.input[position]!r} comes from tensor values)"
                 )
         if node.op_type == "Loop":
-            body = next((a.g for a in node.attribute if a.name == "body"), None)
-            scans = len(body.output) - 1 - (len(node.input) - 2) if body is not None else 0
-            if scans > 0:
-                report.blockers.append(f"{label}: {scans} scan output(s) with a dynamic length")
-    for value in list(graph.input) + list(graph.output):
-        if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-            report.int64.append(value.name)
-    report.int64 += [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT64][:20]
-    if profiles is not None:
-        _check_profiles(graph, profiles, report)
-    return report
+            _check_loop(node, label, constants, static, report)
+
+
+# A loop-carried value rebuilt by one of these from its previous self changes shape every step.
+GROWING = {"Concat", "Pad", "Tile"}
+_PASS_THROUGH = {"Identity", "Cast"}
+
+
+def _check_loop(node, label: str, constants: dict[str, Any], static: set[str], report: GraphReport) -> None:
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    if body is None:
+        return
+    trip = node.input[0] if node.input else ""
+    condition = node.input[1] if len(node.input) > 1 else ""
+    counted = bool(trip) and trip in static  # a kCOUNT trip limit TensorRT can size
+    if trip and not counted:
+        report.warnings.append(f"{label}: the trip count comes from tensor values (a data-dependent step count)")
+    states = len(node.input) - 2
+    scans = len(body.output) - 1 - states
+    if scans > 0 and not (counted and not condition):
+        report.blockers.append(
+            f"{label}: {scans} scan output(s) with a dynamic length (needs a trip count from shapes or "
+            "constants and no condition input)"
+        )
+    _check_states(body, states, label, report)
+    inner = {**constants, **_constant_values(body)}
+    _check_nodes(body.node, inner, _static_names(body, static), report, scope=f"{label} body: ")
+
+
+def _check_states(body: onnx.GraphProto, states: int, label: str, report: GraphReport) -> None:
+    """Each loop-carried value must keep its shape from one step to the next (TensorRT's IRecurrenceLayer)."""
+    producers = {out: n for n in body.node for out in n.output}
+
+    def source(name: str) -> str:
+        while name in producers and producers[name].op_type in _PASS_THROUGH:
+            name = producers[name].input[0]
+        return name
+
+    for given, returned in zip(body.input[2 : 2 + states], body.output[1 : 1 + states], strict=True):
+        maker = producers.get(source(returned.name))
+        if maker is not None and maker.op_type in GROWING and any(source(i) == given.name for i in maker.input):
+            report.blockers.append(
+                f"{label}: loop-carried {given.name!r} is rebuilt by {maker.op_type} from itself, so it changes "
+                "shape every step; TensorRT's loop recurrences keep one shape (preallocate it, write with "
+                "ScatterElements)"
+            )
+            continue
+        before, after = _declared(given), _declared(returned)
+        if before is not None and after is not None and _differ(before, after):
+            report.blockers.append(
+                f"{label}: loop-carried {given.name!r} is declared {before} but the step returns {after}; "
+                "TensorRT's loop recurrences keep one shape"
+            )
+
+
+def _declared(value: onnx.ValueInfoProto) -> list | None:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _differ(before: list, after: list) -> bool:
+    fixed = zip(before, after, strict=True) if len(before) == len(after) else None
+    return fixed is None or any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in fixed)
 
 
 def _check_profiles(graph: onnx.GraphProto, profiles: list[dict], report: GraphReport) -> None:

@@ -241,7 +241,7 @@ def input_engines(runtime: dict[str, Any], b: int, max_prefill: int, opt_prefill
         shapes["position_ids"] = _positions((1, lo), (1, mid), (b, top), runtime.get("position_dims", 1))
         engines[span["graph"]] = [{"name": span["graph"], "shapes": shapes}]
     any_length = runtime["input_selection"].get("any_length")
-    if any_length:  # DART on spans of any length: their length and quota as the lengths of two inputs
+    if any_length:  # DART or CDPruner on spans of any length: their length and quota as two inputs' lengths
         from tpc.methods.llm_input import input_keep
 
         longest = any_length["max_image_tokens"]

@@ -5,6 +5,12 @@
   different prompts and text masks, spans at different offsets, left padding and
   duplicated (tied) image rows; the shortened embeddings, mask and ORIGINAL positions
   equal the rows gathered at those indices;
+* CDPruner's selector for spans of any length (an ONNX Loop of ``len(keep_rows)`` steps) is fed a
+  quota of its own: exact against the naive DPP for the first ``exact_steps`` picks (the naive
+  reference recomputes determinants, and past the embeddings' rank, at most the hidden size, every
+  gain is rounding noise, so no two implementations agree there), then run at the full quota:
+  ``keep`` distinct ascending indices of the span that contain those picks (greedy MAP is
+  prefix-consistent) and rows gathered at them;
 * end to end: the runtime's selection then the compiled decoder, against the PyTorch
   language model run per sample on the same kept rows with the original positions
   (prefill logits and one decode step continuing after the unpruned length).
@@ -53,6 +59,31 @@ def _reference_rows(embeds, mask, positions, starts, kept, n: int):
     return [torch.stack(parts) for parts in zip(*rows, strict=True)]
 
 
+EXACT_STEPS = 16  # the naive DPP's cost grows as steps^2 * n determinants
+
+
+def exact_steps(plan: dict, span: dict, hidden: int) -> int:
+    """The quota checked exactly against the reference: the span's own, or for CDPruner's any-length Loop the
+    first picks only (bounded by the naive reference's cost and by the rank of the embeddings)."""
+    if plan["method"] != "cdpruner" or not span.get("any_length"):
+        return span["keep"]
+    return min(span["keep"], EXACT_STEPS, max(1, hidden // 2))
+
+
+def _full_quota(got, exact_kept, embeds, mask, positions, starts, n: int, keep: int) -> bool:
+    """The selector's outputs at the full quota: ``keep`` distinct ascending span indices that contain the
+    exactly checked picks, and rows gathered at them."""
+    kept = torch.from_numpy(np.asarray(got[3]))
+    if kept.shape != (2, keep) or not bool((kept[:, 1:] > kept[:, :-1]).all() and (kept >= 0).all()):
+        return False
+    if not bool((kept < n).all()):
+        return False
+    if not all(set(e.tolist()) <= set(k.tolist()) for e, k in zip(exact_kept, kept, strict=True)):
+        return False
+    want = _reference_rows(embeds, mask, positions, starts, kept, n)
+    return all(np.array_equal(np.asarray(g), w.numpy()) for g, w in zip(got[:3], want, strict=True))
+
+
 @torch.no_grad()
 def check_lengths(plan: dict, crop_tokens: int) -> dict[str, dict]:
     """The spans a selector is checked at: every compiled length, or for the any-length selector the longest
@@ -73,10 +104,10 @@ def verify_input_selectors(
     reference = input_reference(plan["method"])
     results = []
     for length, span in check_lengths(plan, crop_tokens).items():
-        n, keep = int(length), span["keep"]
+        n, keep, exact = int(length), span["keep"], exact_steps(plan, span, hidden)
         embeds, mask, positions, starts, text_mask = _batch(n, hidden, seed + n, dims)
         image = torch.stack([embeds[b, s : s + n] for b, s in enumerate(starts.tolist())])
-        kept = reference(image, embeds, text_mask, keep, **plan["parameters"])
+        kept = reference(image, embeds, text_mask, exact, **plan["parameters"])
         want = [*_reference_rows(embeds, mask, positions, starts, kept, n), kept]
         feeds = {
             "inputs_embeds": embeds.numpy(),
@@ -86,19 +117,18 @@ def verify_input_selectors(
             "text_mask": text_mask.numpy(),
         }
         if span.get("any_length"):
-            feeds.update(image_rows=np.arange(n), keep_rows=np.arange(keep))
+            feeds.update(image_rows=np.arange(n), keep_rows=np.arange(exact))
         got = graphs.run_graph(span["graph"], feeds)
         indices = bool(np.array_equal(np.asarray(got[3]), kept.numpy()))
         rows = all(np.array_equal(np.asarray(g), w.numpy()) for g, w in zip(got[:3], want[:3], strict=True))
-        results.append(
-            {
-                "graph": span["graph"],
-                "image_tokens": n,
-                "keep": keep,
-                "indices_equal": indices,
-                "passed": indices and rows,
-            }
-        )
+        result = {"graph": span["graph"], "image_tokens": n, "keep": keep, "indices_equal": indices}
+        if exact < keep:  # the rest of the quota: consistent with the exact picks
+            feeds["keep_rows"] = np.arange(keep)
+            full = graphs.run_graph(span["graph"], feeds)
+            consistent = _full_quota(full, kept, embeds, mask, positions, starts, n, keep)
+            result.update(exact_keep=exact, full_quota_ok=consistent)
+            rows = rows and consistent
+        results.append({**result, "passed": indices and rows})
     return results
 
 

@@ -40,6 +40,12 @@ e = (K_j - sum_s c_s[j] c_s) / d_j, subtracts e^2 from the gains and sets the pi
 to -inf. A pick whose gain is not positive (the kernel's rank is spent) contributes
 e = 0, so the remaining order stays well defined. Exactly ``keep`` steps, unrolled (a
 constant trip count); the picks are then sorted ascending by a constant-K TopK.
+
+Spans of any length (unpruned multi-crop pictures): ``cdpruner_select_any_length`` takes the
+quota as the length of ``keep_rows`` (= arange(keep)) and runs the same kernel and greedy
+through ``greedy_map_rows``, a custom op whose step count is the length of its second input.
+Eagerly it is ``greedy_map``; exported, it is one placeholder node that
+``tpc.compiler.greedy_loop`` replaces with an ONNX Loop of that many steps.
 """
 
 from __future__ import annotations
@@ -155,7 +161,21 @@ def greedy_map(kernel: torch.Tensor, steps: int) -> torch.Tensor:
         gains = (gains - row.squeeze(1) ** 2).scatter(1, pick, float("-inf"))
         rows = row if rows is None else torch.cat([rows, row], dim=1)
         picks.append(pick)
+    if not picks:  # no step (the first half of a one-token quota, openvino split)
+        return torch.zeros(kernel.shape[0], 0, dtype=torch.int64, device=kernel.device)
     return torch.cat(picks, dim=1)
+
+
+@torch.library.custom_op("tpc::cdpruner_greedy_map", mutates_args=())
+def greedy_map_rows(kernel: torch.Tensor, steps_rows: torch.Tensor) -> torch.Tensor:
+    """``greedy_map`` for as many steps as ``steps_rows`` has rows: a count known at run time from a shape.
+    Exported, it is one placeholder node (``tpc.compiler.greedy_loop``) that becomes an ONNX Loop."""
+    return greedy_map(kernel, steps_rows.shape[0])
+
+
+@greedy_map_rows.register_fake
+def _greedy_map_rows_shape(kernel: torch.Tensor, steps_rows: torch.Tensor) -> torch.Tensor:
+    return kernel.new_empty((kernel.shape[0], steps_rows.shape[0]), dtype=torch.int64)
 
 
 def cdpruner_select(
@@ -184,13 +204,41 @@ def cdpruner_select(
     return torch.topk(order, keep, dim=-1, largest=False, sorted=True).values
 
 
+def cdpruner_select_any_length(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    keep_rows: torch.Tensor,
+    variant: str = "paper",
+    relevance_weight: float = 0.5,
+    split: int = 1,
+) -> torch.Tensor:
+    """``cdpruner_select`` for a span length and quota known only at run time: ``keep`` is the length of
+    ``keep_rows`` (= arange(keep)), ``n`` the length of ``image``; the same kernels, the same greedy (run by
+    ``greedy_map_rows``), the same picks. The caller checks the arguments (``check_cdpruner_args``)."""
+    n, keep = image.shape[1], keep_rows.shape[0]
+    args = (text, text_mask, variant, relevance_weight)
+    # a traced (symbolic) n always takes the halves: a one-token span's first half is empty and keeps nothing,
+    # which is the unsplit selection; eagerly, n == 1 takes the unsplit path (reductions over no rows fail)
+    if variant == "openvino" and split and (not isinstance(n, int) or n > 1):
+        half, first = n // 2, keep // 2
+        low = greedy_map_rows(conditional_kernel(image[:, :half], *args), keep_rows[:first])
+        high = greedy_map_rows(conditional_kernel(image[:, half:], *args), keep_rows[first:])
+        order = torch.cat([low, high + half], dim=1)
+    else:
+        order = greedy_map_rows(conditional_kernel(image, *args), keep_rows)
+    return torch.topk(order, keep, dim=-1, largest=False, sorted=True).values
+
+
 __all__ = [
     "CDPRUNER_PARAMS",
     "VARIANTS",
     "cdpruner_select",
+    "cdpruner_select_any_length",
     "check_cdpruner_args",
     "conditional_kernel",
     "greedy_map",
+    "greedy_map_rows",
     "openvino_relevance",
     "paper_relevance",
 ]
