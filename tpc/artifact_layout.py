@@ -58,7 +58,7 @@ DART_STAGE_RULE = "dart"  # ``Stage.rule`` of such a stage (``tpc.methods.in_llm
 SELECT_INPUT = "select_input"
 INPUT_SELECT_INPUTS = ["inputs_embeds", "attention_mask", "position_ids", "image_start", "text_mask"]
 INPUT_SELECT_OUTPUTS = ["kept_embeds", "kept_position_ids", "kept_attention_mask", "kept_image_indices"]
-# DART on spans of any length (unpruned multi-crop pictures): the span length and quota as input lengths
+# DART or CDPruner on spans of any length (unpruned multi-crop pictures): the span length and quota as input lengths
 DYNAMIC_INPUT_SELECT_INPUTS = [*INPUT_SELECT_INPUTS, "image_rows", "keep_rows"]
 
 

@@ -19,10 +19,8 @@ d_j^2 > 0 else 0, gains -= e^2, the picked gain set to -inf.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,30 +80,19 @@ def export_with_greedy_loops(
     axis_names: dict[str, dict[int, str]],
 ) -> Path:
     """``export_onnx`` for a module that calls ``greedy_map_rows``: each call becomes an ONNX Loop."""
-    from tpc.compiler.onnx_export import _first, rename_dims
+    from tpc.compiler.onnx_export import export_onnx
 
-    chatter = io.StringIO()
-    try:
-        with _placeholder_schema(), torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                dynamo=True,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_shapes=dynamic_shapes,
-                custom_translation_table=_translation_table(),
-                optimize=True,
-                external_data=True,
-                verbose=False,
-            )
-    except Exception as exc:
-        raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {_first(exc)}") from exc
-    finally:
-        log.debug("torch.onnx.export %s:\n%s", path.name, chatter.getvalue())
-    rename_dims(path, axis_names)
+    with _placeholder_schema():  # registered before the table's op is made (it looks its schema up)
+        export_onnx(
+            module,
+            args,
+            path,
+            input_names,
+            output_names,
+            dynamic_shapes,
+            axis_names,
+            custom_translation_table=_translation_table(),
+        )
     model = onnx.load(str(path), load_external_data=False)
     if not splice_greedy_loops(model):
         raise ExportError(f"ONNX export of {path.name}: no greedy placeholder to turn into a Loop")

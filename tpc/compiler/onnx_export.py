@@ -35,8 +35,10 @@ def export_onnx(
     output_names: list[str],
     dynamic_shapes: Any,
     axis_names: dict[str, dict[int, str]],
+    custom_translation_table: dict | None = None,
 ) -> Path:
-    """Export ``module`` to ``path`` and rename its symbolic dims by ``axis_names``."""
+    """Export ``module`` to ``path`` and rename its symbolic dims by ``axis_names``. ``custom_translation_table``
+    (torch op -> ONNX function): graphs with ops of their own (``tpc.compiler.greedy_loop``)."""
     chatter = io.StringIO()  # the exporter prints its stages; keep them for -vv
     try:
         with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
@@ -49,6 +51,7 @@ def export_onnx(
                 input_names=input_names,
                 output_names=output_names,
                 dynamic_shapes=dynamic_shapes,
+                custom_translation_table=custom_translation_table,
                 optimize=True,
                 external_data=True,
                 verbose=False,
