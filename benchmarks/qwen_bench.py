@@ -111,7 +111,7 @@ def tpc_rows(arts: dict[float, Path], runs: int, warmup: int, new_tokens: int) -
             info[ratio] = {
                 "image_tokens": result.image_tokens[0],
                 "picture": result.pictures[0],
-                "prompt_text_tokens": int(len(model.encoder.encode(QUESTION, True, 1)) - 1),
+                "prompt_text_tokens": int(len(model.encoder.encode(QUESTION, [1])) - 1),
             }
             if index < warmup:
                 continue

@@ -202,31 +202,31 @@ def resolve_keep(model, chat: ChatRequest) -> int | None:
 
 
 def prepare(model, settings: ServeSettings, chat: ChatRequest, keep: int | None):
-    """(thread pool) The decoded image, after checking that the prompt can fit the context."""
-    image = None
-    if chat.image_url is not None:
-        image = open_image_url(
-            chat.image_url, settings.max_image_bytes, settings.max_image_pixels, settings.allow_local_dir
-        )
+    """(thread pool) The decoded pictures (None: text only), after checking that the prompt can fit the
+    context."""
+    images = [
+        open_image_url(url, settings.max_image_bytes, settings.max_image_pixels, settings.allow_local_dir)
+        for url in chat.image_urls
+    ]
     # a picture brings at least one crop's kept tokens; the worker refuses the rest exactly
     fewest = None
-    if image is not None:
+    if images:
         bucketed = model.bucketed
         fewest = keep or (min(bucketed.buckets) if bucketed is not None else model.runtime["keep"])
     try:
-        length = len(model.encoder.encode(chat.prompt, image is not None, fewest))
+        length = len(model.encoder.encode(chat.prompt, [fewest] * len(images)))
     except UsageError as exc:
         raise invalid(str(exc), param="messages") from None
     context = model.runtime["max_context"]
     if length + chat.max_tokens > context:
-        visual = f" ({fewest} or more of them visual)" if fewest else ""
+        visual = f" ({fewest * len(images)} or more of them visual)" if fewest else ""
         raise invalid(
             f"the prompt is {length} tokens{visual} plus max_tokens {chat.max_tokens}, over the model's context "
             f"of {context}",
             param="messages",
             code="context_length_exceeded",
         )
-    return image
+    return images or None
 
 
 async def wait_disconnect(request: Request) -> None:

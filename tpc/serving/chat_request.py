@@ -1,8 +1,8 @@
 """Parse an OpenAI ``/v1/chat/completions`` body into what one generate row needs.
 
-The compiled model's chat template wraps one user turn (the image, then the text), so a
+The compiled model's chat template wraps one user turn (the pictures, then the text), so a
 request carries exactly one ``user`` message: its content is a string, or a list of
-``text`` parts (joined by newlines) and at most one ``image_url`` part. Sampling follows
+``text`` parts (joined by newlines) and ``image_url`` parts (the pictures, in order). Sampling follows
 ``tpc run``: ``temperature`` 0 (the default) is greedy, ``seed`` defaults to 0.
 
 The ``tpc`` extension field sets the visual-token budget of a bucketed artifact:
@@ -26,7 +26,7 @@ UNSUPPORTED = {"n": 1, "stop": None, "logprobs": False, "top_logprobs": None, "t
 class ChatRequest:
     model: str
     prompt: str
-    image_url: str | None
+    image_urls: list[str]  # the user turn's pictures, in order (empty: text only)
     max_tokens: int
     temperature: float
     top_p: float
@@ -58,7 +58,7 @@ def parse_chat_request(body: bytes, default_max_tokens: int, max_context: int) -
         value = data.get(name)
         if value is not None and value != default and value != []:
             raise invalid(f"'{name}' is not supported by this server (only {json.dumps(default)})", param=name)
-    prompt, image_url = _user_turn(data.get("messages"))
+    prompt, image_urls = _user_turn(data.get("messages"))
     if "max_tokens" in data and "max_completion_tokens" in data:
         raise invalid("give 'max_tokens' or 'max_completion_tokens', not both", param="max_tokens")
     limit_name = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
@@ -81,7 +81,7 @@ def parse_chat_request(body: bytes, default_max_tokens: int, max_context: int) -
     return ChatRequest(
         model=model,
         prompt=prompt,
-        image_url=image_url,
+        image_urls=image_urls,
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -93,7 +93,7 @@ def parse_chat_request(body: bytes, default_max_tokens: int, max_context: int) -
     )
 
 
-def _user_turn(messages: object) -> tuple[str, str | None]:
+def _user_turn(messages: object) -> tuple[str, list[str]]:
     if not isinstance(messages, list) or not messages:
         raise invalid("'messages' must be a non-empty list", param="messages", code="missing_required")
     for index, message in enumerate(messages):
@@ -122,12 +122,10 @@ def _user_turn(messages: object) -> tuple[str, str | None]:
                 raise invalid(f"{where}: expected a 'text' or an 'image_url' part", param=where)
     else:
         raise invalid("messages[0].content must be a string or a list of parts", param="messages[0].content")
-    if len(images) > 1:
-        raise invalid(f"one image per request, got {len(images)}", param="messages[0].content")
     prompt = "\n".join(texts)
     if not prompt.strip():
         raise invalid("the user message has no text (a question or an instruction)", param="messages[0].content")
-    return prompt, images[0] if images else None
+    return prompt, images
 
 
 def _image_url(value: object, where: str) -> str:

@@ -49,7 +49,7 @@ class Job:
     def __init__(self, request: ChatRequest, image, keep: int | None, loop: asyncio.AbstractEventLoop):
         self.id = next(_ids)
         self.request = request
-        self.image = image
+        self.image = image  # the request's pictures (a list), or None
         self.keep = keep  # the compiled bucket (bucketed artifacts), else None
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
@@ -201,7 +201,8 @@ class Scheduler:
     def _completion(self, job: Job, row: int, result, batch_size: int, done: float) -> Completion:
         ids = list(result.token_ids[row])
         image_tokens = result.image_tokens[row] if result.image_tokens else None
-        prompt_ids = self.model.encoder.encode(job.request.prompt, job.image is not None, image_tokens)
+        pictures = result.picture_tokens[row] if result.picture_tokens else None
+        prompt_ids = self.model.encoder.encode(job.request.prompt, pictures)
         first = job.first_token or done
         self.metrics.generated.inc(len(ids))
         self.metrics.latency.observe(done - job.arrived)
