@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_bench.py --model llava-bench
 	$(PY) benchmarks/methods_bench.py --model llava-bench
 	$(PY) benchmarks/divprune_loop.py --widths 64,1536,4096 --keep 64 --output BENCHMARKS.md
+	$(PY) benchmarks/cdpruner_loop.py --write
 	$(PY) benchmarks/in_vit_bench.py --layers 4,8,12,16,22
 	$(PY) benchmarks/llm_bench.py
 	$(PY) benchmarks/precision_bench.py
