@@ -120,7 +120,9 @@ def test_pruned_pictures_of_one_prompt_are_each_pruned_as_alone(artifacts, tiny,
     other = demo_image.rotate(90, expand=True)
     result = compiled.generate([PROMPTS[0]], [[demo_image, other]], max_new_tokens=8)
     batch = compiled.encoder([PROMPTS[0]], [[demo_image, other]], max_new_tokens=8)
-    ref_idx, ref_features, _ = METHODS.get("fastervlm").reference(tiny_adapter, torch.from_numpy(batch.pixel_values), 64)
+    ref_idx, ref_features, _ = METHODS.get("fastervlm").reference(
+        tiny_adapter, torch.from_numpy(batch.pixel_values), 64
+    )
     assert result.picture_tokens == [[64, 64]]
     np.testing.assert_array_equal(result.kept_indices[0], ref_idx.numpy().reshape(-1))
     expected = _hf_generate(model, batch, 8, features=ref_features)
