@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tpc.artifact_layout import GRID_VISION_INPUT, grid_vision_name
-from tpc.runtimes.image_layout import Assembled
+from tpc.runtimes.image_layout import Assembled, picture_size
 
 
 @dataclass
@@ -57,7 +57,7 @@ class GridLayout:
         compiled = list(self.grids.values())
         pictures, sizes = [], []
         for image in images:
-            size = _size(image)
+            size = picture_size(image)
             own = tuple(image_processor.grid_of(size))
             grid = nearest_grid(own, compiled)
             resized = None if grid == own else grid_pixels(grid, self.patch_size)
@@ -91,11 +91,3 @@ class GridLayout:
 
     def assemble(self, crops: GridCrops, features: np.ndarray, kept: np.ndarray, counts: Sequence[int]) -> Assembled:
         return Assembled(features, list(counts), kept)
-
-
-def _size(image) -> tuple[int, int]:
-    size = getattr(image, "size", None)
-    if isinstance(size, tuple) and len(size) == 2:  # PIL: (width, height)
-        return int(size[1]), int(size[0])
-    shape = np.asarray(image).shape
-    return int(shape[0]), int(shape[1])

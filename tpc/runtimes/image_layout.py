@@ -49,7 +49,7 @@ class SingleCropLayout:
 
     def crops(self, image_processor, images: Sequence[object], several: Sequence[bool] | None = None) -> Crops:
         pixels = np.asarray(image_processor(list(images), return_tensors="np")["pixel_values"], dtype=np.float32)
-        return Crops(pixels, [1] * len(images), [_size(i) for i in images])
+        return Crops(pixels, [1] * len(images), [picture_size(i) for i in images])
 
     def assemble(self, crops: Crops, features: np.ndarray, kept: np.ndarray, counts: Sequence[int]) -> Assembled:
         return Assembled(features, list(counts), kept)
@@ -97,7 +97,7 @@ class AnyResLayout:
     def _anyres_crops(self, image_processor, images: Sequence[object]) -> Crops:
         from tpc.models.anyres import grid_shape
 
-        sizes = [_size(i) for i in images]
+        sizes = [picture_size(i) for i in images]
         if hasattr(image_processor, "preprocess_anyres"):
             per_image, sizes = image_processor.preprocess_anyres(list(images))
             per_image = [np.asarray(p, dtype=np.float32) for p in per_image]
@@ -204,12 +204,12 @@ def _base_crops(image_processor, images: list) -> tuple[list[np.ndarray], list[t
     if hasattr(image_processor, "preprocess_base"):
         return image_processor.preprocess_base(images)
     out = image_processor([images], do_pad=False, return_tensors=None)  # transformers: a nested list = one sample
-    return [np.asarray(p, dtype=np.float32) for p in out["pixel_values"]], [
-        (int(h), int(w)) for h, w in out["image_sizes"]
-    ]
+    pixels = [np.asarray(p, dtype=np.float32) for p in out["pixel_values"]]
+    return pixels, [(int(h), int(w)) for h, w in out["image_sizes"]]
 
 
-def _size(image) -> tuple[int, int]:
+def picture_size(image) -> tuple[int, int]:
+    """(height, width) of a PIL image or an [H, W, ...] array."""
     size = getattr(image, "size", None)
     if isinstance(size, tuple) and len(size) == 2:  # PIL: (width, height)
         return int(size[1]), int(size[0])
