@@ -61,7 +61,7 @@ def test_usage_errors_are_one_line_and_leave_nothing_behind(args, fragment, tmp_
 class _UnprunedMultiCrop:
     """An adapter's answers for unpruned multi-crop pictures: no finite set of span lengths, the longest 2928."""
 
-    def image_token_counts(self, keep):
+    def image_token_counts(self, keep, several_pictures=False):
         return None
 
     def max_image_tokens(self, keep):
