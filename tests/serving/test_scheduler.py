@@ -35,8 +35,9 @@ class ScriptedModel:
         self.crash_on: str | None = None  # a prompt that makes the batch raise RuntimeError
         self.encoder = self
 
-    def encode(self, prompt: str, with_image: bool, image_tokens=None) -> list[int]:
-        return [1] * (len(prompt.split()) + (image_tokens or 0))
+    def encode(self, prompt: str, image_tokens=None) -> list[int]:
+        """``image_tokens``: each picture's rows (PromptEncoder.encode's form)."""
+        return [1] * (len(prompt.split()) + sum(image_tokens or []))
 
     def decode(self, ids) -> str:
         return " ".join(map(str, ids))
@@ -63,12 +64,13 @@ class ScriptedModel:
         class Result:
             token_ids = tokens
             image_tokens = [64] * len(prompts) if images is not None else None
+            picture_tokens = [[64] for _ in prompts] if images is not None else None
 
         return Result()
 
 
 def request(prompt: str = "hi", max_tokens: int = 4, temperature: float = 0.0, seed: int = 0) -> ChatRequest:
-    return ChatRequest("m", prompt, None, max_tokens, temperature, 1.0, seed, False, False, None, None)
+    return ChatRequest("m", prompt, [], max_tokens, temperature, 1.0, seed, False, False, None, None)
 
 
 async def outcome(job: Job) -> tuple[str, object]:

@@ -106,7 +106,9 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         """LLaVA-NeXT's per-crop-count lengths; ``several_pictures``: also ``keep`` alone, the span of a picture
         in a prompt with several pictures (one crop: the model's multi-image mode)."""
         counts = super().image_token_counts(keep)
-        return None if counts is None or not several_pictures else sorted(set(counts) | {keep})
+        if counts is None or not several_pictures:
+            return counts
+        return sorted(set(counts) | {keep})
 
     def _grids(self) -> list[tuple[int, int]]:
         crop = self.vision.image_size
