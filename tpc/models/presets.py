@@ -45,6 +45,9 @@ class Preset:
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
     image_sizes: tuple = ()
+    # Qwen presets: a tokenizer whose merges make common English words one token (bench presets: prompts
+    # as long as with the checkpoint's own vocabulary) instead of one token per byte (tests)
+    word_tokenizer: bool = False
 
     @property
     def builtin(self) -> bool:
@@ -309,6 +312,7 @@ PRESETS: dict[str, Preset] = {
         family="qwen2_5_vl",
         text_model="qwen2_5_vl",
         image_sizes=((672, 448), (448, 672)),
+        word_tokenizer=True,
     ),
 }
 
@@ -424,6 +428,7 @@ def _build_qwen(preset: Preset):
         merge_size=preset.vision["spatial_merge_size"],
         min_pixels=preset.min_pixels,
         max_pixels=preset.max_pixels,
+        words=preset.word_tokenizer,
     )
     return model, processor
 

@@ -271,20 +271,27 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
 )
 
 
-def build_qwen_byte_tokenizer():
+def build_qwen_byte_tokenizer(words: bool = False):
     """A fast tokenizer for the Qwen presets: ids 0-6 are QWEN_SPECIAL_TOKENS, then the 256 byte symbols.
 
     Like Qwen2's tokenizer: no BOS, EOS ``<|im_end|>``, padding with ``<|endoftext|>`` on the left, no
     unknown token (byte-level BPE encodes any text); the other special tokens are extra special tokens.
+    ``words``: BPE merges make common English words single tokens (``tpc.models.word_tokenizer``), so a
+    prompt has about as many text tokens as with Qwen's own vocabulary (the bench presets).
     """
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(QWEN_SPECIAL_TOKENS)}
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[symbol] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
+    if words:
+        from tpc.models.word_tokenizer import build_word_tokenizer
+
+        backend = build_word_tokenizer(QWEN_SPECIAL_TOKENS)
+    else:
+        vocab = {tok: i for i, tok in enumerate(QWEN_SPECIAL_TOKENS)}
+        for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+            vocab[symbol] = len(vocab)
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -301,6 +308,7 @@ def build_qwen2_5_vl_processor(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     processor_class: str = "Qwen2_5_VLProcessor",
+    words: bool = False,
 ):
     """A ``QwenVLProcessor`` configured like Qwen/Qwen2.5-VL-*-Instruct (``processor_class``
     "Qwen2VLProcessor": like Qwen/Qwen2-VL-*-Instruct, the same processing and template).
@@ -308,7 +316,8 @@ def build_qwen2_5_vl_processor(
     ``Qwen2VLImageProcessorPil`` (CLIP mean/std, bicubic, temporal patch 2, ``patch_size``, ``merge_size``;
     ``min_pixels`` / ``max_pixels``, default 4 and 1280 merge units of ``(patch_size * merge_size)**2``
     pixels, transformers' defaults at patch 14), the Qwen byte tokenizer (QWEN_SPECIAL_TOKENS) and Qwen's
-    ChatML template. transformers' own processor needs torchvision.
+    ChatML template (``words``: the word-level merges of ``build_qwen_byte_tokenizer``). transformers' own
+    processor needs torchvision.
     """
     from transformers import Qwen2VLImageProcessorPil
 
@@ -333,10 +342,15 @@ def build_qwen2_5_vl_processor(
         image_std=CLIP_STD,
     )
     return QwenVLProcessor(
-        image_processor, build_qwen_byte_tokenizer(), QWEN2_5_VL_CHAT_TEMPLATE, processor_class=processor_class
+        image_processor,
+        build_qwen_byte_tokenizer(words),
+        QWEN2_5_VL_CHAT_TEMPLATE,
+        processor_class=processor_class,
     )
 
 
-def build_qwen2_vl_processor(patch_size: int = 14, merge_size: int = 2, min_pixels=None, max_pixels=None):
+def build_qwen2_vl_processor(
+    patch_size: int = 14, merge_size: int = 2, min_pixels=None, max_pixels=None, words: bool = False
+):
     """``build_qwen2_5_vl_processor`` saved as a ``Qwen2VLProcessor`` (Qwen2-VL's processing is the same)."""
-    return build_qwen2_5_vl_processor(patch_size, merge_size, min_pixels, max_pixels, "Qwen2VLProcessor")
+    return build_qwen2_5_vl_processor(patch_size, merge_size, min_pixels, max_pixels, "Qwen2VLProcessor", words)
