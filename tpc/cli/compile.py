@@ -90,6 +90,13 @@ COMPILE_STAGES = 9  # load, trace, passes, 3 exports, prepare, verify, manifest
 @click.option(
     "--quantize", type=click.Choice(["int4", "int8"]), default=None, help="Weight-only decoder (MatMulNBits)."
 )
+@click.option(
+    "--store-weights",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16: graphs not quantized store their weights in fp16 + Cast, computing in fp32 (ort/onnx).",
+)
 @click.option("--quant-block-size", type=int, default=32, show_default=True, help="--quantize: weights per scale.")
 @click.option("--quant-asymmetric", is_flag=True, help="--quantize: zero points (default: symmetric).")
 @click.option(
@@ -154,6 +161,7 @@ def compile_cmd(
     precision,
     dtype,
     quantize,
+    store_weights,
     quant_block_size,
     quant_asymmetric,
     quant_accuracy_level,
@@ -204,6 +212,7 @@ def compile_cmd(
             accuracy_level=quant_accuracy_level,
             min_logit_cosine=min_logit_cosine,
             min_token_agreement=min_token_agreement,
+            store_weights=store_weights,
         ),
         model=model,
         output=output,
@@ -255,6 +264,9 @@ def compile_cmd(
         weights = precision.get("dtype", "fp32") + (
             f", int{precision['quantize']['bits']} decoder" if precision.get("quantize") else ""
         )
+        if precision.get("stored_fp16"):
+            half = sum(g["stored_bytes"] for g in precision["stored_fp16"]["graphs"].values())
+            weights += f", {half / 2**20:.1f} MiB of weights stored fp16"
         click.echo(
             f"compiled {model} -> {path} ({manifest['method']['name']}, {tokens['before']} -> "
             f"{after} visual tokens, {weights}, target {target}, verification {check}, "

@@ -52,6 +52,7 @@ def print_profile(profile: dict) -> None:
         console.print(
             f"artifact {precision.get('dtype', 'fp32')}"
             + (f", int{quant['bits']} decoder" if quant else "")
+            + (", weights stored fp16" if precision.get("store_weights") == "fp16" else "")
             + f", {art['bytes'] / 2**20:.1f} MiB on disk, peak memory at load {profile['load_peak_memory_mb']:.0f} MB"
         )
     if dev.get("fell_back_to_cpu"):

@@ -212,11 +212,19 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     if settings.target == "ort":
         progress("optimize for onnxruntime")
         paths = _optimize_for_ort(paths, out)
-        if grid_info:  # the optimizer wrote each grid graph's weights anew: one shared copy again
-            from tpc.compiler.grid_vision import share_grid_weights
+    stored: dict[str, Any] = {}
+    if settings.precision.stores_fp16(dtype):  # after ORT's optimiser, which would fold the Casts back
+        from tpc.compiler.weight_storage import graphs_kept_fp32, store_fp16
 
-            grid_info["weights"] = share_grid_weights(paths, out)
-    elif settings.target == "trt":
+        getattr(progress, "add_stages", lambda n: None)(1)
+        progress("store weights in fp16")
+        kept_fp32 = graphs_kept_fp32(quantized, list(grid_info.get("grids", {})))
+        stored = {"graphs": store_fp16(paths, skip=kept_fp32), "kept_fp32": kept_fp32}
+    if grid_info and (settings.target == "ort" or stored):  # grid graphs' weights written anew: one shared copy
+        from tpc.compiler.grid_vision import share_grid_weights
+
+        grid_info["weights"] = share_grid_weights(paths, out)
+    if settings.target == "trt":
         progress("TensorRT plan and check")
         extra = _prepare_trt(settings, runtime, paths, signatures, out)
     runtime["files"] = runtime_files
@@ -287,6 +295,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             settings.precision.as_dict(dtype),
             **({"quantized_graphs": quantized} if quantized else {}),
             **({"thresholds": settings.precision.thresholds(dtype)} if reduced else {}),
+            **({"stored_fp16": stored} if stored else {}),
         ),
         "passes": pass_log,
         "graphs": {name: dict(signatures[name], file=paths[name].name) for name in paths},

@@ -5,6 +5,9 @@
   half-precision checkpoint gives fp16 graphs and is never upcast), ``ort`` (CPU) fp32.
 * ``--quantize int4|int8``: weight-only MatMulNBits of the decoder's MatMul weights
   (``tpc.compiler.quantize``); the vision graph, where the selection runs, is never quantized.
+* ``--store-weights fp16``: fp32 graphs (those not quantized) store their large weights in fp16,
+  each followed by a Cast to fp32 (``tpc.compiler.weight_storage``); checked like reduced precision,
+  with the kept indices required to equal the fp32 reference's.
 * A reduced-precision artifact is checked against the fp32 reference by agreement metrics:
   kept indices, logit cosine and greedy-token agreement; the thresholds are recorded.
 """
@@ -20,6 +23,7 @@ from tpc.errors import UsageError
 DTYPES = ("fp32", "fp16", "bf16")
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+STORE_WEIGHTS = ("fp32", "fp16")  # --store-weights
 LOAD_DEFAULTS = {"trt": "fp16", "ort": "fp32", "onnx": "auto"}  # auto: the checkpoint's (half stays half)
 
 # default thresholds of the agreement check, by what reduced the precision
@@ -40,9 +44,14 @@ class PrecisionSettings:
     accuracy_level: int = 4
     min_logit_cosine: float | None = None  # None: THRESHOLDS' default
     min_token_agreement: float | None = None
+    store_weights: str = "fp32"  # --store-weights fp16: fp32 graphs' large weights stored in half precision
 
     def reduced(self, dtype: str) -> bool:
-        return dtype != "fp32" or self.quantize is not None
+        return dtype != "fp32" or self.quantize is not None or self.stores_fp16(dtype)
+
+    def stores_fp16(self, dtype: str) -> bool:
+        """Whether fp32 graphs' weights are stored in fp16 (a half-precision checkpoint's graphs already are)."""
+        return self.store_weights == "fp16" and dtype == "fp32"
 
     def thresholds(self, dtype: str) -> dict[str, float]:
         """The agreement thresholds that apply: the stricter-named default of what reduced the precision,
@@ -52,12 +61,16 @@ class PrecisionSettings:
             base["min_logit_cosine"] = self.min_logit_cosine
         if self.min_token_agreement is not None:
             base["min_token_agreement"] = self.min_token_agreement
+        if self.stores_fp16(dtype):  # fp32 arithmetic on fp16-rounded weights: no near-tie flip is accepted
+            base["exact_indices"] = True
         return base
 
     def as_dict(self, dtype: str) -> dict[str, Any]:
         data: dict[str, Any] = {"dtype": dtype}
         if self.quantize:
             data["quantize"] = self.quantize_settings().as_dict()
+        if self.stores_fp16(dtype):
+            data["store_weights"] = "fp16"
         return data
 
     def quantize_settings(self):
@@ -78,6 +91,7 @@ def check_precision(
     ):
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"{flag} {value} is outside [0, 1]")
+    check_store_weights(precision.store_weights, target, precision.dtype)
     if precision.dtype == "bf16" and verify:
         raise UsageError(
             "--dtype bf16: ONNX Runtime's CPU provider has no bf16 kernels, so compile cannot check these graphs "
@@ -96,15 +110,32 @@ def check_precision(
                 f"--quantize int{precision.quantize} is ONNX Runtime's weight-only MatMulNBits; for TensorRT {why}: "
                 "use --target ort or onnx, or --target trt with --precision int8/fp8 for the engine build"
             )
-    if buckets and (precision.quantize is not None or precision.dtype in ("fp16", "bf16")):
+    reducing = precision.quantize is not None or precision.dtype in ("fp16", "bf16")
+    if buckets and (reducing or precision.store_weights == "fp16"):
         raise UsageError(
-            "--buckets are compiled and checked in fp32 only for now; drop --buckets or --dtype/--quantize"
+            "--buckets are compiled and checked in fp32 only for now; drop --buckets or --dtype/--quantize/"
+            "--store-weights"
         )
-    if llm_method is not None and (precision.quantize is not None or precision.dtype in ("fp16", "bf16")):
+    if llm_method is not None and (reducing or precision.store_weights == "fp16"):
         raise UsageError(
-            f"in-LLM pruning ({llm_method}) is compiled and checked in fp32 only for now; drop --dtype/--quantize "
-            "or the in-LLM method"
+            f"in-LLM pruning ({llm_method}) is compiled and checked in fp32 only for now; drop --dtype/--quantize/"
+            "--store-weights or the in-LLM method"
         )
+
+
+def check_store_weights(store: str, target: str, dtype: str | None) -> None:
+    """One-line UsageErrors for ``--store-weights`` that does not apply (needs no model)."""
+    if store not in STORE_WEIGHTS:
+        raise UsageError(f"--store-weights {store!r} is not one of {', '.join(STORE_WEIGHTS)}")
+    if store == "fp32":
+        return
+    if target == "trt":
+        raise UsageError(
+            "--store-weights fp16 stores ONNX Runtime's fp32 graphs' weights in half precision; TensorRT engines "
+            "take their weights' precision from --precision (fp16 by default): use --target ort or onnx"
+        )
+    if dtype in ("fp16", "bf16"):
+        raise UsageError(f"--store-weights fp16: --dtype {dtype} graphs already store half-precision weights")
 
 
 def load_dtype(precision: PrecisionSettings, target: str, llm_method: str | None = None, buckets=None) -> str:

@@ -300,6 +300,9 @@ def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> 
     """The agreement report of ``graphs`` against ``reduced_references``; ParityError below the thresholds.
     ``pieces``: run the decoder layer group by layer group (``compare_decoder``)."""
     vision = compare_vision(graphs, references["vision"])
+    if thresholds.get("exact_indices"):  # fp16-stored weights, fp32 arithmetic: the kept set must not move
+        for r in vision:
+            r["passed"] = r["passed"] and r["indices"] == "exact"
     decoder = compare_decoder(graphs, references["decoder"], references["runtime"], pieces)
     decoder["passed"] = (
         decoder["logit_cosine_min"] >= thresholds["min_logit_cosine"]
@@ -315,7 +318,8 @@ def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> 
     if not report["passed"]:
         parts = [
             f"vision{' ' + r['graph'] if 'graph' in r else ''} b{r['batch']}: indices {r['indices']} "
-            f"(overlap {r['kept_overlap']:.2f}), feature cosine {r['feature_cosine_min']:.5f}"
+            f"(overlap {r['kept_overlap']:.2f}{_exact_note(r, thresholds)}), feature cosine "
+            f"{r['feature_cosine_min']:.5f}"
             for r in vision
             if not r["passed"]
         ]
@@ -327,6 +331,12 @@ def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> 
             )
         raise ParityError("reduced-precision graphs disagree with the fp32 reference: " + "; ".join(parts))
     return report
+
+
+def _exact_note(result: dict, thresholds: dict) -> str:
+    if thresholds.get("exact_indices") and result["indices"] == "near-tie":
+        return "; a near-tie flipped: fp16-stored weights must keep the fp32 reference's indices exactly"
+    return ""
 
 
 def verify_reduced(
