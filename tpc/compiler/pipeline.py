@@ -193,7 +193,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     quantized: dict[str, Any] = {}
     if settings.precision.quantize is not None:
         progress("quantize decoder weights")
-        paths, quantized = _quantize(paths, settings.precision.quantize_settings())
+        fuse = adapter.text.max_context if settings.target == "ort" else None
+        paths, quantized = _quantize(paths, settings.precision.quantize_settings(), fuse)
     signatures = {name: graph_signature(path) for name, path in paths.items()}
 
     runtime = _runtime_section(adapter, keep)
@@ -404,9 +405,17 @@ def _peak_memory_mb() -> float:
     return peak_memory_mb()
 
 
-def _quantize(paths: dict[str, Path], quantize) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Weight-only MatMulNBits of the decoder graphs (the vision graph, where tokens are selected, stays)."""
+def _quantize(paths: dict[str, Path], quantize, fuse: int | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Weight-only MatMulNBits of the decoder graphs (the vision graph, where tokens are selected, stays).
+
+    ``fuse`` (the model's context, for ``--target ort``): the flat decoder first goes through the ONNX decoder
+    passes (forms ONNX Runtime fuses, merged projections, rotary caches of that many positions); quantized
+    graphs only, as they change results by rounding (fp32 graphs stay as exported).
+    """
+    from functools import partial
+
     from tpc.compiler.quantize import quantize_graph
+    from tpc.passes.onnx_decoder import optimize_decoder
 
     stats = {}
     out = dict(paths)
@@ -414,7 +423,8 @@ def _quantize(paths: dict[str, Path], quantize) -> tuple[dict[str, Path], dict[s
         if not name.startswith(G.DECODER):
             continue
         target = path.with_name(f"{name}.q{quantize.bits}.onnx")
-        stats[name] = quantize_graph(path, target, quantize)
+        rewrite = partial(optimize_decoder, max_positions=fuse) if fuse and name == G.DECODER else None
+        stats[name] = quantize_graph(path, target, quantize, rewrite)
         path.unlink()
         path.with_name(path.name + ".data").unlink(missing_ok=True)
         out[name] = target

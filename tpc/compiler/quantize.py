@@ -32,7 +32,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,9 @@ def parse_quantize(text: str | None) -> int | None:
     return bits
 
 
-def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings) -> dict[str, Any]:
+def quantize_graph(
+    src: Path, dst: Path, settings: QuantizeSettings, rewrite: Callable[[onnx.ModelProto], dict] | None = None
+) -> dict[str, Any]:
     """Quantize every MatMul whose weight (input B) is a 2-D constant initializer into MatMulNBits.
 
     Writes ``dst`` with its weights in one external data file ``dst.name + '.data'`` (``dst`` may
@@ -105,7 +107,8 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings) -> dict[str
     src), ``quantized`` (MatMulNBits nodes made), ``activation_matmuls`` (MatMuls of two
     activations, kept), ``skipped`` (node -> why, for every other MatMul or Gemm left
     unquantized; empty for a graph of Linear layers), ``bytes_before`` / ``bytes_after`` (the
-    .onnx plus its external data files).
+    .onnx plus its external data files). ``rewrite(model)``: graph passes run in place before the
+    quantizer (the decoder passes of ``tpc/passes/onnx_decoder.py``); what it returns is ``rewrites``.
     """
     settings.check()
     src, dst = Path(src), Path(dst)
@@ -113,6 +116,7 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings) -> dict[str
     bytes_before = _size(src, src_files)  # before the write: dst may be src
     before = Counter(node.op_type for node in _nodes(model.graph))
     split = _split_gemms(model.graph)
+    rewrites = rewrite(model) if rewrite is not None else None
     model = _run_quantizer(model, settings)
     after = Counter(node.op_type for node in _nodes(model.graph))
     activation, skipped = _leftovers(model.graph)
@@ -125,6 +129,7 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings) -> dict[str
         "skipped": skipped,
         "bytes_before": bytes_before,
         "bytes_after": _size(dst, _external_files(dst)),
+        **({"rewrites": rewrites} if rewrites is not None else {}),
     }
     log.info(
         "%s: %d MatMulNBits from %d MatMul and %d Gemm (%d split), %d skipped",

@@ -51,11 +51,15 @@ def image_groups(input_ids: np.ndarray, image_token_id: int) -> list[ImageGroup]
 
 
 class FlatDecoder:
+    """The single decoder graph. A runtime whose ``decoder_kv`` is set (ONNX Runtime on CPU) keeps the KV
+    cache in its own tensors between steps; otherwise ``decoder`` round-trips it through numpy."""
+
     def __init__(self, graphs, runtime: dict):
         self.graphs = graphs
         self.runtime = runtime
-        self.past: list[np.ndarray] = []
+        self.past: list = []  # numpy arrays, or the runtime's own tensors (decoder_kv)
         self.kept_image_indices = None
+        self._run = getattr(graphs, "decoder_kv", None) or graphs.decoder
 
     def prefill(self, embeds, mask, positions, image_start=None) -> np.ndarray:
         rt = self.runtime
@@ -64,20 +68,25 @@ class FlatDecoder:
             for _ in range(2 * rt["num_layers"])
         ]
         self.mask, self.last = mask, positions[:, -1:]
-        logits, self.past = self.graphs.decoder(embeds, mask, positions, past)
+        logits, self.past = self._run(embeds, mask, positions, past)
         return logits
 
     def step(self, embeds) -> np.ndarray:
         self.mask = np.concatenate([self.mask, np.ones((self.mask.shape[0], 1), np.int64)], axis=1)
         self.last = self.last + 1
-        logits, self.past = self.graphs.decoder(embeds, self.mask, self.last, self.past)
+        logits, self.past = self._run(embeds, self.mask, self.last, self.past)
         return logits
 
     def kv_lengths(self) -> list[int]:
-        return [int(p.shape[2]) for p in self.past[::2]]
+        return [int(_shape(p)[2]) for p in self.past[::2]]
 
     def kv_bytes(self) -> int:
-        return int(sum(p.nbytes for p in self.past))
+        return int(sum(p.nbytes if isinstance(p, np.ndarray) else 4 * int(np.prod(_shape(p))) for p in self.past))
+
+
+def _shape(value) -> tuple[int, ...]:
+    """A numpy array's shape, or an OrtValue's (a method there)."""
+    return tuple(value.shape) if isinstance(value, np.ndarray) else tuple(value.shape())
 
 
 @dataclass

@@ -113,7 +113,9 @@ class OrtGraphs:
                 for p in provider_options(provider, plan, name, cache_dir)
                 if (p[0] if isinstance(p, tuple) else p) in available
             ] or ["CPUExecutionProvider"]
-            options = session_options(settings)
+            # the embedding graph is a row lookup: one thread, so no second pool spins beside the decoder's
+            # between the two graphs of every decode step
+            options = session_options({**settings, "intra_op_num_threads": 1} if name == EMBED else settings)
             if self.shared is not None:
                 self.shared.attach(paths[name], options)
             self.sessions[name] = ort.InferenceSession(str(paths[name]), options, providers=chain)
@@ -129,6 +131,16 @@ class OrtGraphs:
             name: {i.name: FLOAT_TYPES[i.type] for i in session.get_inputs() if i.type in FLOAT_TYPES}
             for name, session in self.sessions.items()
         }
+        # rotary caches of a fused quantized decoder (tpc/passes/onnx_rotary.py): positions it can take
+        meta = self.sessions[DECODER].get_modelmeta().custom_metadata_map if DECODER in self.sessions else {}
+        self.max_positions = int(meta["tpc.max_positions"]) if "tpc.max_positions" in meta else None
+        # decoders driven by FlatDecoder keep their KV cache as OrtValues between steps (see decoder_kv);
+        # a runtime without this attribute (TensorRT, Triton BLS) goes through ``decoder`` on numpy arrays
+        fp32 = DECODER in self.sessions and all(t == np.float32 for t in self._casts[DECODER].values())
+        self.decoder_kv = self._decoder_kv if fp32 and self.provider == "CPUExecutionProvider" else None
+        if self.decoder_kv is not None:
+            session = self.sessions[DECODER]
+            self._decoder_outputs = [o.name for o in session.get_outputs()]
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> OrtGraphs:
@@ -162,11 +174,38 @@ class OrtGraphs:
         (embeds,) = self.run_graph(EMBED, {"input_ids": input_ids, "image_features": image_features})
         return embeds
 
+    def _check_positions(self, position_ids: np.ndarray) -> None:
+        """A decoder with rotary caches (``RotaryEmbedding``) holds ``max_positions`` rows: refuse later ones."""
+        limit = getattr(self, "max_positions", None)
+        if limit is not None and position_ids.size and int(position_ids.max()) >= limit:
+            raise UsageError(
+                f"position {int(position_ids.max())} is beyond the model's context of {limit} positions; "
+                "shorten the prompt or ask for fewer new tokens"
+            )
+
     def decoder(self, embeds, attention_mask, position_ids, past: list[np.ndarray]):
+        self._check_positions(position_ids)
         feed = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
         feed.update(zip(self._past_names, past, strict=True))
         logits, *present = self.run_graph(DECODER, feed)
         return logits.astype(np.float32, copy=False), present
+
+    def _decoder_kv(self, embeds, attention_mask, position_ids, past: list):
+        """``decoder`` with the KV cache as OrtValues: ``past`` as the previous call returned it (or numpy
+        arrays), ``present`` handed back without a copy into numpy; only the logits become numpy."""
+        import onnxruntime as ort
+
+        self._check_positions(position_ids)
+        wrap = ort.OrtValue.ortvalue_from_numpy
+        feed = {
+            "inputs_embeds": wrap(np.ascontiguousarray(embeds, dtype=np.float32)),
+            "attention_mask": wrap(np.ascontiguousarray(attention_mask, dtype=np.int64)),
+            "position_ids": wrap(np.ascontiguousarray(position_ids, dtype=np.int64)),
+        }
+        for name, value in zip(self._past_names, past, strict=True):
+            feed[name] = wrap(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+        logits, *present = self.sessions[DECODER].run_with_ort_values(self._decoder_outputs, feed)
+        return logits.numpy(), present
 
     def describe(self) -> dict[str, Any]:
         return {
