@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from tpc.compiler.pipeline import CompileSettings, compile_model  # noqa: E402
+from tpc.compiler.precision import PrecisionSettings  # noqa: E402
 from tpc.models.llava import LlavaAdapter  # noqa: E402
 from tpc.models.presets import PRESETS, build_preset  # noqa: E402
 
@@ -67,10 +68,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+FP32 = PrecisionSettings(dtype="fp32")
 LLM_CONFIGS = {
     # FastV at decoder layer 2 of 4, removing 75 % of the image tokens; target trt (portable
-    # graphs + plan; run with ONNX Runtime here)
-    "fastv": dict(method="fastv", method_args={"layer": "2"}, ratio=0.75, target="trt", build_engines=False),
+    # graphs + plan; run with ONNX Runtime here), fp32 graphs (trt's default is fp16): exact parity
+    "fastv": dict(
+        method="fastv", method_args={"layer": "2"}, ratio=0.75, target="trt", build_engines=False, precision=FP32
+    ),
     # PyramidDrop with three stages
     "pdrop": dict(method="pdrop", method_args={"layers": "1,2,3", "keep": "0.5,0.25,0.125"}),
     # a pre-LLM budget followed by FastV
@@ -86,6 +90,7 @@ LLM_CONFIGS = {
         llm_ratio=0.5,
         target="trt",
         build_engines=False,
+        precision=FP32,
     ),
 }
 

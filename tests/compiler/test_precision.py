@@ -131,10 +131,10 @@ def test_a_threshold_violation_fails_compile_with_its_numbers(tmp_path, capsys):
     [
         (["--dtype", "bf16"], "no bf16 kernels"),
         (["--quantize", "int4", "--target", "trt", "--no-build"], "weight-only MatMulNBits; for TensorRT"),
-        (["--quantize", "int4", "--llm-method", "fastv"], "checked in fp32 only"),
+        (["--quantize", "int4", "--llm-method", "fastv"], "--quantize with in-LLM pruning (fastv) is refused"),
         (["--quantize", "int4", "--quant-block-size", "24"], "--quant-block-size"),
         (["--min-token-agreement", "1.5"], "--min-token-agreement 1.5 is outside [0, 1]"),
-        (["--dtype", "fp16", "--buckets", "32,64"], "--buckets are compiled and checked in fp32 only"),
+        (["--dtype", "fp16", "--method", "cls-mass", "--buckets", "32,64"], "(an adaptive budget) compile in fp32"),
     ],
 )
 def test_bad_precision_flags_are_one_line_errors(argv, message, tmp_path, capsys):

@@ -60,13 +60,18 @@ def test_cuda_provider_runs_on_gpu(tmp_path):
 def test_fastv_segment_engines_match_the_ort_artifact(tmp_path, demo_image):
     """Per-segment engines with per-layer KV lengths: kept tokens, KV lengths and tokens as ORT."""
     from tpc.compiler.pipeline import CompileSettings, compile_model
+    from tpc.compiler.precision import PrecisionSettings
     from tpc.compiler.trt_plan import PlanSettings
     from tpc.runtimes.compiled_model import CompiledModel
 
     common = dict(model="llava-tiny", method="fastv", method_args={"layer": "2"}, ratio=0.75)
     trt_dir = compile_model(
         CompileSettings(
-            output=tmp_path / "trt", target="trt", plan=PlanSettings(precision="fp32", max_batch=2), **common
+            output=tmp_path / "trt",
+            target="trt",
+            plan=PlanSettings(precision="fp32", max_batch=2),
+            precision=PrecisionSettings(dtype="fp32"),  # as the ort artifact's graphs (trt's default is fp16)
+            **common,
         )
     )
     ort_dir = compile_model(CompileSettings(output=tmp_path / "ort", target="ort", **common))

@@ -71,9 +71,12 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
     from tpc.compiler.precision import DTYPE_NAMES, load_dtype
 
     progress("load model")
+    fp32_only = settings.input_method  # in-LLM pruning follows the target's dtype; LLM-input selection: fp32
     loaded = load_model(
         settings.model,
-        load_dtype(settings.precision, settings.target, settings.llm_method or settings.input_method, settings.buckets),
+        load_dtype(
+            settings.precision, settings.target, fp32_only, settings.buckets, settings.method, settings.llm_method
+        ),
     )
     adapter = make_adapter(loaded.model, loaded.processor)
     weights = next(loaded.model.parameters()).dtype
@@ -188,7 +191,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
 
         getattr(progress, "add_stages", lambda n: None)(1)
         progress("fp32 reference outputs")
-        references = reduced_references(adapter, checked, keep, params, grid_info or None)
+        staged = {"plans": llm_plans, "rule": llm_rule} if llm_plan is not None else None
+        references = reduced_references(adapter, checked, keep, params, grid_info or None, bucket_info or None, staged)
         release_weights(loaded.model)  # a 7 B model and its graphs never share the memory
     quantized: dict[str, Any] = {}
     if settings.precision.quantize is not None:
@@ -244,7 +248,7 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
             from tpc.compiler.verify_segments import DecoderPieces
             from tpc.runtimes.ort import session_options
 
-            pieces = DecoderPieces.load(paths[G.DECODER])  # half-precision weights run upcast: a few layers at once
+            pieces = DecoderPieces.load(paths[G.DECODER]) if G.DECODER in paths else None  # upcast: a few layers
             loaded_paths = {n: p for n, p in paths.items() if pieces is None or n != G.DECODER}
             graphs = OrtGraphs(loaded_paths, session, adapter.text.num_layers)
             thresholds = settings.precision.thresholds(dtype)
@@ -295,8 +299,8 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         "precision": dict(
             settings.precision.as_dict(dtype),
             **({"quantized_graphs": quantized} if quantized else {}),
-            **({"thresholds": settings.precision.thresholds(dtype)} if reduced else {}),
             **({"stored_fp16": stored} if stored else {}),
+            **({"thresholds": settings.precision.thresholds(dtype)} if reduced else {}),
         ),
         "passes": pass_log,
         "graphs": {name: dict(signatures[name], file=paths[name].name) for name in paths},

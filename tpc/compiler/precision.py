@@ -9,7 +9,9 @@
   each followed by a Cast to fp32 (``tpc.compiler.weight_storage``); checked like reduced precision,
   with the kept indices required to equal the fp32 reference's.
 * A reduced-precision artifact is checked against the fp32 reference by agreement metrics:
-  kept indices, logit cosine and greedy-token agreement; the thresholds are recorded.
+  kept indices (every bucket's, with ``--buckets``), logit cosine and greedy-token agreement; the
+  thresholds are recorded; in-LLM pruning's staged decoder per stage (``tpc.compiler.verify_llm_precision``).
+  Adaptive budgets with buckets and in-LLM DART compile in fp32 only; in-LLM pruning is not quantized.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 STORE_WEIGHTS = ("fp32", "fp16")  # --store-weights
+FP32_ONLY_LLM = ("dart-llm",)  # in-LLM methods compiled and checked in fp32 only (check_precision)
 LOAD_DEFAULTS = {"trt": "fp16", "ort": "fp32", "onnx": "auto"}  # auto: the checkpoint's (half stays half)
 
 # default thresholds of the agreement check, by what reduced the precision
@@ -80,7 +83,7 @@ class PrecisionSettings:
 
 
 def check_precision(
-    precision: PrecisionSettings, target: str, verify: bool, llm_method: str | None, buckets=None
+    precision: PrecisionSettings, target: str, verify: bool, llm_method: str | None, buckets=None, method=None
 ) -> None:
     """Every precision check that needs no model; one-line UsageErrors naming the flags."""
     if precision.dtype is not None and precision.dtype not in DTYPES:
@@ -111,15 +114,27 @@ def check_precision(
                 "use --target ort or onnx, or --target trt with --precision int8/fp8 for the engine build"
             )
     reducing = precision.quantize is not None or precision.dtype in ("fp16", "bf16")
-    if buckets and (reducing or precision.store_weights == "fp16"):
+    if buckets and adaptive_method(method) and (reducing or precision.store_weights == "fp16"):
         raise UsageError(
-            "--buckets are compiled and checked in fp32 only for now; drop --buckets or --dtype/--quantize/"
-            "--store-weights"
+            f"--buckets with {method} (an adaptive budget) compile in fp32 only: its per-image count is a "
+            "threshold on the cumulative [CLS] mass, which reduced precision can move to another bucket (a "
+            "kept set of another size, which no near-tie rule covers); drop --dtype/--quantize/--store-weights"
         )
-    if llm_method is not None and (reducing or precision.store_weights == "fp16"):
+    if llm_method in FP32_ONLY_LLM and (reducing or precision.store_weights == "fp16"):
         raise UsageError(
-            f"in-LLM pruning ({llm_method}) is compiled and checked in fp32 only for now; drop --dtype/--quantize/"
-            "--store-weights or the in-LLM method"
+            f"in-LLM {llm_method} compiles in fp32 only: its greedy (pivots by key norm, then duplicates by cosine) "
+            "has no near-tie rule, and half-precision rounding moves a pivot and with it the kept set; drop "
+            "--dtype/--quantize/--store-weights, or use fastv or pdrop"
+        )
+    if llm_method is not None and precision.quantize is not None:
+        raise UsageError(
+            f"--quantize with in-LLM pruning ({llm_method}) is refused: the kept set would depend on quantized "
+            "decoder layers (the scoring layers' q/k), which the agreement check does not bound; use --dtype fp16"
+        )
+    if llm_method is not None and precision.store_weights == "fp16":
+        raise UsageError(
+            f"--store-weights fp16 with in-LLM pruning ({llm_method}) is not checked yet (fp32 only); use --dtype "
+            "fp16 or drop --store-weights"
         )
 
 
@@ -138,11 +153,28 @@ def check_store_weights(store: str, target: str, dtype: str | None) -> None:
         raise UsageError(f"--store-weights fp16: --dtype {dtype} graphs already store half-precision weights")
 
 
-def load_dtype(precision: PrecisionSettings, target: str, llm_method: str | None = None, buckets=None) -> str:
-    """The dtype to load the checkpoint in: the asked one, else the target's default; fp32 with in-LLM
-    pruning or buckets, which compile and check in fp32 only for now."""
+def load_dtype(
+    precision: PrecisionSettings,
+    target: str,
+    fp32_only: str | None = None,
+    buckets=None,
+    method: str | None = None,
+    llm_method: str | None = None,
+) -> str:
+    """The dtype to load the checkpoint in: the asked one, else the target's default (in-LLM pruning too);
+    fp32 with ``fp32_only`` (a stage checked in fp32 only: LLM-input selection), with ``FP32_ONLY_LLM`` and
+    with an adaptive method's buckets (``check_precision``)."""
     if precision.dtype is not None:
         return precision.dtype
-    if llm_method is not None or buckets:
+    if fp32_only is not None or llm_method in FP32_ONLY_LLM or (buckets and adaptive_method(method)):
         return "fp32"
     return LOAD_DEFAULTS[target]
+
+
+def adaptive_method(name: str | None) -> bool:
+    """Whether ``--method name`` chooses its budget per image (``extra["adaptive"]``, e.g. cls-mass)."""
+    if name is None:  # the family's default: a fixed budget
+        return False
+    from tpc.methods import get_method
+
+    return bool(get_method(name).extra.get("adaptive"))

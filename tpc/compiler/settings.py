@@ -114,7 +114,9 @@ def check_settings(settings: CompileSettings) -> CompileSettings:
     if settings.select_layer is not None and settings.buckets:
         raise UsageError("--select-layer and --buckets cannot be combined yet")
     check_grid_settings(settings)
-    check_precision(settings.precision, settings.target, settings.verify, settings.llm_method, settings.buckets)
+    check_precision(
+        settings.precision, settings.target, settings.verify, settings.llm_method, settings.buckets, settings.method
+    )
     check_model_arg(settings.model)
     check_artifact_output(Path(settings.output), settings.force)
     return settings

@@ -46,11 +46,12 @@ def export_segment(model, plan: PruningPlan, index: int, text: TextLayout, out_d
     stage = plan.stages[index] if index < len(plan.stages) else None
     score = "key_norm" if stage is not None and stage.rule == DART else "attention"
     module = DecoderSegment(model, start, end, stage.score_layer if stage else None, score).eval()
+    dtype = next(model.parameters()).dtype  # half-precision segments take and carry half-precision values
     b, s, p = 2, 5, 3  # distinct sample sizes so the tracer keeps the axes apart
-    embeds = torch.zeros(b, s, text.hidden_size)
+    embeds = torch.zeros(b, s, text.hidden_size, dtype=dtype)
     mask = torch.ones(b, p + s, dtype=torch.int64)
     positions = _positions(torch.arange(p, p + s).expand(b, s), text.position_dims)
-    past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim) for _ in range(2 * (end - start)))
+    past = tuple(torch.zeros(b, text.num_kv_heads, p, text.head_dim, dtype=dtype) for _ in range(2 * (end - start)))
     inputs, outputs = segment_io(plan, index)
     batch = batch_dim()
     seq = torch.export.Dim("seq", min=1, max=text.max_context)
@@ -81,12 +82,13 @@ def _positions(positions: torch.Tensor, dims: int) -> torch.Tensor:
     return positions[..., None].expand(*positions.shape, dims).contiguous()
 
 
-def _select_sample(t: int, hidden_size: int, seed: int, dims: int = 1) -> tuple:
-    """Example ``SELECT_INPUTS`` for tracing: a batch of 2 sequences of ``t`` rows, blocks at rows 2 and 3."""
+def _select_sample(t: int, hidden_size: int, seed: int, dims: int = 1, dtype=torch.float32) -> tuple:
+    """Example ``SELECT_INPUTS`` for tracing: a batch of 2 sequences of ``t`` rows, blocks at rows 2 and 3;
+    ``hidden`` in the segments' dtype, the score in fp32 (the segments compute it in fp32)."""
     b = 2
     generator = torch.Generator().manual_seed(seed)
     return (
-        torch.randn(b, t, hidden_size, generator=generator),
+        torch.randn(b, t, hidden_size, generator=generator).to(dtype),
         torch.rand(b, t, generator=generator),
         _positions(torch.arange(t).expand(b, t), dims),
         torch.ones(b, t, dtype=torch.int64),
@@ -109,7 +111,7 @@ def _select_axes(dart: bool = False) -> dict:
 def _normed_sample(args: tuple, seed: int) -> torch.Tensor:
     """An example ``normed_hidden`` shaped like the sample's ``hidden`` (its ``score`` stands for key norms)."""
     generator = torch.Generator().manual_seed(seed + 100)
-    return torch.randn(args[0].shape, generator=generator)
+    return torch.randn(args[0].shape, generator=generator).to(args[0].dtype)
 
 
 def export_select(
@@ -120,11 +122,12 @@ def export_select(
     out_dir: Path,
     bucket: int | None = None,
     dims: int = 1,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     spec = plan.stages[stage - 1]
     n_in = stage_inputs(plan, stage)
     dart = spec.rule == DART
-    args = _select_sample(n_in + 7, hidden_size, stage, dims)
+    args = _select_sample(n_in + 7, hidden_size, stage, dims, dtype)
     if dart:
         params = plan.parameters
         module = DartStageSelect(n_in, spec.keep, params["image_pivots"], params["text_pivots"]).eval()
@@ -145,13 +148,19 @@ def export_select(
 
 
 def export_dynamic_select(
-    plan: PruningPlan, stage: int, hidden_size: int, max_context: int, out_dir: Path, dims: int = 1
+    plan: PruningPlan,
+    stage: int,
+    hidden_size: int,
+    max_context: int,
+    out_dir: Path,
+    dims: int = 1,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Stage ``stage``'s selector for image blocks of any length (``DYNAMIC_SELECT_INPUTS``)."""
     spec = plan.stages[stage - 1]
     dart = spec.rule == DART
     n, keep = 6, 4  # distinct sizes so the tracer keeps the axes apart
-    args = (*_select_sample(n + 7, hidden_size, stage, dims), torch.arange(n), torch.arange(keep))
+    args = (*_select_sample(n + 7, hidden_size, stage, dims, dtype), torch.arange(n), torch.arange(keep))
     if dart:
         params = plan.parameters
         module = DynamicDartStageSelect(params["image_pivots"], params["text_pivots"]).eval()
@@ -188,17 +197,18 @@ def export_staged_decoder(
     selector per stage for image blocks of any length (``plans`` then holds one representative plan).
     """
     first = next(iter(plans.values()))
+    dtype = next(model.parameters()).dtype
     paths = {}
     for index in range(len(first.segments())):
         paths[segment_name(index)] = export_segment(model, first, index, text, out_dir)
         if index < len(first.stages) and dynamic:
             paths[select_name(index + 1)] = export_dynamic_select(
-                first, index + 1, text.hidden_size, text.max_context, out_dir, text.position_dims
+                first, index + 1, text.hidden_size, text.max_context, out_dir, text.position_dims, dtype
             )
         elif index < len(first.stages):
             for bucket, plan in plans.items():
                 paths[select_name(index + 1, bucket)] = export_select(
-                    plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket, text.position_dims
+                    plan, index + 1, text.hidden_size, text.max_context, out_dir, bucket, text.position_dims, dtype
                 )
     return paths
 

@@ -3,9 +3,9 @@
 The reference is the same checkpoint computing in fp32 (``tpc.models.upcast``: upcast block
 by block, no second copy of the weights). Checked, with thresholds recorded in the manifest:
 
-* vision, batch 1 and 2: kept indices equal the fp32 reference's, or differ only among
-  tokens whose fp32 scores lie within the precision's rounding of the k-th score
-  ("near-tie"); the projected features' cosine;
+* vision, batch 1 and 2 (at every compiled bucket's K, or grid): kept indices equal the fp32
+  reference's, or differ only among tokens whose fp32 scores lie within the precision's rounding
+  of the k-th score ("near-tie"); the projected features' cosine;
 * decoder, over a fixed set of prompts (random token ids with an image block carrying the
   reference's features; batch 2, left-padded): the logit cosine of prefill and of every
   decode step, and greedy-token agreement, both runs fed the reference's greedy token at each
@@ -76,6 +76,17 @@ def vision_references(adapter, method, keep: int, params: dict, seed: int = 0) -
 
 
 @torch.no_grad()
+def bucket_vision_references(adapter, method, params: dict, sizes: list[int], seed: int = 0) -> list[dict]:
+    """``vision_references`` of a bucketed artifact: every compiled bucket K (batch 1 and 2, the same
+    pictures for every K) against the method's reference at that K."""
+    references = []
+    for keep in sizes:
+        for ref in vision_references(adapter, method, keep, params, seed):
+            references.append(dict(ref, bucket=keep))
+    return references
+
+
+@torch.no_grad()
 def grid_vision_references(adapter, method, params: dict, grids: dict, seed: int = 0) -> list[dict]:
     """``vision_references`` of a grid family (Qwen2.5-VL): every compiled grid's graph, batch 1 and 2, on
     random patches ``[B, L, P]``, against the method's reference at that grid (the adapter's per-grid view).
@@ -111,12 +122,18 @@ def grid_vision_references(adapter, method, params: dict, grids: dict, seed: int
     return references
 
 
-def compare_vision(graphs, references: list[dict]) -> list[dict]:
+def compare_vision(graphs, references: list[dict], buckets: dict | None = None) -> list[dict]:
+    """``buckets``: a bucketed artifact's ``buckets`` record: each reference runs at its own bucket."""
     results = []
     for ref in references:
         if "graph" in ref:  # one graph per compiled grid
             features, kept = graphs.run_graph(ref["graph"], {ref["input"]: ref["pixels"]})
             kept = np.asarray(kept).astype(np.int64)
+        elif "bucket" in ref:  # encoder, the bucket's selector, projector
+            from tpc.runtimes.buckets import BucketedVision
+
+            vision = BucketedVision(graphs, buckets, {"keep": ref["bucket"]})
+            features, kept, _ = vision(ref["pixels"])
         else:
             features, kept = graphs.vision(ref["pixels"])
         verdict, overlap = index_verdict(kept, ref["indices"], ref["scores"])
@@ -130,6 +147,7 @@ def compare_vision(graphs, references: list[dict]) -> list[dict]:
         results.append(
             {
                 **({"graph": ref["graph"], "grid": ref["grid"]} if "graph" in ref else {}),
+                **({"bucket": ref["bucket"]} if "bucket" in ref else {}),
                 "batch": ref["batch"],
                 "indices": verdict,
                 "kept_overlap": overlap,
@@ -259,14 +277,25 @@ def _dtype(model) -> torch.dtype:
 
 
 @torch.no_grad()
-def reduced_references(adapter, method, keep: int, params: dict | None, grids: dict | None = None) -> dict:
+def reduced_references(
+    adapter,
+    method,
+    keep: int,
+    params: dict | None,
+    grids: dict | None = None,
+    buckets: dict | None = None,
+    llm: dict | None = None,
+) -> dict:
     """Everything the agreement check compares against, computed by the fp32 reference up front, so
     that the model's weights can be freed before any graph is loaded (a 7 B model and its graphs
     never share the memory).
 
     ``grids``: a grid family's ``grid_vision`` record (one vision graph per compiled grid): the vision
     references are per grid (``grid_vision_references``) and the decoder's image block holds pictures of
-    the largest grid, at the 3-D positions of the tokens they kept."""
+    the largest grid, at the 3-D positions of the tokens they kept. ``buckets``: a bucketed artifact's
+    ``buckets`` record (fixed budgets only): the vision references are per bucket (``bucket_vision_references``),
+    the decoder's image block holds the default bucket's features. ``llm``: ``{"plans", "rule"}`` of in-LLM
+    pruning: the staged decoder's references (``tpc.compiler.verify_llm_precision``) replace the flat one's."""
     from tpc.models.upcast import fp32_reference
 
     params = params or {}
@@ -279,13 +308,20 @@ def reduced_references(adapter, method, keep: int, params: dict | None, grids: d
             patches = torch.randn(2, grid[0] * grid[1], adapter.patch_values, generator=generator)
             indices, features, _ = method.reference(view, patches, grids["keep"][name], **params)
             image_grid = {"grid": list(grid), "merge": adapter.merge, "kept": indices.numpy()}
-            decoder = decoder_references(adapter, features.float(), image_grid=image_grid)
+            decoder = None if llm else decoder_references(adapter, features.float(), image_grid=image_grid)
         else:
-            vision = vision_references(adapter, method, keep, params)
+            if buckets:
+                vision = bucket_vision_references(adapter, method, params, buckets["sizes"])
+            else:
+                vision = vision_references(adapter, method, keep, params)
             size = adapter.vision.image_size
             pixels = torch.randn(2, 3, size, size, generator=generator)
             _, features, _ = method.reference(adapter, pixels, keep, **params)
-            decoder = decoder_references(adapter, features.float())
+            decoder = None if llm else decoder_references(adapter, features.float())
+        if llm:
+            from tpc.compiler.verify_llm_precision import llm_references
+
+            staged = llm_references(adapter, llm["plans"], llm["rule"])
     text = adapter.text
     runtime = {
         "num_kv_heads": text.num_kv_heads,
@@ -293,37 +329,54 @@ def reduced_references(adapter, method, keep: int, params: dict | None, grids: d
         "num_layers": text.num_layers,
         "feature_dim": adapter.vision.feature_dim,
     }
-    return {"vision": vision, "decoder": decoder, "runtime": runtime}
+    references = {"vision": vision, "decoder": decoder, "runtime": runtime, "buckets": buckets}
+    if llm:
+        references.update(llm=staged, llm_rule=llm["rule"])
+    return references
 
 
 def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> dict:
     """The agreement report of ``graphs`` against ``reduced_references``; ParityError below the thresholds.
     ``pieces``: run the decoder layer group by layer group (``compare_decoder``)."""
-    vision = compare_vision(graphs, references["vision"])
+    vision = compare_vision(graphs, references["vision"], references.get("buckets"))
     if thresholds.get("exact_indices"):  # fp16-stored weights, fp32 arithmetic: the kept set must not move
         for r in vision:
             r["passed"] = r["passed"] and r["indices"] == "exact"
-    decoder = compare_decoder(graphs, references["decoder"], references["runtime"], pieces)
-    decoder["passed"] = (
-        decoder["logit_cosine_min"] >= thresholds["min_logit_cosine"]
-        and decoder["token_agreement"] >= thresholds["min_token_agreement"]
-    )
+    if references.get("llm"):  # the staged decoder: per-stage kept indices, logits
+        from tpc.compiler.verify_llm_precision import compare_llm
+
+        runtime = dict(references["runtime"], llm_pruning_rule=references["llm_rule"])
+        decoder = compare_llm(graphs, references["llm"], runtime, thresholds)
+    else:
+        decoder = compare_decoder(graphs, references["decoder"], references["runtime"], pieces)
+        decoder["passed"] = (
+            decoder["logit_cosine_min"] >= thresholds["min_logit_cosine"]
+            and decoder["token_agreement"] >= thresholds["min_token_agreement"]
+        )
     report = {
         "mode": "agreement with fp32",
         "vision": vision,
         "decoder": decoder,
         "thresholds": dict(thresholds, min_feature_cosine=MIN_FEATURE_COSINE, near_tie=NEAR_TIE),
     }
+    if references.get("buckets"):  # per bucket: every batch's kept indices and features agree
+        sizes = references["buckets"]["sizes"]
+        report["buckets"] = {str(k): all(r["passed"] for r in vision if r["bucket"] == k) for k in sizes}
     report["passed"] = all(r["passed"] for r in vision) and decoder["passed"]
     if not report["passed"]:
         parts = [
-            f"vision{' ' + r['graph'] if 'graph' in r else ''} b{r['batch']}: indices {r['indices']} "
+            f"vision{' ' + r['graph'] if 'graph' in r else ''}{' k' + str(r['bucket']) if 'bucket' in r else ''} "
+            f"b{r['batch']}: indices {r['indices']} "
             f"(overlap {r['kept_overlap']:.2f}{_exact_note(r, thresholds)}), feature cosine "
             f"{r['feature_cosine_min']:.5f}"
             for r in vision
             if not r["passed"]
         ]
-        if not decoder["passed"]:
+        if not decoder["passed"] and "stages" in decoder:
+            from tpc.compiler.verify_llm_precision import llm_failures
+
+            parts += llm_failures(decoder, thresholds)
+        elif not decoder["passed"]:
             parts.append(
                 f"decoder: logit cosine min {decoder['logit_cosine_min']:.4f} (needs >= "
                 f"{thresholds['min_logit_cosine']}), greedy agreement {decoder['token_agreement']:.2f} (needs >= "

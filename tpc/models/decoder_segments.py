@@ -42,7 +42,8 @@ class SegmentCache:
 def last_token_attention(
     layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
 ) -> torch.Tensor:
-    """[B,T]: softmax of the last position's query against all T keys of ``layer``, mean over heads.
+    """[B,T]: softmax of the last position's query against all T keys of ``layer``, mean over heads; in
+    fp32 inside half-precision graphs (the score decides the kept set).
 
     ``hidden`` is the layer's input; q/k come from its own input norm and projections with
     RoPE at the positions ``cos``/``sin`` were built for; padding keys are masked.
@@ -60,7 +61,7 @@ def last_token_attention(
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
-    logits = torch.matmul(q, k.transpose(-1, -2)).squeeze(2) * attn.scaling  # [B,H,T]
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)).squeeze(2) * attn.scaling  # [B,H,T], fp32
     logits = logits.masked_fill(key_mask[:, None, :] == 0, torch.finfo(logits.dtype).min)
     return logits.softmax(dim=-1).mean(dim=1)
 
