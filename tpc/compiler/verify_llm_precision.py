@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tpc.compiler.verify_precision import cosine, index_verdict
+from tpc.compiler.agreement import cosine, index_verdict
 from tpc.methods.in_llm import DART
 
 STEPS = 2  # decode steps after prefill
