@@ -42,6 +42,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from tpc.errors import UsageError
+from tpc.passes.onnx_graph import unique_name
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def _matmul_weight(
         return name
     if name not in transposed:
         array = np.ascontiguousarray(numpy_helper.to_array(weights[name]).T)
-        transposed[name] = _unique(f"{name}_transposed", taken)
+        transposed[name] = unique_name(f"{name}_transposed", taken)
         graph.initializer.append(numpy_helper.from_array(array, transposed[name]))
     return transposed[name]
 
@@ -293,20 +294,11 @@ def _gemm_as_matmul(node: onnx.NodeProto, weight: str, taken: set[str]) -> list[
     bias = node.input[2] if len(node.input) > 2 else ""
     if not bias:
         return [onnx.helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=name)]
-    product = _unique(f"{node.output[0]}_matmul", taken)
+    product = unique_name(f"{node.output[0]}_matmul", taken)
     return [
         onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{name}_matmul"),
         onnx.helper.make_node("Add", [product, bias], list(node.output), name=f"{name}_bias"),
     ]
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, i = name, 0
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    taken.add(candidate)
-    return candidate
 
 
 def _run_quantizer(model: onnx.ModelProto, settings: QuantizeSettings) -> onnx.ModelProto:

@@ -22,26 +22,34 @@ def expected_kv_lengths(plan: PruningPlan, prompt_len: int, steps: int) -> list[
     return [prompt_len - (plan.image_tokens - kept) + steps for kept in plan.layer_keep()]
 
 
+def staged_check_inputs(adapter, plan: PruningPlan, batch: int, seed: int, steps: int):
+    """Seeded inputs of a staged decoder check: (embeds, mask, image_start, step_embeds, positions), a prompt of
+    the plan's image block + 9 text rows, the block at 3 (and 5), the second sample left-padded by 2."""
+    hidden = adapter.text.hidden_size
+    generator = torch.Generator().manual_seed(seed + batch)
+    prompt_len = plan.image_tokens + 9
+    embeds = torch.randn(batch, prompt_len, hidden, generator=generator) * 0.5
+    mask = torch.ones(batch, prompt_len, dtype=torch.int64)
+    image_start = torch.tensor([3, 5][:batch], dtype=torch.int64)
+    if batch == 2:
+        mask[1, :2] = 0  # left padding on the second sample
+    step_embeds = [torch.randn(batch, 1, hidden, generator=generator) * 0.5 for _ in range(steps)]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if adapter.text.position_dims == 3:
+        positions = grid_positions(mask, image_start, plan.image_tokens)
+    return embeds, mask, image_start, step_embeds, positions
+
+
 @torch.no_grad()
 def verify_staged_decoder(
     graphs, adapter, plan: PruningPlan, runtime: dict, seed: int = 3, steps: int = 2, bucket: int | None = None
 ) -> list[dict]:
     from tpc.runtimes.decoders import StagedDecoder
 
-    hidden = adapter.text.hidden_size
     results = []
     for batch in (1, 2):
-        generator = torch.Generator().manual_seed(seed + batch)
-        prompt_len = plan.image_tokens + 9
-        embeds = torch.randn(batch, prompt_len, hidden, generator=generator) * 0.5
-        mask = torch.ones(batch, prompt_len, dtype=torch.int64)
-        image_start = torch.tensor([3, 5][:batch], dtype=torch.int64)
-        if batch == 2:
-            mask[1, :2] = 0  # left padding on the second sample
-        step_embeds = [torch.randn(batch, 1, hidden, generator=generator) * 0.5 for _ in range(steps)]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        if adapter.text.position_dims == 3:
-            positions = grid_positions(mask, image_start, plan.image_tokens)
+        embeds, mask, image_start, step_embeds, positions = staged_check_inputs(adapter, plan, batch, seed, steps)
+        prompt_len = embeds.shape[1]
         ref = reference_generate(adapter.model, embeds, mask, image_start, plan, steps + 1, step_embeds, positions)
 
         decoder = StagedDecoder(graphs, runtime, plan, bucket)

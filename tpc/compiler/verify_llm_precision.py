@@ -32,28 +32,17 @@ def llm_references(adapter, plans: dict, rule: dict | None, seed: int = 3) -> li
     """The fp32 reference of the shortest and longest image block's plan (``verify_graphs``' choice), batch 1
     and 2: its inputs, per-stage kept rows and scores, and logits. Call inside ``fp32_reference``."""
     from tpc.compiler.verify import _length_key, dynamic_check_plans
-    from tpc.compiler.verify_llm import grid_positions
+    from tpc.compiler.verify_llm import staged_check_inputs
     from tpc.methods.in_llm_reference import reference_generate
 
     if rule is not None:
         plans = dynamic_check_plans(rule, adapter)
     ends = sorted({min(plans, key=_length_key), max(plans, key=_length_key)}, key=_length_key)
-    hidden = adapter.text.hidden_size
     references = []
     for key in ends:
         plan = plans[key]
         for batch in (1, 2):
-            generator = torch.Generator().manual_seed(seed + batch)
-            prompt_len = plan.image_tokens + 9
-            embeds = torch.randn(batch, prompt_len, hidden, generator=generator) * 0.5
-            mask = torch.ones(batch, prompt_len, dtype=torch.int64)
-            image_start = torch.tensor([3, 5][:batch], dtype=torch.int64)
-            if batch == 2:
-                mask[1, :2] = 0  # left padding on the second sample
-            step_embeds = [torch.randn(batch, 1, hidden, generator=generator) * 0.5 for _ in range(STEPS)]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            if adapter.text.position_dims == 3:
-                positions = grid_positions(mask, image_start, plan.image_tokens)
+            embeds, mask, image_start, step_embeds, positions = staged_check_inputs(adapter, plan, batch, seed, STEPS)
             ref = reference_generate(adapter.model, embeds, mask, image_start, plan, STEPS + 1, step_embeds, positions)
             references.append(
                 {

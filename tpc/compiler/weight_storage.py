@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
+from tpc.passes.onnx_graph import unique_name
+
 MIN_BYTES = 1024  # smaller fp32 initializers (biases, norms' scales, shapes) stay as they are
 FP16_MAX = float(np.finfo(np.float16).max)
 SUFFIX = "__fp16"
@@ -69,7 +71,7 @@ def store_graph_fp16(path: Path, min_bytes: int = MIN_BYTES, stale: set[Path] | 
             too_large.append(tensor.name)
             keep.append(tensor)
             continue
-        half_name = _fresh(tensor.name + SUFFIX, taken)
+        half_name = unique_name(tensor.name + SUFFIX, taken)
         keep.append(numpy_helper.from_array(values.astype(np.float16), half_name))
         stored.append((tensor.name, half_name))
         fp32_bytes += values.nbytes
@@ -110,15 +112,6 @@ def _data_files(path: Path) -> set[Path]:
         for entry in tensor.external_data
         if entry.key == "location"
     }
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, n = name, 0
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}{n}"
-    taken.add(candidate)
-    return candidate
 
 
 def _insert_casts(graph: onnx.GraphProto, halves: dict[str, str]) -> None:

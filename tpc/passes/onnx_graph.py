@@ -68,12 +68,18 @@ class GraphView:
         return readers[0]
 
     def unique(self, name: str) -> str:
-        candidate, i = name, 0
-        while candidate in self.taken:
-            i += 1
-            candidate = f"{name}_{i}"
-        self.taken.add(candidate)
-        return candidate
+        return unique_name(name, self.taken)
+
+    def producer_chain(self, name: str, ops: tuple[str, ...]) -> list[onnx.NodeProto] | None:
+        """The producers of ``name`` walking input 0 upwards, when their op types are ``ops``; else None."""
+        nodes = []
+        for op in ops:
+            node = self.producer.get(name)
+            if node is None or node.op_type != op:
+                return None
+            nodes.append(node)
+            name = node.input[0]
+        return nodes
 
     def rename_input(self, old: str, new: str) -> None:
         """Every node that read ``old`` reads ``new`` (graph outputs named ``old`` are left alone)."""
@@ -88,6 +94,16 @@ class GraphView:
         self.graph.ClearField("node")
         self.graph.node.extend(kept)
         self.refresh()
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken`` (which then holds it)."""
+    candidate, i = name, 0
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    taken.add(candidate)
+    return candidate
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

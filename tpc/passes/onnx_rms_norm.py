@@ -12,18 +12,6 @@ from __future__ import annotations
 from tpc.passes.onnx_graph import GraphView, drop_unused
 
 
-def _chain(view: GraphView, name: str, ops: tuple[str, ...]):
-    """The producers of ``name`` walking input 0 upwards, when their op types are ``ops``; else None."""
-    nodes = []
-    for op in ops:
-        node = view.producer.get(name)
-        if node is None or node.op_type != op:
-            return None
-        nodes.append(node)
-        name = node.input[0]
-    return nodes
-
-
 def rms_norm_as_division(view: GraphView) -> int:
     """``Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps))))`` -> ``Div(x, Sqrt(...))``."""
     rewritten = 0
@@ -31,7 +19,7 @@ def rms_norm_as_division(view: GraphView) -> int:
         if node.op_type != "Mul":
             continue
         for side in (0, 1):
-            chain = _chain(view, node.input[1 - side], ("Reciprocal", "Sqrt", "Add", "ReduceMean", "Pow"))
+            chain = view.producer_chain(node.input[1 - side], ("Reciprocal", "Sqrt", "Add", "ReduceMean", "Pow"))
             if chain is None:
                 continue
             reciprocal, sqrt, _, _, power = chain

@@ -30,7 +30,7 @@ def _norm_of(view: GraphView, scaled: onnx.NodeProto) -> tuple[str, str, float] 
             continue
         for x_side in (0, 1):
             h = inner.input[x_side]
-            nodes = _walk(view, inner.input[1 - x_side])
+            nodes = view.producer_chain(inner.input[1 - x_side], _NORM[1:])
             if nodes is None:
                 continue
             reciprocal, _, add_eps, mean, power = nodes
@@ -48,17 +48,6 @@ def _norm_of(view: GraphView, scaled: onnx.NodeProto) -> tuple[str, str, float] 
                 continue
             return h, scaled.input[side], float(eps.reshape(-1)[0])
     return None
-
-
-def _walk(view: GraphView, name: str) -> list[onnx.NodeProto] | None:
-    nodes = []
-    for op in _NORM[1:]:
-        node = view.producer.get(name)
-        if node is None or node.op_type != op:
-            return None
-        nodes.append(node)
-        name = node.input[0]
-    return nodes
 
 
 def skip_rms_norm(view: GraphView) -> int:
