@@ -40,6 +40,8 @@ from pathlib import Path
 from common import ROOT, profile_parser, write_section
 from genai_workers import Worker
 
+from tpc.passes.onnx_decoder import DECODER_REWRITES
+
 MARK = "<!-- genai-int4 -->"
 GENAI_SPEC = "onnxruntime-genai==0.18.0"
 DEFAULT_VENV = ROOT / "build" / "genai-venv"
@@ -87,6 +89,7 @@ def tpc_artifact(args, quant: dict) -> tuple[Path, bool]:
             and not m.get("buckets")
             and not m.get("llm_pruning")
             and all(q.get(k) == v for k, v in wanted.items())
+            and list(m["precision"]["quantized_graphs"]["decoder"].get("rewrites") or {}) == list(DECODER_REWRITES)
         )
 
     shared = ROOT / "build" / "bench" / "precision" / f"{args.model}-int4"

@@ -21,10 +21,15 @@ from tpc.passes.onnx_decoder import DECODER_PASSES, optimize_decoder
 # (preset, decoder overrides, rewrites expected): llama with GQA, llama with as many KV heads as query
 # heads (no repeat_kv), Qwen2 with q/k/v biases, Qwen2 with M-RoPE (3-D position ids)
 CASES = {
-    "llama-gqa": ("llava-tiny", {}, {"key_transpose": 4, "rotary_embedding": 8}),
-    "llama-mha": ("llava-tiny", {"num_key_value_heads": 4}, {"key_transpose": 4, "rotary_embedding": 8}),
-    "qwen2-bias": ("llava-onevision-tiny", {}, {"key_transpose": 4, "rotary_embedding": 8}),
-    "qwen2-mrope": ("qwen2.5-vl-tiny", {}, {"key_transpose": 4, "rotary_embedding": 0}),  # M-RoPE kept
+    "llama-gqa": ("llava-tiny", {}, {"key_transpose": 4, "rotary_embedding": 8, "group_query_attention": 4}),
+    "llama-mha": (
+        "llava-tiny",
+        {"num_key_value_heads": 4},
+        {"key_transpose": 4, "rotary_embedding": 8, "group_query_attention": 4},
+    ),
+    "qwen2-bias": ("llava-onevision-tiny", {}, {"key_transpose": 4, "rotary_embedding": 8, "group_query_attention": 4}),
+    # M-RoPE: rotary and attention kept as exported
+    "qwen2-mrope": ("qwen2.5-vl-tiny", {}, {"key_transpose": 4, "rotary_embedding": 0, "group_query_attention": 0}),
 }
 
 
@@ -77,6 +82,17 @@ def _feeds(text, rng, past_len: int, seq: int, start: np.ndarray, past=None) -> 
     return feeds
 
 
+def _assert_close(got, want, mask) -> None:
+    """Logits, and the KV cache at the keys the mask keeps: a left-padded row's padding rows are never read
+    (GroupQueryAttention gives the padding queries other, unused values than the exported graph)."""
+    if got.ndim == 4:
+        for row in range(got.shape[0]):
+            keys = np.flatnonzero(mask[row][: got.shape[2]])
+            np.testing.assert_allclose(got[row][:, keys], want[row][:, keys], rtol=1e-4, atol=1e-4)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def _same_outputs(path, fused, text) -> None:
     """Prefill, then a decode step on its KV: the rewritten graph's outputs equal the exported one's."""
     reference, rewritten = _session(path), _session(fused)
@@ -84,10 +100,10 @@ def _same_outputs(path, fused, text) -> None:
     prefill = _feeds(text, rng, 0, 6, np.array([0, 0]))
     want, got = reference.run(None, prefill), rewritten.run(None, prefill)
     for a, b in zip(want, got, strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+        _assert_close(b, a, prefill["attention_mask"])
     step = _feeds(text, rng, 6, 1, np.array([4, 13]), past=want[1:])
     for a, b in zip(reference.run(None, step), rewritten.run(None, step), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+        _assert_close(b, a, step["attention_mask"])
 
 
 def test_rewrites_keep_the_outputs(decoder_pair):
@@ -142,3 +158,39 @@ def test_a_graph_without_the_patterns_is_left_alone():
     before = model.SerializeToString()
     assert not any(optimize_decoder(model, max_positions=8).values())
     assert model.SerializeToString() == before
+
+
+def test_in_place_kv_cache_gives_the_exported_graphs_results(decoder_pair):
+    """The runtime binds one buffer per layer as past and present of a GQA decoder: prefill, decode steps and
+    a multi-token chunk on the cache equal the exported graph's; the steps append in place; continuing one
+    cache twice (a fork) leaves the first continuation intact."""
+    from tpc.runtimes.ort import OrtGraphs
+
+    path, fused, text, rewrites, _ = decoder_pair
+    graphs = OrtGraphs({G.DECODER: fused}, {"intra_op_num_threads": 1}, text.num_layers)
+    if not rewrites["group_query_attention"]:
+        assert graphs.decoder_kv == graphs._decoder_kv  # KV as OrtValues, no buffer bound twice
+        return
+    assert graphs.decoder_kv == graphs._decoder_in_place
+    reference, rng = _session(path), np.random.default_rng(1)
+
+    def both(feeds, past):
+        want = reference.run(None, feeds)
+        names = ("inputs_embeds", "attention_mask", "position_ids")
+        logits, present = graphs.decoder_kv(*(feeds[n] for n in names), past)
+        for a, b in zip(want, [logits, *present], strict=True):
+            _assert_close(b, a, feeds["attention_mask"])
+        return want[1:], present
+
+    feeds = _feeds(text, rng, 0, 6, np.array([0, 0]))
+    want, got = both(feeds, [feeds[n] for n in G.kv_names(text.num_layers, "past")])
+    buffers = [p.base for p in got]
+    for i in range(3):
+        want, got = both(_feeds(text, rng, 6 + i, 1, np.array([4 + i, 13 + i]), past=want), got)
+        assert [p.base for p in got] == buffers  # appended in place
+    fork_want, fork_got = want, got
+    first_want, first_got = both(_feeds(text, rng, 9, 1, np.array([7, 16]), past=fork_want), fork_got)
+    both(_feeds(text, rng, 9, 1, np.array([7, 16]), past=fork_want), fork_got)  # the same cache again
+    for a, b in zip(first_want, first_got, strict=True):  # the first continuation's last row still holds
+        np.testing.assert_allclose(b[:, :, -1], a[:, :, -1], rtol=1e-4, atol=1e-4)
+    both(_feeds(text, rng, 10, 3, np.array([8, 17]), past=first_want), first_got)  # a chunk after a step

@@ -1,9 +1,10 @@
-"""ONNX Runtime keeps a flat decoder's KV cache as OrtValues between steps (``OrtGraphs.decoder_kv``).
+"""ONNX Runtime keeps a flat decoder's KV cache between steps (``OrtGraphs.decoder_kv``).
 
-The same quantized tiny artifact (its decoder rewritten by the ONNX decoder passes) generates the same
-tokens with the KV cache kept in ONNX Runtime and round-tripped through numpy: batch 2, one prompt
-left-padded, with and without a picture. Runtimes without ``decoder_kv`` (Triton BLS, TensorRT) keep
-the numpy path.
+The quantized tiny artifact's decoder is rewritten by the ONNX decoder passes, its attention into
+``GroupQueryAttention``: the runtime binds one buffer per layer as past and present, and ONNX Runtime
+appends to it in place. It generates the same tokens as the same graph with the KV cache round-tripped
+through numpy: batch 2, one prompt left-padded. Runtimes without ``decoder_kv`` (Triton BLS, TensorRT)
+keep the numpy path.
 """
 
 from __future__ import annotations
@@ -42,15 +43,17 @@ def test_the_decoder_was_rewritten_and_quantized(int4_artifact):
     stats = int4_artifact.manifest["precision"]["quantized_graphs"][DECODER]
     assert stats["rewrites"]["merge_projections"] == 2 * int4_artifact.runtime["num_layers"]
     assert stats["rewrites"]["rotary_embedding"] == 2 * int4_artifact.runtime["num_layers"]
-    graph = onnx.load(str(int4_artifact.graph_path(DECODER)), load_external_data=False).graph
-    ops = {n.op_type for n in graph.node}
+    assert stats["rewrites"]["group_query_attention"] == int4_artifact.runtime["num_layers"]
+    model = onnx.load(str(int4_artifact.graph_path(DECODER)), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
     assert {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding"} <= ops
-    assert "MatMulNBits" in ops
+    assert {"MatMulNBits", "GroupQueryAttention"} <= ops and "Softmax" not in ops
+    assert {p.key: p.value for p in model.metadata_props}["tpc.kv_buffer"] == "shared"
 
 
-def test_ortvalue_kv_gives_the_numpy_path_tokens(int4_artifact):
+def test_in_place_kv_gives_the_numpy_path_tokens(int4_artifact):
     graphs = OrtGraphs.from_artifact(int4_artifact)
-    assert graphs.decoder_kv is not None
+    assert graphs.decoder_kv == graphs._decoder_in_place
     runtime = int4_artifact.runtime
     fast = generate(graphs, _batch(runtime), runtime, 8, stop_at_eos=False)
     graphs.decoder_kv = None  # the numpy round trip every other runtime takes

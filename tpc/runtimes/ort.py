@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,7 @@ class OrtGraphs:
         if self.fell_back:
             log.warning("requested %s but ONNX Runtime runs on %s", self.requested_provider, self.provider)
         self._past_names = kv_names(num_layers, "past")
+        self._present_names = kv_names(num_layers, "present")
         # half-precision graphs take half-precision floats: feeds are cast to each input's declared type
         self._casts = {
             name: {i.name: FLOAT_TYPES[i.type] for i in session.get_inputs() if i.type in FLOAT_TYPES}
@@ -136,8 +138,18 @@ class OrtGraphs:
         self.max_positions = int(meta["tpc.max_positions"]) if "tpc.max_positions" in meta else None
         # decoders driven by FlatDecoder keep their KV cache as OrtValues between steps (see decoder_kv);
         # a runtime without this attribute (TensorRT, Triton BLS) goes through ``decoder`` on numpy arrays
+        # (a GQA decoder, tpc/passes/onnx_group_query_attention.py: in buffers it appends to in place)
         fp32 = DECODER in self.sessions and all(t == np.float32 for t in self._casts[DECODER].values())
-        self.decoder_kv = self._decoder_kv if fp32 and self.provider == "CPUExecutionProvider" else None
+        on_cpu = fp32 and self.provider == "CPUExecutionProvider"
+        self.decoder_kv = None
+        if on_cpu and meta.get("tpc.kv_buffer") == "shared":
+            from tpc.runtimes.kv_buffers import KVBuffers
+
+            self._kv_buffers = KVBuffers(self.max_positions)
+            self._bound = threading.local()
+            self.decoder_kv = self._decoder_in_place
+        elif on_cpu:
+            self.decoder_kv = self._decoder_kv
         if self.decoder_kv is not None:
             session = self.sessions[DECODER]
             self._decoder_outputs = [o.name for o in session.get_outputs()]
@@ -206,6 +218,40 @@ class OrtGraphs:
             feed[name] = wrap(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
         logits, *present = self.sessions[DECODER].run_with_ort_values(self._decoder_outputs, feed)
         return logits.numpy(), present
+
+    def _decoder_in_place(self, embeds, attention_mask, position_ids, past: list):
+        """``decoder`` on KV buffers bound as both past and present (``kv_buffers.py``): ONNX Runtime appends
+        the step's keys and values in place; ``present`` are views of the buffers' first rows. A call on the
+        buffers of the previous call (every decode step) keeps that call's binding of them."""
+        self._check_positions(position_ids)
+        buffers = self._kv_buffers.for_call(past, embeds.shape[1])
+        binding = self._binding_of(buffers)
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        binding.bind_output(self._decoder_outputs[0])  # ONNX Runtime allocates them, in the step's shape
+        self.sessions[DECODER].run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits, self._kv_buffers.written(buffers, attention_mask.shape[1])
+
+    def _binding_of(self, buffers: list[np.ndarray]):
+        """An IO binding with each buffer bound as its layer's past and present: one per thread, kept while
+        the very same buffers come back (held weakly: a finished generation's buffers are freed)."""
+        import weakref
+
+        import onnxruntime as ort
+
+        held = getattr(self._bound, "held", None)
+        if held is not None and len(held[0]) == len(buffers) and all(r() is b for r, b in zip(*held[:1], buffers)):
+            return held[1]
+        binding = self.sessions[DECODER].io_binding()
+        binding.bind_output(self._decoder_outputs[0])  # first: the logits are output 0 of the binding
+        for name, present, buffer in zip(self._past_names, self._present_names, buffers, strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares the buffer's memory
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(present, value)
+        self._bound.held = ([weakref.ref(b) for b in buffers], binding)
+        return binding
 
     def describe(self) -> dict[str, Any]:
         return {
