@@ -30,6 +30,16 @@ def profile_parser(doc: str | None, out: Path, runs: int = 5, new_tokens: int = 
     return parser
 
 
+def decoder_passes_digest() -> str:
+    """A digest of the ONNX decoder passes' code: a cached quantized artifact made by other passes is stale."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "tpc" / "passes").glob("onnx_*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def sh(cmd):
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)

@@ -22,9 +22,7 @@ import json
 import subprocess
 import sys
 
-from common import ROOT, profile, profile_parser, write_section
-
-from tpc.passes.onnx_decoder import DECODER_REWRITES
+from common import ROOT, decoder_passes_digest, profile, profile_parser, write_section
 
 MARK = "<!-- precision -->"
 INT4_CHECK = ["--min-logit-cosine", "0.85", "--min-token-agreement", "0.3"]  # loosened: random weights
@@ -49,7 +47,8 @@ def main() -> None:
     for _label, name, flags in CONFIGS:  # every compile first, so that none overlaps a measurement
         art = args.out / f"{args.model}-{name}"
         stamp = args.out / f"{args.model}-{name}.flags"  # a cached artifact is reused only for the same flags
-        wanted = " ".join([str(args.ratio), *flags, *DECODER_REWRITES])  # and the same decoder passes
+        passes = [decoder_passes_digest()] if "--quantize" in flags else []  # quantized: the same decoder passes
+        wanted = " ".join([str(args.ratio), *flags, *passes])
         if not (art / "manifest.json").exists() or not stamp.exists() or stamp.read_text() != wanted:
             cmd = [sys.executable, "-m", "tpc.cli", "compile", args.model, "--ratio", str(args.ratio), *flags]
             print("+", " ".join(cmd), flush=True)

@@ -23,8 +23,6 @@ from tpc.passes.onnx_rotary import MAX_POSITIONS_KEY, rotary_embedding
 from tpc.passes.onnx_skip_rms_norm import skip_rms_norm
 
 DECODER_PASSES = (key_transpose, skip_rms_norm, rms_norm_as_division, merge_projections)
-# every rewrite a quantized ``--target ort`` decoder goes through, in order (what its manifest records)
-DECODER_REWRITES = (*(fn.__name__ for fn in DECODER_PASSES), rotary_embedding.__name__, group_query_attention.__name__)
 
 
 def optimize_decoder(

@@ -8,19 +8,22 @@ After ``rotary_embedding``, the exporter's attention of a Llama/Qwen2 layer read
     out = Softmax(Mul(q, c) @ Mul(Transpose(K, 0, 1, 3, 2), c) + mask) @ V
     y = Reshape(Transpose(out, 0, 2, 1, 3), [B, S, N * D])
 
-``GroupQueryAttention`` computes ``y`` and both presents in one op: it appends the new keys and values to
-the past, reads the shared KV heads without repeating them, and applies the graph's own additive mask
-(``attention_bias``: left padding and the causal part, exactly as the exporter computed it) on top of its
-causal mask, which is the same. Rotary stays a separate ``RotaryEmbedding`` on the graph's position ids,
-now on the 3-D ``[B, S, N * D]`` values (a pruned prompt's positions keep their gaps; GQA's own rotary
-would number positions from the cache length). The op's ``seqlens_k`` / ``total_sequence_length`` come
-from the 2-D attention mask: every row holds ``T`` keys, the left padding is masked by the bias.
+``GroupQueryAttention`` computes ``y`` and both presents in one op, from the 3-D projections: it rotates
+q and k with the same cos/sin caches at the graph's own ``position_ids`` (a pruned prompt's positions
+keep their gaps), appends the new keys and values to the past, reads the shared KV heads without
+repeating them, and adds the graph's own additive mask (``attention_bias``: left padding and the causal
+part, exactly as the exporter computed it) on top of its causal mask, which is the same. Where q, k and v
+are the three parts of one merged projection's ``Split``, GQA reads the merged value whole. Its
+``seqlens_k`` / ``total_sequence_length`` come from the 2-D attention mask (every row holds ``T`` keys,
+the left padding is masked by the bias) and ``query_seqlens`` from the step's length (every row's query
+is whole): with it, ONNX Runtime takes batched prompts and multi-token chunks on a cache.
 
 The graph keeps its interface: past ``[B, Nkv, P, D]`` in, present ``[B, Nkv, P + S, D]`` out. A runtime
 may instead bind one preallocated ``[B, Nkv, capacity, D]`` buffer as both past and present (ONNX Runtime
 then writes the new keys in place: no copy of the cache per step); the graph records that it can as
 ``tpc.kv_buffer = shared`` in its metadata. Matched only where q and k come from ``RotaryEmbedding``
-(M-RoPE decoders keep their attention as exported).
+(M-RoPE decoders keep their attention as exported), for fp32 decoders, and only when the installed ONNX
+Runtime's GQA has these inputs (``kernel_supported``).
 """
 
 from __future__ import annotations
@@ -183,6 +186,20 @@ def _attention_output(view: GraphView, name: str, hidden: int) -> onnx.NodeProto
     return reshape
 
 
+def _packed(view: GraphView, layer: _Layer) -> str | None:
+    """The merged q/k/v projection when q, k and v are the three parts, in order, of one last-axis ``Split``
+    of it (GQA then reads it whole); None otherwise (biases added after the split, separate projections)."""
+    split = view.producer.get(layer.q3)
+    if split is None or split.op_type != "Split" or list(split.output) != [layer.q3, layer.k3, layer.v3]:
+        return None
+    sizes = view.constant(split.input[1]) if len(split.input) > 1 else None
+    dim = view.shape_of(layer.q3)[2] // layer.heads
+    wanted = [layer.heads * dim, layer.kv_heads * dim, layer.kv_heads * dim]
+    if attribute(split, "axis", 0) not in (-1, 2) or sizes is None or sizes.reshape(-1).tolist() != wanted:
+        return None
+    return split.input[0]
+
+
 def _lengths(view: GraphView) -> tuple[str, str]:
     """GQA's ``seqlens_k`` ([B] int32, T - 1) and ``total_sequence_length`` (int32 scalar, T) from the
     graph's 2-D ``attention_mask`` [B, T]."""
@@ -206,8 +223,24 @@ def _lengths(view: GraphView) -> tuple[str, str]:
     return names["seqlens"], names["total"], names["query_seqlens"]
 
 
+def kernel_supported() -> bool:
+    """Whether the installed ONNX Runtime's GroupQueryAttention takes what this rewrite feeds it: the graph's
+    own position ids and mask, and per-row query lengths (which make a batched prompt with gaps in its
+    positions, and a multi-token chunk on a cache, valid inputs)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+        schemas = [s for s in C.get_all_operator_schema() if s.name == "GroupQueryAttention"]
+    except (ImportError, AttributeError):
+        return False
+    names = {i.name for s in schemas for i in s.inputs}
+    return {"position_ids", "attention_bias", "query_seqlens"} <= names
+
+
 def group_query_attention(view: GraphView) -> int:
     """Replace each matched layer's attention with ``GroupQueryAttention``; returns how many."""
+    if not kernel_supported():
+        return 0
     inputs = {i.name: i for i in view.graph.input}
     if "attention_mask" not in inputs or "inputs_embeds" not in inputs:
         return 0
@@ -221,14 +254,14 @@ def group_query_attention(view: GraphView) -> int:
     make = onnx.helper.make_node
     dead = []
     for layer in layers:
-        q, k = view.unique(f"{layer.q3}_rotary"), view.unique(f"{layer.k3}_rotary")
+        positions, cos, sin = layer.rotary_inputs
+        qkv = _packed(view, layer)
+        q_k_v = [qkv, "", ""] if qkv is not None else [layer.q3, layer.k3, layer.v3]
         view.graph.node.extend(
             [
-                make("RotaryEmbedding", [layer.q3, *layer.rotary_inputs], [q], domain="com.microsoft", interleaved=0),
-                make("RotaryEmbedding", [layer.k3, *layer.rotary_inputs], [k], domain="com.microsoft", interleaved=0),
                 make(
                     "GroupQueryAttention",
-                    [q, k, layer.v3, layer.past_key, layer.past_value, seqlens, total, "", "", "", layer.mask]
+                    [*q_k_v, layer.past_key, layer.past_value, seqlens, total, cos, sin, positions, layer.mask]
                     + ["", "", "", "", "", query_seqlens],
                     [layer.output.output[0], layer.key_concat.output[0], layer.value_concat.output[0]],
                     name=view.unique(f"{layer.output.output[0]}_gqa"),
@@ -236,7 +269,7 @@ def group_query_attention(view: GraphView) -> int:
                     num_heads=layer.heads,
                     kv_num_heads=layer.kv_heads,
                     scale=layer.scale,
-                    do_rotary=0,
+                    do_rotary=1,
                 ),
             ]
         )

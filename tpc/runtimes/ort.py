@@ -153,6 +153,7 @@ class OrtGraphs:
         if self.decoder_kv is not None:
             session = self.sessions[DECODER]
             self._decoder_outputs = [o.name for o in session.get_outputs()]
+            self._logits_shape = session.get_outputs()[0].shape
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, provider: str = "cpu", threads: int | None = None) -> OrtGraphs:
@@ -222,36 +223,45 @@ class OrtGraphs:
     def _decoder_in_place(self, embeds, attention_mask, position_ids, past: list):
         """``decoder`` on KV buffers bound as both past and present (``kv_buffers.py``): ONNX Runtime appends
         the step's keys and values in place; ``present`` are views of the buffers' first rows. A call on the
-        buffers of the previous call (every decode step) keeps that call's binding of them."""
+        buffers of the previous call (every decode step) keeps that call's binding of them, and the logits
+        are written into one array bound with them (a copy is returned)."""
         self._check_positions(position_ids)
         buffers = self._kv_buffers.for_call(past, embeds.shape[1])
-        binding = self._binding_of(buffers)
+        binding, logits = self._binding_of(buffers)
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        binding.bind_output(self._decoder_outputs[0])  # ONNX Runtime allocates them, in the step's shape
+        if logits is None:  # logits of every position: ONNX Runtime allocates them in the call's shape
+            binding.bind_output(self._decoder_outputs[0])
         self.sessions[DECODER].run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
+        logits = logits.copy() if logits is not None else binding.get_outputs()[0].numpy()
         return logits, self._kv_buffers.written(buffers, attention_mask.shape[1])
 
     def _binding_of(self, buffers: list[np.ndarray]):
-        """An IO binding with each buffer bound as its layer's past and present: one per thread, kept while
-        the very same buffers come back (held weakly: a finished generation's buffers are freed)."""
+        """(IO binding, logits array or None): each buffer bound as its layer's past and present, and the
+        ``[B, vocab]`` logits of a last-position decoder bound to one array. One per thread, kept while the
+        very same buffers come back (held weakly: a finished generation's buffers are freed)."""
         import weakref
 
         import onnxruntime as ort
 
         held = getattr(self._bound, "held", None)
-        if held is not None and len(held[0]) == len(buffers) and all(r() is b for r, b in zip(*held[:1], buffers)):
-            return held[1]
+        if held is not None and len(held[0]) == len(buffers):
+            if all(ref() is buffer for ref, buffer in zip(held[0], buffers, strict=True)):
+                return held[1], held[2]
         binding = self.sessions[DECODER].io_binding()
-        binding.bind_output(self._decoder_outputs[0])  # first: the logits are output 0 of the binding
+        logits = None
+        if len(self._logits_shape) == 2 and isinstance(self._logits_shape[1], int):
+            logits = np.empty((buffers[0].shape[0], self._logits_shape[1]), np.float32)
+            binding.bind_ortvalue_output(self._decoder_outputs[0], ort.OrtValue.ortvalue_from_numpy(logits))
+        else:
+            binding.bind_output(self._decoder_outputs[0])  # first: the logits are output 0 of the binding
         for name, present, buffer in zip(self._past_names, self._present_names, buffers, strict=True):
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares the buffer's memory
             binding.bind_ortvalue_input(name, value)
             binding.bind_ortvalue_output(present, value)
-        self._bound.held = ([weakref.ref(b) for b in buffers], binding)
-        return binding
+        self._bound.held = ([weakref.ref(b) for b in buffers], binding, logits)
+        return binding, logits
 
     def describe(self) -> dict[str, Any]:
         return {
