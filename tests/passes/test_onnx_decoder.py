@@ -194,3 +194,23 @@ def test_in_place_kv_cache_gives_the_exported_graphs_results(decoder_pair):
     for a, b in zip(first_want, first_got, strict=True):  # the first continuation's last row still holds
         np.testing.assert_allclose(b[:, :, -1], a[:, :, -1], rtol=1e-4, atol=1e-4)
     both(_feeds(text, rng, 10, 3, np.array([8, 17]), past=first_want), first_got)  # a chunk after a step
+
+
+def test_attention_stays_where_onnx_runtime_lacks_the_kernel_inputs(decoder_pair, monkeypatch):
+    """An ONNX Runtime whose GroupQueryAttention takes no position ids / bias / query lengths: the attention
+    is left as exported (the other rewrites still run) and the graph does not claim shared KV buffers."""
+    import tpc.passes.onnx_group_query_attention as gqa
+
+    path, _, text, *_ = decoder_pair
+    monkeypatch.setattr(gqa, "kernel_supported", lambda: False)
+    model = onnx.load(str(path))
+    rewrites = optimize_decoder(model, max_positions=MAX_POSITIONS)
+    assert rewrites["group_query_attention"] == 0 and rewrites["merge_projections"] == 2 * text.num_layers
+    assert not any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
+    assert "tpc.kv_buffer" not in {p.key for p in model.metadata_props}
+
+
+def test_the_installed_onnxruntime_has_the_kernel_inputs():
+    from tpc.passes.onnx_group_query_attention import kernel_supported
+
+    assert kernel_supported()  # the pinned environment's ONNX Runtime: the rewrite is tested above, not skipped

@@ -89,3 +89,21 @@ def test_a_runner_without_decoder_kv_uses_numpy(int4_artifact):
     decoder.prefill(embeds, np.ones((1, 3), np.int64), np.arange(3)[None])
     decoder.step(embeds[:, -1:])
     assert all(isinstance(p, np.ndarray) for p in decoder.past) and decoder.kv_lengths()[0] == 4
+
+
+def test_an_artifact_from_a_newer_onnxruntime_is_a_usage_error(int4_artifact, monkeypatch):
+    """A session this ONNX Runtime cannot create (say, a contrib op input it lacks) from an artifact compiled
+    with a newer one: one line that names both versions."""
+    from tpc.errors import UsageError
+    from tpc.manifest import Artifact
+
+    def cannot_load(*args, **kwargs):
+        raise RuntimeError("Node (gqa) has input size 17 not in range [min=7, max=12].\ndetail")
+
+    manifest = {**int4_artifact.manifest, "versions": {**int4_artifact.manifest["versions"], "onnxruntime": "99.0.0"}}
+    newer = Artifact(int4_artifact.root, manifest)
+    monkeypatch.setattr(OrtGraphs, "__init__", cannot_load)
+    with pytest.raises(UsageError, match=r"compiled with onnxruntime 99\.0\.0 and this is .*input size 17"):
+        OrtGraphs.from_artifact(newer)
+    with pytest.raises(RuntimeError, match="input size 17"):  # same version: the error as ONNX Runtime gave it
+        OrtGraphs.from_artifact(int4_artifact)

@@ -170,9 +170,19 @@ class OrtGraphs:
             digest = hashlib.sha256(json.dumps(artifact.manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
             cache = Path.home() / ".cache" / "tpc" / "ort-trt" / digest
             cache.mkdir(parents=True, exist_ok=True)
-        return cls(
-            paths, artifact.manifest.get("session", {}), artifact.runtime["num_layers"], provider, threads, plan, cache
-        )
+        try:
+            return cls(
+                paths,
+                artifact.manifest.get("session", {}),
+                artifact.runtime["num_layers"],
+                provider,
+                threads,
+                plan,
+                cache,
+            )
+        except Exception as exc:  # e.g. a contrib op's inputs that an older ONNX Runtime does not have
+            _refuse_older_onnxruntime(artifact.manifest.get("versions", {}).get("onnxruntime"), exc)
+            raise
 
     def run_graph(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         casts = self._casts[name]
@@ -270,6 +280,21 @@ class OrtGraphs:
             "requested_provider": self.requested_provider,
             "fell_back": self.fell_back,
         }
+
+
+def _refuse_older_onnxruntime(compiled_with: str | None, exc: Exception) -> None:
+    """A one-line usage error when the artifact was compiled with a newer ONNX Runtime than this one."""
+    import onnxruntime as ort
+
+    def release(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version.split("+")[0].split(".")[:3] if part.isdigit())
+
+    if compiled_with and release(compiled_with) > release(ort.__version__):
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"this artifact was compiled with onnxruntime {compiled_with} and this is {ort.__version__}, which cannot "
+            f"load it ({detail}); install onnxruntime>={compiled_with} or compile it here"
+        ) from exc
 
 
 def optimize_offline(source: Path, target: Path, level: str = "extended") -> Path:
