@@ -85,6 +85,8 @@ FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 class OrtGraphs:
     """The vision, embedding and decoder sessions of one artifact."""
 
+    tokens = None  # the embedding graph's table for text ids (token_table.py); runners built otherwise have none
+
     def __init__(
         self,
         paths: dict[str, Path],
@@ -127,6 +129,7 @@ class OrtGraphs:
         if self.fell_back:
             log.warning("requested %s but ONNX Runtime runs on %s", self.requested_provider, self.provider)
         self._past_names = kv_names(num_layers, "past")
+        self.tokens = _token_table(paths.get(EMBED))
         self._present_names = kv_names(num_layers, "present")
         # half-precision graphs take half-precision floats: feeds are cast to each input's declared type
         self._casts = {
@@ -194,6 +197,10 @@ class OrtGraphs:
         return features, kept
 
     def embed(self, input_ids: np.ndarray, image_features: np.ndarray) -> np.ndarray:
+        if self.tokens is not None:  # text ids only (every decode step): rows of the graph's own table
+            rows = self.tokens.lookup(np.asarray(input_ids))
+            if rows is not None:
+                return rows
         (embeds,) = self.run_graph(EMBED, {"input_ids": input_ids, "image_features": image_features})
         return embeds
 
@@ -280,6 +287,19 @@ class OrtGraphs:
             "requested_provider": self.requested_provider,
             "fell_back": self.fell_back,
         }
+
+
+def _token_table(path: Path | None):
+    """The embedding graph's table for text ids (``token_table.py``), when the graph has the plain form."""
+    if path is None:
+        return None
+    from tpc.runtimes.token_table import TokenTable
+
+    try:
+        return TokenTable.from_graph(path)
+    except (OSError, ValueError) as exc:  # an unreadable or unusual table: the graph runs every call
+        log.debug("embedding graph %s: no direct table lookup (%s)", path.name, exc)
+        return None
 
 
 def _refuse_older_onnxruntime(compiled_with: str | None, exc: Exception) -> None:
