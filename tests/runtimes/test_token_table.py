@@ -99,3 +99,15 @@ def test_a_graph_of_another_form_gets_no_lookup(tmp_path):
     path = tmp_path / f"{EMBED}.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
     assert TokenTable.from_graph(path) is None
+
+
+def test_the_lookup_keeps_the_runtime_free_of_torch():
+    """The runtime reads the table with onnx alone: importing it must not pull in torch (the compiler's passes do)."""
+    import subprocess
+    import sys
+
+    code = "import sys, tpc.runtimes.ort, tpc.runtimes.token_table; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
