@@ -11,8 +11,9 @@ After ``rotary_embedding``, the exporter's attention of a Llama/Qwen2 layer read
 ``GroupQueryAttention`` computes ``y`` and both presents in one op, from the 3-D projections: it rotates
 q and k with the same cos/sin caches at the graph's own ``position_ids`` (a pruned prompt's positions
 keep their gaps), appends the new keys and values to the past, reads the shared KV heads without
-repeating them, and adds the graph's own additive mask (``attention_bias``: left padding and the causal
-part, exactly as the exporter computed it) on top of its causal mask, which is the same. Where q, k and v
+repeating them, applies the causal mask itself and takes the left padding as ``attention_bias``: 0 at the
+keys the 2-D attention mask keeps, the float minimum at the others (the exporter's 4-D causal-and-padding
+mask, a dozen small ops per step, is then unused and dropped). Where q, k and v
 are the three parts of one merged projection's ``Split``, GQA reads the merged value whole. Its
 ``seqlens_k`` / ``total_sequence_length`` come from the 2-D attention mask (every row holds ``T`` keys,
 the left padding is masked by the bias) and ``query_seqlens`` from the step's length (every row's query
@@ -200,13 +201,24 @@ def _packed(view: GraphView, layer: _Layer) -> str | None:
     return split.input[0]
 
 
-def _lengths(view: GraphView) -> tuple[str, str]:
-    """GQA's ``seqlens_k`` ([B] int32, T - 1) and ``total_sequence_length`` (int32 scalar, T) from the
-    graph's 2-D ``attention_mask`` [B, T]."""
+def _lengths(view: GraphView) -> tuple[str, str, str, str]:
+    """GQA's ``seqlens_k`` ([B] int32, T - 1), ``total_sequence_length`` (int32 scalar, T), ``query_seqlens``
+    ([B] int32, S) and its padding bias ([B, 1, S, T]: 0 at the keys the 2-D ``attention_mask`` keeps, the
+    float minimum at the others; GQA applies the causal part itself)."""
     make = onnx.helper.make_node
     keys = ("batch", "total_1d", "total_i32", "total", "one", "last", "seqlens", "new_1d", "new_i32", "query_seqlens")
+    keys += ("keep", "keep_4d", "zero", "minimum", "bias_row", "bias_shape", "one_1d", "bias")
     names = {k: view.unique(f"gqa_{k}") for k in keys}
-    view.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int32), names["one"]))
+    initializers = {
+        "one": np.array([1], np.int32),
+        "zero": np.array(0, np.float32),
+        "minimum": np.array(np.finfo(np.float32).min, np.float32),
+        "one_1d": np.array([1], np.int64),
+    }
+    for key, value in initializers.items():
+        view.graph.initializer.append(onnx.numpy_helper.from_array(value, names[key]))
+    axes = view.unique("gqa_axes")
+    view.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 2], np.int64), axes))
     view.graph.node.extend(
         [
             make("Shape", ["attention_mask"], [names["batch"]], start=0, end=1),
@@ -218,9 +230,19 @@ def _lengths(view: GraphView) -> tuple[str, str]:
             make("Shape", ["inputs_embeds"], [names["new_1d"]], start=1, end=2),
             make("Cast", [names["new_1d"]], [names["new_i32"]], to=onnx.TensorProto.INT32),
             make("Expand", [names["new_i32"], names["batch"]], [names["query_seqlens"]]),
+            make("Cast", ["attention_mask"], [names["keep"]], to=onnx.TensorProto.BOOL),
+            make("Unsqueeze", [names["keep"], axes], [names["keep_4d"]]),
+            make("Where", [names["keep_4d"], names["zero"], names["minimum"]], [names["bias_row"]]),
+            make(
+                "Concat",
+                [names["batch"], names["one_1d"], names["new_1d"], names["total_1d"]],
+                [names["bias_shape"]],
+                axis=0,
+            ),
+            make("Expand", [names["bias_row"], names["bias_shape"]], [names["bias"]]),
         ]
     )
-    return names["seqlens"], names["total"], names["query_seqlens"]
+    return names["seqlens"], names["total"], names["query_seqlens"], names["bias"]
 
 
 def kernel_supported() -> bool:
@@ -250,7 +272,7 @@ def group_query_attention(view: GraphView) -> int:
     layers = [layer for layer in layers if layer is not None]
     if not layers:
         return 0
-    seqlens, total, query_seqlens = _lengths(view)
+    seqlens, total, query_seqlens, bias = _lengths(view)
     make = onnx.helper.make_node
     dead = []
     for layer in layers:
@@ -261,7 +283,7 @@ def group_query_attention(view: GraphView) -> int:
             [
                 make(
                     "GroupQueryAttention",
-                    [*q_k_v, layer.past_key, layer.past_value, seqlens, total, cos, sin, positions, layer.mask]
+                    [*q_k_v, layer.past_key, layer.past_value, seqlens, total, cos, sin, positions, bias]
                     + ["", "", "", "", "", query_seqlens],
                     [layer.output.output[0], layer.key_concat.output[0], layer.value_concat.output[0]],
                     name=view.unique(f"{layer.output.output[0]}_gqa"),
