@@ -105,6 +105,7 @@ def tpc_artifact(args, quant: dict) -> tuple[Path, bool]:
         print("+", " ".join(cmd), flush=True)
         subprocess.run([*cmd, "-o", str(art), "--force", "-q"], cwd=ROOT, check=True)
         art.with_name(art.name + ".passes").write_text(decoder_passes_digest())
+        os.sync()  # the fresh artifact's pages written back before anything is timed (writeback slowed a run)
     return art, False
 
 

@@ -19,6 +19,7 @@ ratios to fp32 measured in this run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,6 +59,7 @@ def main() -> None:
                 continue
             stamp.write_text(wanted)
         arts[name] = art
+    os.sync()  # fresh artifacts' pages written back before anything is timed
     rows = []
     for label, name, _flags in CONFIGS:
         if name in refused or name not in arts:
