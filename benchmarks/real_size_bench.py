@@ -1,12 +1,13 @@
 """The 7 B headline compile's memory: a checkpoint with LLaVA-1.5-7B's exact geometry, random fp16 weights.
 
-    python benchmarks/real_size_bench.py --targets onnx,trt
+    python benchmarks/real_size_bench.py --targets onnx,trt,onnx+fastv
 
 Writes the checkpoint once (cached in build/bench/llava-7b-geometry: CLIP ViT-L/14-336 and a
 32-layer, 4096-wide Llama decoder, 7.06 B parameters, fp16 safetensors) without ever holding
 an fp32 copy: the model is built on the meta device and each tensor is materialised in fp16
 with random values. Then ``tpc compile DIR --ratio 0.89 --target T`` runs in its own process
-for each target and the section records wall time, the compile's peak resident memory (the
+for each target (``T+M``: with ``--method M``, e.g. ``onnx+fastv``, in-LLM pruning's staged
+decoder) and the section records wall time, the compile's peak resident memory (the
 process's VmHWM, also printed by compile) and the artifact's size on disk. Writes the
 "Real size" section of BENCHMARKS.md.
 """
@@ -85,6 +86,8 @@ def _check_summary(verification: dict) -> str:
         return "skipped"
     decoder = verification["decoder"]
     kept = "/".join(r["indices"] for r in verification["vision"])
+    if decoder.get("stages"):  # in-LLM pruning: each stage's kept tokens, per prompt
+        kept += "; in-LLM stages " + "/".join(k for r in decoder["stages"] for k in r["kept"])
     return (
         f"kept indices {kept}; logit cosine >= {decoder['logit_cosine_min']:.4f}, greedy agreement "
         f"{decoder['token_agreement']:.0%} (decoder run {decoder.get('run', 'whole')})"
@@ -93,12 +96,12 @@ def _check_summary(verification: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--targets", default="onnx,trt")
+    parser.add_argument("--targets", default="onnx,trt,onnx+fastv", help="T or T+METHOD, comma-separated")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "real-size")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument(
         "--verify",
-        default="onnx",
+        default="onnx,onnx+fastv",
         help="targets whose compile runs its agreement check with fp32 (comma-separated; '' for none): the "
         "fp32 reference's outputs first, then the graphs a few layers at a time",
     )
@@ -109,14 +112,16 @@ def main() -> None:
         print(f"writing the checkpoint: {write_checkpoint(checkpoint) / 1e9:.2f} B parameters", flush=True)
     size = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
     rows = []
-    for target in args.targets.split(","):
-        art = args.out / f"artifact-{target}"
+    for run in args.targets.split(","):
+        target, _, method = run.partition("+")
+        art = args.out / f"artifact-{run.replace('+', '-')}"
         cmd = [sys.executable, "-m", "tpc.cli", "compile", str(checkpoint), "--ratio", "0.89", "--target", target]
         cmd += ["--no-build"] if target == "trt" else []
+        cmd += ["--method", method] if method else []
         # random weights: thresholds are loosened so that the memory measurement always completes; the
         # measured agreement is what the table shows
         checked = ["--min-logit-cosine", "0.98", "--min-token-agreement", "0.5"]
-        cmd += checked if target in args.verify.split(",") else ["--no-verify"]
+        cmd += checked if target in args.verify.split(",") or run in args.verify.split(",") else ["--no-verify"]
         start = time.perf_counter()
         subprocess.run([*cmd, "-o", str(art), "--force"], check=True, cwd=ROOT)
         wall = time.perf_counter() - start
@@ -125,6 +130,7 @@ def main() -> None:
         rows.append(
             {
                 "target": target,
+                "method": manifest["method"]["name"],
                 "dtype": manifest["precision"]["dtype"],
                 "wall_s": wall,
                 "peak_gib": manifest["compile_peak_memory_mb"] / 1024,
@@ -142,13 +148,16 @@ def main() -> None:
         f"({size / 2**30:.1f} GiB of safetensors), compiled with `tpc compile DIR --ratio 0.89 --target T` on this "
         "machine (2 cores, 24 GiB). Peak memory is the compile process's VmHWM. The check (random weights: "
         "thresholds loosened to logit cosine 0.98 / agreement 0.5, the measured values shown) computes the fp32 "
-        "reference's outputs first, frees the model, then runs the fp16 decoder graph a few layers at a time.",
+        "reference's outputs first, frees the model, then runs the fp16 decoder graph a few layers at a time "
+        "(in-LLM pruning: each staged segment a few layers at a time over every prompt and step, segment after "
+        "segment, the selectors between them teacher-forced to the reference's rows).",
         "",
-        "| target | graphs dtype | verification | wall s | peak memory GiB | artifact GiB |",
-        "|---|---|---|---:|---:|---:|",
+        "| target | method | graphs dtype | verification | wall s | peak memory GiB | artifact GiB |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['target']} | {r['dtype']} | {r['check'] if r['verified'] else 'skipped (--no-verify)'} | "
+        f"| {r['target']} | {r['method']} | {r['dtype']} | "
+        f"{r['check'] if r['verified'] else 'skipped (--no-verify)'} | "
         f"{r['wall_s']:.0f} | {r['peak_gib']:.1f} | {r['artifact_gib']:.1f} |"
         for r in rows
     ]

@@ -1,11 +1,14 @@
 """A reduced-precision check that would run graphs whole beyond this host's memory is refused before it runs.
 
-ONNX Runtime's CPU provider holds half-precision weights in fp32; the staged decoder of in-LLM pruning runs
-whole. Compile measures that and, when the host is short, refuses in one line naming ``--no-verify``,
-leaving no artifact directory, instead of being killed part-way.
+ONNX Runtime's CPU provider holds half-precision weights in fp32. The decoders (flat, or in-LLM pruning's
+segments) run a few layers at a time; the graphs that still run whole are measured and, when the host is
+short, compile refuses in one line naming ``--no-verify``, leaving no artifact directory, instead of being
+killed part-way.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
@@ -44,13 +47,24 @@ def test_refused_when_short_and_run_when_it_fits(tmp_path, monkeypatch):
     ensure_whole_graphs_fit(paths, "the graphs")
 
 
-def test_an_in_llm_fp16_compile_on_a_short_host_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(check_memory, "available_bytes", lambda: 2**20)
+def test_in_llm_segments_are_not_run_whole_and_a_short_host_is_one_line(tmp_path, capsys, monkeypatch):
+    asked = []
+    real = check_memory.ensure_whole_graphs_fit
+    monkeypatch.setattr(
+        check_memory, "ensure_whole_graphs_fit", lambda paths, what: asked.extend(paths) or real(paths, what)
+    )
     out = tmp_path / "t"
     argv = ["compile", "llava-tiny", "--method", "fastv", "--method-arg", "layer=2", "--ratio", "0.75"]
     code, _, err = run_cli([*argv, "--target", "trt", "--no-build", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert asked and not [p for p in asked if p.name.startswith("decoder")]  # segments run piece by piece
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["decoder"]["run"].startswith("staged, 2 segments in ")
+    monkeypatch.setattr(check_memory, "available_bytes", lambda: 1000)
+    out = tmp_path / "u"
+    code, _, err = run_cli([*argv, "--target", "trt", "--no-build", "-o", str(out)], capsys)
     assert code != 0 and "compile with --no-verify" in err and "Traceback" not in err
     assert len([line for line in err.strip().splitlines() if "error" in line.lower()]) == 1
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".t.tmp")]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".u.tmp")]
     code, _, err = run_cli([*argv, "--target", "trt", "--no-build", "--no-verify", "-o", str(out)], capsys)
     assert code == 0, err  # the export alone fits

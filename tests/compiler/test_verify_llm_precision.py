@@ -12,9 +12,17 @@ import pytest
 from tests.conftest import run_cli
 from tpc.compiler.pipeline import CompileSettings, compile_model
 from tpc.compiler.precision import PrecisionSettings
-from tpc.compiler.verify_llm_precision import compare_llm, llm_failures, llm_references
+from tpc.compiler.verify_llm_precision import (
+    ForcedSelection,
+    compare_llm,
+    llm_failures,
+    llm_references,
+    run_staged,
+)
 from tpc.methods.in_llm import PruningPlan
 from tpc.runtimes.compiled_model import CompiledModel
+from tpc.runtimes.decoders import StagedDecoder
+from tpc.runtimes.ort import session_options
 
 FP16 = PrecisionSettings(dtype="fp16")
 CONFIGS = {
@@ -47,8 +55,8 @@ def test_half_staged_decoder_compiles_and_records_each_stage(half_llm, name, dem
     v = m["verification"]
     assert v["mode"] == "agreement with fp32" and v["passed"]
     decoder = v["decoder"]
-    assert decoder["run"] == "staged" and decoder["logit_cosine_min"] >= 0.999
     stages = len(m["llm_pruning"]["stages"])
+    assert decoder["run"].startswith(f"staged, {stages + 1} segments in ") and decoder["logit_cosine_min"] >= 0.999
     assert {r["batch"] for r in decoder["stages"]} == {1, 2}
     assert all(len(r["kept"]) == stages for r in decoder["stages"])
     assert all(k in ("exact", "near-tie") for r in decoder["stages"] for k in r["kept"])
@@ -59,22 +67,65 @@ def test_half_staged_decoder_compiles_and_records_each_stage(half_llm, name, dem
     assert len(result.token_ids[0]) >= 1 and result.llm_kept_indices is not None
 
 
-def test_a_planted_stage_disagreement_fails_with_its_numbers(half_llm, tiny_adapter):
-    out = half_llm("fastv")
+def _check_inputs(out, adapter):
     m = json.loads((out / "manifest.json").read_text())
     plan = PruningPlan.from_dict(m["runtime"]["llm_pruning"])
-    graphs = CompiledModel.load(out).graphs
-    references = llm_references(tiny_adapter, {None: plan}, None)
+    loaded = CompiledModel.load(out)
+    segments = [out / f"decoder_{i}.onnx" for i in range(len(plan.segments()))]
+    references = llm_references(adapter, {None: plan}, None)
+    return loaded.graphs, references, dict(m["runtime"], llm_pruning_rule=None), (segments, session_options({}))
+
+
+def test_a_planted_stage_disagreement_fails_with_its_numbers(half_llm, tiny_adapter):
+    graphs, references, runtime, segments = _check_inputs(half_llm("fastv"), tiny_adapter)
     thresholds = FP16.thresholds("fp16")
-    runtime = dict(m["runtime"], llm_pruning_rule=None)
-    assert compare_llm(graphs, references, runtime, thresholds)["passed"]
+    assert compare_llm(graphs, references, runtime, thresholds, *segments)["passed"]
     planted = copy.deepcopy(references)
     ref = next(r for r in planted if r["batch"] == 2)
     keep = ref["kept"][0].shape[1]
     ref["kept"][0] = np.argsort(ref["scores"][0], axis=-1)[:, :keep]  # the least-scored rows: no near-tie
-    report = compare_llm(graphs, planted, runtime, thresholds)
+    report = compare_llm(graphs, planted, runtime, thresholds, *segments)
     assert not report["passed"]
     assert llm_failures(report, thresholds)[0] == "fastv b2: stage indices mismatch"
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_segment_by_segment_in_pieces_equals_the_staged_decoder(half_llm, tiny_adapter, name):
+    """The check runs each segment a few layers at a time over every prompt and step before the next
+    segment (what fits a 7 B decoder); the runtime's StagedDecoder runs step by step, whole: same logits
+    and the same selections."""
+    graphs, references, runtime, (segments, options) = _check_inputs(half_llm(name), tiny_adapter)
+    runs, pieces = run_staged(graphs, references, runtime, segments, options)
+    assert pieces > len(segments) if name == "fastv" else pieces == len(segments)  # fastv: cut inside segments
+    for ref, run in zip(references, runs, strict=True):
+        forced = ForcedSelection(graphs, ref["plan"], ref["kept"], ref["inputs"][3])
+        decoder = StagedDecoder(forced, runtime, ref["plan"])
+        embeds, mask, positions, image_start = ref["inputs"]
+        whole = [decoder.prefill(embeds, mask, positions, image_start)] + [decoder.step(e) for e in ref["steps"]]
+        assert len(whole) == len(run.logits) == len(ref["logits"])
+        for got, want in zip(run.logits, whole, strict=True):
+            np.testing.assert_allclose(got, np.float32(want), rtol=0, atol=8e-3)  # 2 fp16 ulps at |logit| < 4
+        for got, want in zip(run.forced.own, forced.own, strict=True):
+            np.testing.assert_array_equal(got, want)
+    report = compare_llm(graphs, references, runtime, FP16.thresholds("fp16"), segments, options)
+    assert report["run"] == f"staged, {len(segments)} segments in {pieces} pieces" and report["passed"]
+
+
+@pytest.mark.parametrize(
+    "preset,config",
+    [  # one selector per stage for image blocks of any length (LLaVA-NeXT crops); per-bucket selectors
+        ("llava-next-tiny", dict(method="fastv", method_args={"layer": "1"}, ratio=0.75)),
+        ("llava-tiny", dict(method="fastervlm", buckets=[32, 64], llm_method="fastv", llm_method_args={"layer": "1"})),
+    ],
+    ids=["any-length", "buckets"],
+)
+def test_half_staged_decoders_of_other_layouts_are_checked_segment_by_segment(tmp_path, preset, config):
+    out = compile_model(CompileSettings(model=preset, output=tmp_path / "a", target="onnx", precision=FP16, **config))
+    decoder = json.loads((out / "manifest.json").read_text())["verification"]["decoder"]
+    assert decoder["run"].startswith("staged, 2 segments in ") and decoder["passed"]
+    assert [r["batch"] for r in decoder["stages"]] == [1, 2, 1, 2]  # the shortest and the longest block
+    assert len({r["image_tokens"] for r in decoder["stages"]}) == 2
+    assert all(k in ("exact", "near-tie") for r in decoder["stages"] for k in r["kept"])
 
 
 def test_load_dtype_of_in_llm_pruning_follows_the_target():

@@ -1,11 +1,11 @@
 """Whether a reduced-precision check that runs graphs whole fits this host, before it is attempted.
 
 ONNX Runtime's CPU provider has no fast half-precision kernels: it holds a half-precision graph's
-weights in fp32. The flat decoder is checked a few layers at a time (``verify_segments.py``), but the
-staged decoder of in-LLM pruning (FastV, PyramidDrop) runs its segments whole, all loaded at once: for
-a 7 B checkpoint that is about twice its fp16 bytes. Rather than let the operating system kill the
-compile part-way, compile measures what the check would hold and refuses in one line when the host's
-available memory is short, naming ``--no-verify`` (the export itself fits).
+weights in fp32. The decoders are checked a few layers at a time (the flat one, and in-LLM pruning's
+staged segments one after another: ``verify_segments.py``); the other graphs (vision tower, embedding,
+selectors) run whole. Rather than let the operating system kill the compile part-way, compile measures
+what those would hold and refuses in one line when the host's available memory is short, naming
+``--no-verify`` (the export itself fits).
 """
 
 from __future__ import annotations

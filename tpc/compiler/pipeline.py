@@ -244,18 +244,22 @@ def _build(settings: CompileSettings, method, params: dict, out: Path, progress:
         from tpc.runtimes.ort import OrtGraphs
 
         if reduced:  # agreement with the fp32 reference (its outputs computed before the model was freed)
+            from tpc.artifact_layout import segment_name
             from tpc.compiler.check_memory import ensure_whole_graphs_fit
             from tpc.compiler.verify_precision import compare_reduced
             from tpc.compiler.verify_segments import DecoderPieces
             from tpc.runtimes.ort import session_options
 
             pieces = DecoderPieces.load(paths[G.DECODER]) if G.DECODER in paths else None  # upcast: a few layers
-            loaded_paths = {n: p for n, p in paths.items() if pieces is None or n != G.DECODER}
+            count = len(llm_plan.segments()) if llm_plan is not None else 0
+            segments = [paths[segment_name(i)] for i in range(count)]  # in-LLM: segment by segment
+            loaded_paths = {n: p for n, p in paths.items() if p not in segments and (pieces is None or n != G.DECODER)}
             ensure_whole_graphs_fit(list(loaded_paths.values()), "these reduced-precision graphs whole")
             graphs = OrtGraphs(loaded_paths, session, adapter.text.num_layers)
             thresholds = settings.precision.thresholds(dtype)
-            runner = None if pieces is None else (pieces, session_options(session))
-            verification = compare_reduced(graphs, references, thresholds, runner)
+            options = session_options(session)
+            runner = None if pieces is None else (pieces, options)
+            verification = compare_reduced(graphs, references, thresholds, runner, (segments, options))
         else:
             graphs = OrtGraphs(paths, session, adapter.text.num_layers)
             verification = verify_graphs(

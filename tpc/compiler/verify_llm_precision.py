@@ -14,6 +14,12 @@ on the rows the reference ranked, and the logits (cosine per step, greedy agreem
 precision's thresholds) on the reference's selection. DART's greedy has no near-tie rule: its kept
 rows must be the reference's (it is not forced). The selection scores are fp32 inside the graphs
 (``last_token_attention``, DART's key norms).
+
+Because the selection is forced, each segment's inputs are known once the segment before it has run
+over every prompt and step: the check runs segment after segment, each a few layers at a time
+(``DecoderPieces``), instead of step after step through every segment (the runtime's
+``StagedDecoder``, which gives the same logits). One piece's weights are loaded at a time, so a 7 B
+staged decoder, whose fp16 weights ONNX Runtime's CPU provider holds in fp32, is checked on a 24 GiB host.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tpc.artifact_layout import segment_io, select_name, stage_inputs
 from tpc.compiler.agreement import cosine, index_verdict
 from tpc.methods.in_llm import DART
 
@@ -80,28 +87,77 @@ class ForcedSelection:
         return self.graphs.run_graph(name, dict(feeds, score=forced))
 
 
-def compare_llm(graphs, references: list[dict], runtime: dict, thresholds: dict) -> dict:
-    """The staged graphs against ``llm_references``: per-stage index verdicts, logit cosine, greedy agreement."""
-    from tpc.runtimes.decoders import StagedDecoder
+class _StagedRun:
+    """One reference's run through the staged graphs, segment after segment: the inputs of the
+    segment to run next (its prefill and every decode step) and, once the last has run, the logits."""
 
-    runs, cosines, agree, total = [], [], 0, 0
-    for ref in references:
-        plan = ref["plan"]
-        embeds, mask, positions, image_start = ref["inputs"]
-        forced = ForcedSelection(graphs, plan, ref["kept"], image_start)
-        decoder = StagedDecoder(forced, runtime, plan, ref["bucket"])
-        logits = [decoder.prefill(embeds, mask, positions, image_start)]
-        logits += [decoder.step(e) for e in ref["steps"]]
+    def __init__(self, ref: dict, graphs, dynamic: bool):
+        self.ref, self.plan, self.dynamic = ref, ref["plan"], dynamic
+        self.hidden, self.mask, self.positions, self.image_start = ref["inputs"]
+        self.steps = list(ref["steps"])  # the current segment's hidden input at each decode step
+        self.forced = ForcedSelection(graphs, self.plan, ref["kept"], self.image_start)
+        self.logits: list[np.ndarray] = []
+
+    def calls(self, index: int) -> list[dict[str, np.ndarray]]:
+        """Segment ``index``'s prefill and decode-step feeds (as ``StagedDecoder`` makes them)."""
+        first = segment_io(self.plan, index)[0][0]
+        calls = [{first: self.hidden, "attention_mask": self.mask, "position_ids": self.positions}]
+        for t, hidden in enumerate(self.steps):
+            mask = np.concatenate([self.mask, np.ones((len(self.mask), t + 1), np.int64)], axis=1)
+            calls.append({first: hidden, "attention_mask": mask, "position_ids": self.positions[:, -1:] + t + 1})
+        return calls
+
+    def advance(self, index: int, outputs: list[dict[str, np.ndarray]]) -> None:
+        """Segment ``index``'s outputs: the stage's selector runs on its prefill (forced to the reference's
+        rows, ``ForcedSelection``) and gives the next segment its inputs; the last segment gives logits."""
+        if index == len(self.plan.stages):
+            self.logits = [np.asarray(o["logits"], np.float32) for o in outputs]
+            return
+        feeds = dict(outputs[0], position_ids=self.positions, attention_mask=self.mask, image_start=self.image_start)
+        if self.dynamic:
+            feeds["image_rows"] = np.arange(stage_inputs(self.plan, index + 1), dtype=np.int64)
+            feeds["keep_rows"] = np.arange(self.plan.stages[index].keep, dtype=np.int64)
+        name = select_name(index + 1, self.ref["bucket"])
+        self.hidden, self.positions, self.mask, _ = self.forced.run_graph(name, feeds)
+        self.steps = [o["hidden"] for o in outputs[1:]]
+
+
+def run_staged(graphs, references: list[dict], runtime: dict, segments: list, options) -> tuple[list[_StagedRun], int]:
+    """Every reference through the staged graphs (``graphs`` runs the selectors), segment after segment:
+    each of ``segments`` (the decoder segments' files) runs a few layers at a time (``DecoderPieces``,
+    session ``options``) over every reference's prefill and decode steps before the next one, so one
+    piece's weights are loaded at a time and a 7 B staged decoder is checked within the memory its flat
+    decoder's check takes. Returns the runs and the number of pieces."""
+    from tpc.compiler.verify_segments import DecoderPieces
+
+    runs = [_StagedRun(ref, graphs, bool(runtime.get("llm_pruning_rule"))) for ref in references]
+    pieces = 0
+    for index, path in enumerate(segments):
+        segment = DecoderPieces.load(path, whole=True)
+        pieces += len(segment.models)
+        first = segment_io(runs[0].plan, index)[0][0]
+        outputs = segment.run_calls(options, [run.calls(index) for run in runs], first)
+        for run, out in zip(runs, outputs, strict=True):
+            run.advance(index, out)
+    return runs, pieces
+
+
+def compare_llm(graphs, references: list[dict], runtime: dict, thresholds: dict, segments: list, options) -> dict:
+    """The staged graphs against ``llm_references`` (run by ``run_staged``): per-stage index verdicts,
+    logit cosine, greedy agreement."""
+    runs, pieces = run_staged(graphs, references, runtime, segments, options)
+    rows, cosines, agree, total = [], [], 0, 0
+    for run in runs:
+        ref, plan = run.ref, run.plan
         verdicts = [
             index_verdict(got, want, None if stage.rule == DART else scores)[0]
-            for got, want, scores, stage in zip(forced.own, ref["kept"], ref["scores"], plan.stages, strict=True)
+            for got, want, scores, stage in zip(run.forced.own, ref["kept"], ref["scores"], plan.stages, strict=True)
         ]
-        for got, want in zip(logits, ref["logits"], strict=True):
-            got = np.asarray(got, np.float32)
+        for got, want in zip(run.logits, ref["logits"], strict=True):
             cosines += cosine(got, want).tolist()
             agree += int((got.argmax(-1) == want.argmax(-1)).sum())
             total += len(want)
-        runs.append(
+        rows.append(
             {
                 "method": plan.method,
                 "batch": ref["batch"],
@@ -112,14 +168,14 @@ def compare_llm(graphs, references: list[dict], runtime: dict, thresholds: dict)
             }
         )
     return {
-        "stages": runs,
-        "prompts": len(runs),
+        "stages": rows,
+        "prompts": len(rows),
         "steps": STEPS + 1,
         "logit_cosine_min": float(min(cosines)),
         "logit_cosine_mean": float(np.mean(cosines)),
         "token_agreement": agree / total,
-        "run": "staged",
-        "passed": all(r["passed"] for r in runs)
+        "run": f"staged, {len(segments)} segments in {pieces} pieces",
+        "passed": all(r["passed"] for r in rows)
         and min(cosines) >= thresholds["min_logit_cosine"]
         and agree / total >= thresholds["min_token_agreement"],
     }

@@ -314,9 +314,10 @@ def reduced_references(
     return references
 
 
-def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> dict:
+def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None, segments=None) -> dict:
     """The agreement report of ``graphs`` against ``reduced_references``; ParityError below the thresholds.
-    ``pieces``: run the decoder layer group by layer group (``compare_decoder``)."""
+    ``pieces``: run the decoder layer group by layer group (``compare_decoder``). ``segments``: in-LLM
+    pruning's ``(decoder segment files, session options)``, run segment by segment (``compare_llm``)."""
     vision = compare_vision(graphs, references["vision"], references.get("buckets"))
     if thresholds.get("exact_indices"):  # fp16-stored weights, fp32 arithmetic: the kept set must not move
         for r in vision:
@@ -325,7 +326,7 @@ def compare_reduced(graphs, references: dict, thresholds: dict, pieces=None) -> 
         from tpc.compiler.verify_llm_precision import compare_llm
 
         runtime = dict(references["runtime"], llm_pruning_rule=references["llm_rule"])
-        decoder = compare_llm(graphs, references["llm"], runtime, thresholds)
+        decoder = compare_llm(graphs, references["llm"], runtime, thresholds, *segments)
     else:
         decoder = compare_decoder(graphs, references["decoder"], references["runtime"], pieces)
         decoder["passed"] = (

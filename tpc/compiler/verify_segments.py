@@ -127,33 +127,42 @@ def _zeros_past(info, batch: int, length: int) -> np.ndarray:
 class DecoderPieces:
     """A decoder graph cut into pieces of a few layers (``load`` returns None when there is no cut)."""
 
-    def __init__(self, path: Path, models: list[onnx.ModelProto]):
+    def __init__(self, path: Path, models: list[onnx.ModelProto], outputs: list[str]):
         self.path, self.models = path, models
+        self.outputs = outputs  # the graph's outputs other than its present keys and values
 
     @classmethod
-    def load(cls, path: Path, max_bytes: int | None = None) -> DecoderPieces | None:
-        """``max_bytes`` of stored weights per piece; default: a quarter of the decoder, at most 1 GiB."""
+    def load(cls, path: Path, max_bytes: int | None = None, whole: bool = False) -> DecoderPieces | None:
+        """``max_bytes`` of stored weights per piece; default: a quarter of the decoder, at most 1 GiB.
+        ``whole``: a graph without a cut is one piece (instead of None)."""
         model = onnx.load(str(path), load_external_data=False)
         if max_bytes is None:
             total = sum(_tensor_bytes(init) for init in model.graph.initializer)
             max_bytes = min(DEFAULT_MAX_BYTES, total // 4)
         pieces = segment_of_nodes(model.graph, max_bytes)
-        if pieces is None:
-            return None
+        outputs = [o.name for o in model.graph.output if not o.name.startswith("present_")]
         try:
-            return cls(Path(path), split_model(model, pieces))
+            if pieces is not None:
+                return cls(Path(path), split_model(model, pieces), outputs)
         except ValueError as exc:  # a graph this cut does not understand runs whole
             log.warning("decoder runs whole for verification: %s", exc)
-            return None
+        return cls(Path(path), [model], outputs) if whole else None
 
     def run(self, options, calls: list[list[dict[str, np.ndarray]]]) -> list[list[np.ndarray]]:
-        """Logits of every call of every sequence: ``calls[s]`` is sequence s's prefill then decode
-        steps (``inputs_embeds``, ``attention_mask``, ``position_ids``); each piece keeps its own past
-        keys and values from step to step. One piece's session exists at a time."""
+        """Logits (fp32) of every call of every sequence of a flat decoder (``run_calls``)."""
+        outputs = self.run_calls(options, calls)
+        return [[step["logits"].astype(np.float32) for step in steps] for steps in outputs]
+
+    def run_calls(
+        self, options, calls: list[list[dict[str, np.ndarray]]], first: str = "inputs_embeds"
+    ) -> list[list[dict[str, np.ndarray]]]:
+        """The graph's outputs (but its present keys and values) for every call of every sequence:
+        ``calls[s]`` is sequence s's prefill then decode steps (``first``, the hidden input, with
+        ``attention_mask`` and ``position_ids``); each piece keeps its own past keys and values from
+        step to step. One piece's session exists at a time."""
         import onnxruntime as ort
 
         carried: list[list[dict[str, np.ndarray]]] = [[{} for _ in steps] for steps in calls]
-        logits: list[list[np.ndarray]] = [[] for _ in calls]
         for sub in self.models:
             file = self.path.parent / f".piece-{uuid.uuid4().hex}.onnx"  # beside the weights it references
             try:
@@ -166,9 +175,9 @@ class DecoderPieces:
             own = {"past_" + name.removeprefix("present_") for name in names if name.startswith("present_")}
             for s, steps in enumerate(calls):
                 past: dict[str, np.ndarray] = {}
-                length = 0  # tokens before this step: every layer's past length in a flat decoder
+                length = 0  # tokens before this step: every layer's past length in the graph
                 for t, feeds in enumerate(steps):
-                    feed, batch = {}, feeds["inputs_embeds"].shape[0]
+                    feed, batch = {}, feeds[first].shape[0]
                     for name, info in inputs.items():
                         if name.startswith("past_"):  # another piece's layer: the exporter reads only its shape
                             value = past[name] if name in own and t else _zeros_past(info, batch, length)
@@ -179,10 +188,8 @@ class DecoderPieces:
                     for name, value in zip(names, session.run(None, feed), strict=True):
                         if name.startswith("present_"):
                             past["past_" + name.removeprefix("present_")] = value
-                        elif name == "logits":
-                            logits[s].append(value.astype(np.float32))
                         else:
                             carried[s][t][name] = value
-                    length += feeds["inputs_embeds"].shape[1]
+                    length += feeds[first].shape[1]
             del session
-        return logits
+        return [[{name: values[name] for name in self.outputs} for values in steps] for steps in carried]
