@@ -160,3 +160,17 @@ def test_trt_int8_plan_records_its_requirement_and_build_refuses_graphs_without_
     assert {"--fp16", "--int8"} <= set(trtexec_command(plan, "decoder"))
     with pytest.raises(ArtifactError, match="carry no Q/DQ nodes"):
         check_quantized_graphs(out, plan)
+
+
+@pytest.mark.parametrize("preset", ["llava-tiny", "llava-onevision-tiny"])
+def test_divprune_in_half_precision_is_checked_by_replaying_its_greedy(tmp_path, capsys, preset):
+    """DivPrune's greedy has no score to rank a swap by: rounding moved near-ties on these random towers
+    (another kept set), each pick of which the replay finds as far as fp32's best; features at its picks."""
+    argv = ["compile", preset, "--method", "divprune", "--ratio", "0.89", "--target", "trt", "--no-build"]
+    code, _, err = run_cli([*argv, "-o", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["precision"]["dtype"] == "fp16"
+    vision = m["verification"]["vision"]
+    assert "near-tie" in [r["indices"] for r in vision] and all(r["passed"] for r in vision)
+    assert min(r["kept_overlap"] for r in vision) < 1 and min(r["feature_cosine_min"] for r in vision) >= 0.999

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tpc.compiler.agreement import NEAR_TIE, cosine, index_verdict  # noqa: F401 (re-exported)
+from tpc.compiler.agreement import NEAR_TIE, cosine, greedy_verdict, index_verdict  # noqa: F401 (re-exported)
 from tpc.errors import ParityError
 
 MIN_FEATURE_COSINE = 0.999
@@ -49,6 +49,7 @@ def vision_references(adapter, method, keep: int, params: dict, seed: int = 0) -
                 "features": features.float().numpy(),
                 "scores": None if scores is None else scores.float().numpy(),
                 "all_features": everything,
+                "greedy": bool(method.extra.get("greedy")),
             }
         )
     return references
@@ -96,6 +97,7 @@ def grid_vision_references(adapter, method, params: dict, grids: dict, seed: int
                     "features": features.float().numpy(),
                     "scores": None if scores is None else scores.float().numpy(),
                     "all_features": everything,
+                    "greedy": bool(method.extra.get("greedy")),
                 }
             )
     return references
@@ -116,6 +118,8 @@ def compare_vision(graphs, references: list[dict], buckets: dict | None = None) 
         else:
             features, kept = graphs.vision(ref["pixels"])
         verdict, overlap = index_verdict(kept, ref["indices"], ref["scores"])
+        if verdict == "mismatch" and ref.get("greedy") and kept.shape == ref["indices"].shape:
+            verdict = greedy_verdict(kept.astype(np.int64), ref["all_features"], np.asarray(features, np.float32))
         want = ref["features"]
         if verdict == "near-tie" and ref["all_features"] is not None:  # the reference at the graph's own picks
             picks = kept.astype(np.int64)[..., None]

@@ -80,6 +80,8 @@ DIVPRUNE = SelectionMethod(
     reference=divprune_reference,
     stage=POST_PROJECTOR,
     prunes_at="after the projector (vision/LLM boundary)",
+    # a reduced-precision check compares its kept set at the graph's own picks, replaying the greedy
+    extra={"gathers": True, "greedy": "max-min"},
 )
 
 __all__ = ["DIVPRUNE", "divprune_select", "naive_divprune"]
