@@ -165,7 +165,6 @@ def test_a_flipped_near_tie_fails_compile_and_names_it(tmp_path, capsys):
         (["--target", "trt", "--no-build"], "use --target ort or onnx"),
         (["--dtype", "fp16", "--target", "onnx"], "--dtype fp16 graphs already store half-precision weights"),
         (["--method", "cls-mass", "--buckets", "32,64"], "(an adaptive budget) compile in fp32 only"),
-        (["--llm-method", "fastv"], "--store-weights fp16 with in-LLM pruning (fastv) is not checked yet"),
     ],
 )
 def test_store_weights_refusals_are_one_line_usage_errors(argv, message, tmp_path, capsys):

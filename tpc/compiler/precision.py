@@ -131,11 +131,6 @@ def check_precision(
             f"--quantize with in-LLM pruning ({llm_method}) is refused: the kept set would depend on quantized "
             "decoder layers (the scoring layers' q/k), which the agreement check does not bound; use --dtype fp16"
         )
-    if llm_method is not None and precision.store_weights == "fp16":
-        raise UsageError(
-            f"--store-weights fp16 with in-LLM pruning ({llm_method}) is not checked yet (fp32 only); use --dtype "
-            "fp16 or drop --store-weights"
-        )
 
 
 def check_store_weights(store: str, target: str, dtype: str | None) -> None:
