@@ -31,11 +31,12 @@ def profile_parser(doc: str | None, out: Path, runs: int = 5, new_tokens: int = 
 
 
 def decoder_passes_digest() -> str:
-    """A digest of the ONNX decoder passes' code: a cached quantized artifact made by other passes is stale."""
+    """A digest of the ONNX decoder passes' code and their graph view: a cached quantized artifact made by other
+    passes is stale."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "tpc" / "passes").glob("onnx_*.py")):
+    for path in [ROOT / "tpc" / "onnx_graph.py", *sorted((ROOT / "tpc" / "passes").glob("onnx_*.py"))]:
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 

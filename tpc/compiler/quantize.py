@@ -42,7 +42,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from tpc.errors import UsageError
-from tpc.passes.onnx_graph import unique_name
+from tpc.onnx_graph import unique_name
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
-from tpc.passes.onnx_graph import unique_name
+from tpc.onnx_graph import unique_name
 
 MIN_BYTES = 1024  # smaller fp32 initializers (biases, norms' scales, shapes) stay as they are
 FP16_MAX = float(np.finfo(np.float16).max)

@@ -14,7 +14,7 @@ from typing import Any
 
 import onnx
 
-from tpc.passes.onnx_graph import GraphView
+from tpc.onnx_graph import GraphView
 from tpc.passes.onnx_group_query_attention import KV_BUFFER_KEY, group_query_attention
 from tpc.passes.onnx_kv_layout import key_transpose
 from tpc.passes.onnx_merge_projections import merge_projections

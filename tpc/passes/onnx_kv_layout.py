@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from tpc.passes.onnx_graph import GraphView, attribute, drop_unused
+from tpc.onnx_graph import GraphView, attribute, drop_unused
 
 
 def _shape_slice(view: GraphView, name: str, source: str) -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tpc.passes.onnx_graph import GraphView, drop_unused
+from tpc.onnx_graph import GraphView, drop_unused
 
 
 def merge_projections(view: GraphView) -> int:

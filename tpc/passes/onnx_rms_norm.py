@@ -9,7 +9,7 @@ instead of a reciprocal and a product), which is why the compiler runs it on qua
 
 from __future__ import annotations
 
-from tpc.passes.onnx_graph import GraphView, drop_unused
+from tpc.onnx_graph import GraphView, drop_unused
 
 
 def rms_norm_as_division(view: GraphView) -> int:

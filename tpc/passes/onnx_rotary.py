@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tpc.passes.onnx_graph import GraphView, attribute, drop_unused
+from tpc.onnx_graph import GraphView, attribute, drop_unused
 
 MAX_POSITIONS_KEY = "tpc.max_positions"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from tpc.passes.onnx_graph import GraphView, attribute, drop_unused
+from tpc.onnx_graph import GraphView, attribute, drop_unused
 
 _NORM = ("Mul", "Reciprocal", "Sqrt", "Add", "ReduceMean", "Pow")
 

@@ -11,7 +11,7 @@ which is ``IMAGE``, that is exactly ``T[input_ids]``: ``TokenTable`` checks the 
 the table's bytes from the graph's external data file (no copy in memory) and answers those calls;
 anything else (an image token among the ids, an id outside the table, a graph of another form) returns
 None and the caller runs the graph. The runtime imports this module: it reads the graph with ``onnx`` only
-(nothing of the compiler's passes, which import torch).
+(``tpc.onnx_graph``, nothing of the compiler's passes, which import torch).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from tpc.onnx_graph import GraphView, attribute
 
 
 class TokenTable:
@@ -33,7 +35,7 @@ class TokenTable:
     def from_graph(cls, path: Path) -> TokenTable | None:
         """The table of an embedding graph of the form above; None for any other graph."""
         model = onnx.load(str(path), load_external_data=False)
-        view = _Graph(model.graph)
+        view = GraphView(model.graph)
         if len(model.graph.output) != 1:
             return None
         where = view.producer.get(model.graph.output[0].name)
@@ -41,14 +43,14 @@ class TokenTable:
             return None
         image_token = _image_test(view, where.input[0])
         gather = view.producer.get(where.input[2])
-        if image_token is None or gather is None or gather.op_type != "Gather" or _attribute(gather, "axis", 0) != 0:
+        if image_token is None or gather is None or gather.op_type != "Gather" or attribute(gather, "axis", 0) != 0:
             return None
         if gather.input[1] != "input_ids":
             return None
         source, dtype = gather.input[0], None
         cast = view.producer.get(source)
         if cast is not None and cast.op_type == "Cast":
-            source, dtype = cast.input[0], onnx.helper.tensor_dtype_to_np_dtype(_attribute(cast, "to"))
+            source, dtype = cast.input[0], onnx.helper.tensor_dtype_to_np_dtype(attribute(cast, "to"))
         init = view.initializers.get(source)
         if init is None or len(init.dims) != 2:
             return None
@@ -66,31 +68,7 @@ class TokenTable:
         return np.asarray(self.table[input_ids], dtype=self.dtype)
 
 
-class _Graph:
-    """Who produces each value of a graph, and the value of a constant (an initializer or a Constant node)."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.producer = {name: node for node in graph.node for name in node.output}
-
-    def constant(self, name: str) -> np.ndarray | None:
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            value = _attribute(node, "value")
-            return numpy_helper.to_array(value) if value is not None else None
-        return None
-
-
-def _attribute(node: onnx.NodeProto, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
-
-
-def _image_test(view: _Graph, name: str) -> int | None:
+def _image_test(view: GraphView, name: str) -> int | None:
     """The id ``c`` when ``name`` is ``Unsqueeze(Equal(input_ids, c), [-1])`` (either operand order)."""
     unsqueeze = view.producer.get(name)
     if unsqueeze is None or unsqueeze.op_type != "Unsqueeze" or len(unsqueeze.input) < 2:

@@ -1,9 +1,11 @@
-"""A small view of one ONNX graph for the decoder passes: who produces and who reads each value.
+"""A small view of one ONNX graph: who produces and who reads each value.
 
-The torch-FX passes (``infra.py``) edit the traced vision graph; the ``onnx_*`` passes edit the
-exported decoder graph (``onnx.GraphProto``) in place, before weight quantization. ``GraphView``
-answers the questions they ask: the node that writes a value, the nodes that read it, and the
-value of a constant (an initializer or a ``Constant`` node's tensor).
+The torch-FX passes (``passes/infra.py``) edit the traced vision graph; the ``passes/onnx_*`` passes
+edit the exported decoder graph (``onnx.GraphProto``) in place, before weight quantization, and the
+runtime reads graphs it recognises (``runtimes/token_table.py``). ``GraphView`` answers the questions
+they ask: the node that writes a value, the nodes that read it, and the value of a constant (an
+initializer or a ``Constant`` node's tensor). It imports ``onnx`` only, so the runtime can use it
+without the compiler's passes (which import torch).
 """
 
 from __future__ import annotations
