@@ -137,3 +137,29 @@ def drop_unused(view: GraphView) -> int:
     if unread:
         view.refresh()
     return removed
+
+
+def sort_topologically(view: GraphView) -> None:
+    """Nodes in an order where every value is produced before it is read (after a pass appended nodes)."""
+    nodes = list(view.graph.node)
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for j in {producer[name] for name in node.input if name in producer}:
+            waiting[i] += 1
+            readers.setdefault(j, []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    ordered = []
+    while ready:
+        i = ready.pop()
+        ordered.append(nodes[i])
+        for j in readers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    if len(ordered) != len(nodes):
+        raise ValueError("the graph has a cycle after a rewrite")
+    view.graph.ClearField("node")
+    view.graph.node.extend(ordered)
+    view.refresh()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from tpc.onnx_graph import GraphView, attribute, drop_unused
+from tpc.onnx_graph import GraphView, attribute, drop_unused, sort_topologically
 
 KV_BUFFER_KEY = "tpc.kv_buffer"
 
@@ -298,31 +298,5 @@ def group_query_attention(view: GraphView) -> int:
         dead += [layer.output, layer.key_concat, layer.value_concat]
     view.remove(dead)
     drop_unused(view)
-    _sort_topologically(view)
+    sort_topologically(view)
     return len(layers)
-
-
-def _sort_topologically(view: GraphView) -> None:
-    """Nodes in an order where every value is produced before it is read (the new nodes were appended)."""
-    nodes = list(view.graph.node)
-    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
-    waiting = [0] * len(nodes)
-    readers: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for j in {producer[name] for name in node.input if name in producer}:
-            waiting[i] += 1
-            readers.setdefault(j, []).append(i)
-    ready = [i for i, count in enumerate(waiting) if count == 0]
-    ordered = []
-    while ready:
-        i = ready.pop()
-        ordered.append(nodes[i])
-        for j in readers.get(i, []):
-            waiting[j] -= 1
-            if waiting[j] == 0:
-                ready.append(j)
-    if len(ordered) != len(nodes):
-        raise ValueError("decoder graph has a cycle after the attention rewrite")
-    view.graph.ClearField("node")
-    view.graph.node.extend(ordered)
-    view.refresh()
